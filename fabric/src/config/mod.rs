@@ -1,0 +1,339 @@
+//! Topology and node configuration (TOML), parsed then validated into typed configs.
+//!
+//! `RawConfig` mirrors the file; `TryFrom` turns it into [`Config`] (edge/topology) or
+//! [`WorkerConfig`], collecting **every** problem with its `file:line:col` before failing.
+
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{parse_config, parse_worker_config};
+
+/// Default UDP address an edge listens on.
+pub const DEFAULT_EDGE_LISTEN: &str = "127.0.0.1:4433";
+/// Default UDP address a worker listens on.
+pub const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:5433";
+/// Default most client connections an edge accepts.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Default most concurrent request streams per client connection.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Default bounded-load factor `c`: a worker takes a new request only while its in-flight
+/// count is under `c` × the average.
+pub const DEFAULT_LOAD_FACTOR: f64 = 1.25;
+/// Default virtual nodes per unit of worker weight.
+pub const DEFAULT_VNODES_PER_WEIGHT: u32 = 64;
+/// Default prompt prefix hashed into a shard key when none is given.
+pub const DEFAULT_PREFIX_BYTES: usize = 256;
+/// Default directory for generated development certificates.
+pub const DEFAULT_DEV_CERT_DIR: &str = "meridian-dev";
+/// Default worker concurrency (advertised in SETTINGS; the edge's load bound).
+pub const DEFAULT_MAX_CONCURRENT: u32 = 256;
+/// Default interval between a worker's LOAD reports.
+pub const DEFAULT_LOAD_REPORT: Duration = Duration::from_millis(250);
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default first reconnect delay.
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Default largest reconnect delay.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Default most attempts (first try plus retries) per request.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Most regions a topology may have (regions sets are 64-bit masks).
+pub const MAX_REGIONS: usize = 64;
+
+/// Index of a region in [`Config::regions`].
+pub type RegionId = usize;
+/// Index of a worker in [`Config::workers`].
+pub type WorkerId = usize;
+
+/// A set of regions as a bit mask over [`RegionId`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RegionSet(pub u64);
+
+impl RegionSet {
+    /// Every region.
+    pub const ALL: RegionSet = RegionSet(u64::MAX);
+
+    /// Whether `r` is in the set.
+    pub fn contains(self, r: RegionId) -> bool {
+        self.0 & (1 << r) != 0
+    }
+
+    /// Adds `r`.
+    pub fn insert(&mut self, r: RegionId) {
+        self.0 |= 1 << r;
+    }
+
+    /// Regions in both sets.
+    pub fn intersect(self, other: RegionSet) -> RegionSet {
+        RegionSet(self.0 & other.0)
+    }
+}
+
+/// A regional inference pool.
+#[derive(Clone, Debug)]
+pub struct Region {
+    /// Unique name (`seoul`).
+    pub name: String,
+    /// Cloud provider label.
+    pub provider: String,
+    /// Jurisdiction tags (`de`, `eu`, `sovereign`).
+    pub jurisdiction: Vec<String>,
+    /// Price per million tokens (any currency; used for scoring).
+    pub price_per_mtok: f64,
+    /// Grid carbon intensity, g CO₂e/kWh (used for scoring).
+    pub carbon_g_per_kwh: f64,
+}
+
+/// How an edge trusts a worker's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamTrust {
+    /// Verify against this CA file.
+    Ca(PathBuf),
+    /// Accept exactly the certificate in this PEM file (development).
+    Pin(PathBuf),
+}
+
+/// A worker an edge may route to.
+#[derive(Clone, Debug)]
+pub struct WorkerEntry {
+    /// Unique name.
+    pub name: String,
+    /// Its region.
+    pub region: RegionId,
+    /// Its QUIC address.
+    pub address: SocketAddr,
+    /// TLS server name to verify.
+    pub server_name: String,
+    /// Models it serves.
+    pub models: Vec<String>,
+    /// Relative capacity: virtual nodes on the ring and share of the load bound.
+    pub weight: u32,
+    /// How its certificate is trusted.
+    pub trust: UpstreamTrust,
+}
+
+/// A server's certificate source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerTls {
+    /// PEM certificate chain and private key files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Generate a self-signed certificate for `localhost` and write it to `dir/cert.pem`
+    /// so clients can pin it.
+    Dev {
+        /// Where to write it.
+        dir: PathBuf,
+    },
+}
+
+/// The edge's own settings.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// POP name (for logs).
+    pub pop: String,
+    /// Area assumed when a client sends none.
+    pub default_area: Option<String>,
+    /// Most client connections.
+    pub max_connections: u32,
+    /// Most concurrent request streams per client connection.
+    pub max_streams_per_connection: u32,
+    /// Largest prompt accepted.
+    pub max_prompt_bytes: usize,
+    /// Certificate.
+    pub tls: ServerTls,
+}
+
+/// Routing parameters.
+#[derive(Clone, Debug)]
+pub struct RoutingSettings {
+    /// Bounded-load factor `c` (> 1).
+    pub load_factor: f64,
+    /// Virtual nodes per unit of weight.
+    pub vnodes_per_weight: u32,
+    /// Secret key of the ring hash; all edges of a deployment should share it so a shard key
+    /// lands on the same worker whichever edge it enters. `None`: a random per-process key.
+    pub ring_key: Option<[u8; 16]>,
+    /// Prompt bytes hashed into a shard key when the request has none.
+    pub prefix_bytes: usize,
+    /// Most attempts per request (first try plus retries before the first token).
+    pub max_attempts: u32,
+}
+
+/// Upstream (edge → worker) connection settings.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// Handshake timeout.
+    pub connect_timeout: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+/// A validated topology and edge configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Edge settings.
+    pub edge: EdgeSettings,
+    /// Upstream settings.
+    pub upstream: UpstreamSettings,
+    /// Routing settings.
+    pub routing: RoutingSettings,
+    /// Regions, indexed by [`RegionId`].
+    pub regions: Vec<Region>,
+    /// Area → preferred regions, most preferred first.
+    pub areas: HashMap<String, Vec<RegionId>>,
+    /// Country → the groups it belongs to (`fr` → `eu`), in config order.
+    pub area_groups: HashMap<String, Vec<String>>,
+    /// Residency policy → allowed regions.
+    pub residency: HashMap<String, RegionSet>,
+    /// Tenant → its residency policy, if any.
+    pub tenants: HashMap<String, Option<String>>,
+    /// Workers, indexed by [`WorkerId`].
+    pub workers: Vec<WorkerEntry>,
+}
+
+impl Config {
+    /// Looks a region up by name.
+    pub fn region_id(&self, name: &str) -> Option<RegionId> {
+        self.regions.iter().position(|r| r.name == name)
+    }
+}
+
+/// The synthetic backend's behaviour.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntheticBackend {
+    /// Delay before the first token.
+    pub ttft: Duration,
+    /// Delay between tokens.
+    pub itl: Duration,
+    /// Most tokens per request (the request's `max_tokens` may lower it).
+    pub max_tokens: u64,
+}
+
+impl Default for SyntheticBackend {
+    fn default() -> Self {
+        SyntheticBackend {
+            ttft: Duration::from_millis(20),
+            itl: Duration::from_millis(10),
+            max_tokens: 32,
+        }
+    }
+}
+
+/// A worker's backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Built-in deterministic generator.
+    Synthetic(SyntheticBackend),
+}
+
+/// A validated worker configuration.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Worker name (must match the edge's `[[worker]]` entry).
+    pub name: String,
+    /// Region name.
+    pub region: String,
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Models served.
+    pub models: Vec<String>,
+    /// Most requests generated at once; further requests wait.
+    pub max_concurrent: u32,
+    /// Largest prompt accepted.
+    pub max_prompt_bytes: usize,
+    /// Interval between LOAD reports.
+    pub load_report: Duration,
+    /// Certificate.
+    pub tls: ServerTls,
+    /// The backend.
+    pub backend: Backend,
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<embedded>`).
+    pub file: PathBuf,
+    /// 1-based line, 0 if unknown.
+    pub line: usize,
+    /// 1-based column, 0 if unknown.
+    pub col: usize,
+    /// What is wrong and, where useful, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+    }
+}
+
+/// Every problem found in a config file. Fix them all and run `meridian check` again.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which kind of config a file holds.
+#[derive(Debug)]
+pub enum AnyConfig {
+    /// An edge/topology config.
+    Edge(Box<Config>),
+    /// A worker config.
+    Worker(Box<WorkerConfig>),
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: path.into(), line: 0, col: 0, message: format!("cannot read: {e}") }])
+    })
+}
+
+/// Reads and validates an edge/topology config file.
+pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
+    parse_config(&read(path)?, path)
+}
+
+/// Reads and validates a worker config file.
+pub fn load_worker_config(path: &Path) -> Result<WorkerConfig, ConfigErrors> {
+    parse_worker_config(&read(path)?, path)
+}
+
+/// Reads a config file of either kind (a file with a `[worker]` table is a worker config).
+pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigErrors> {
+    let src = read(path)?;
+    let is_worker = src.lines().any(|l| l.trim() == "[worker]");
+    if is_worker {
+        parse_worker_config(&src, path).map(|c| AnyConfig::Worker(Box::new(c)))
+    } else {
+        parse_config(&src, path).map(|c| AnyConfig::Edge(Box::new(c)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

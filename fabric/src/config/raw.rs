@@ -1,0 +1,131 @@
+//! The TOML shape of config files, as parsed (`RawConfig` → typed `Config` in
+//! `validate.rs`). Fields that later checks refer to carry their source span.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// An edge's (or `meridian route`'s) config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub edge: Option<RawEdge>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub upstream: Option<RawUpstream>,
+    #[serde(default)]
+    pub routing: Option<RawRouting>,
+    #[serde(default, rename = "region")]
+    pub regions: Vec<Spanned<RawRegion>>,
+    #[serde(default)]
+    pub areas: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub area_groups: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub residency: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, Spanned<RawTenant>>,
+    #[serde(default, rename = "worker")]
+    pub workers: Vec<Spanned<RawWorkerEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEdge {
+    pub listen: Option<Spanned<String>>,
+    pub pop: Option<Spanned<String>>,
+    pub default_area: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub max_streams_per_connection: Option<Spanned<u64>>,
+    pub max_prompt_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub dev_cert_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub ca: Option<Spanned<String>>,
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    pub backoff_min_ms: Option<Spanned<u64>>,
+    pub backoff_max_ms: Option<Spanned<u64>>,
+    pub max_attempts: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub load_factor: Option<Spanned<f64>>,
+    pub vnodes_per_weight: Option<Spanned<u64>>,
+    pub ring_key: Option<Spanned<String>>,
+    pub prefix_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegion {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default)]
+    pub jurisdiction: Vec<String>,
+    pub price_per_mtok: Option<Spanned<f64>>,
+    pub carbon_g_per_kwh: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub residency: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkerEntry {
+    pub name: Spanned<String>,
+    pub region: Spanned<String>,
+    pub address: Spanned<String>,
+    pub models: Option<Spanned<Vec<String>>>,
+    pub weight: Option<Spanned<u64>>,
+    pub server_name: Option<String>,
+    pub pin: Option<Spanned<String>>,
+}
+
+/// A worker's config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkerConfig {
+    pub worker: Spanned<RawWorker>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    pub backend: Option<Spanned<RawBackend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorker {
+    pub name: Spanned<String>,
+    pub region: Spanned<String>,
+    pub listen: Option<Spanned<String>>,
+    pub models: Option<Spanned<Vec<String>>>,
+    pub max_concurrent: Option<Spanned<u64>>,
+    pub max_prompt_bytes: Option<Spanned<u64>>,
+    pub load_report_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub kind: Spanned<String>,
+    pub ttft_ms: Option<Spanned<u64>>,
+    pub itl_ms: Option<Spanned<u64>>,
+    pub max_tokens: Option<Spanned<u64>>,
+}

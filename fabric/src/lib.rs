@@ -1,0 +1,16 @@
+//! The Meridian fabric: topology and config model, routing policy, the consistent-hash
+//! ring with bounded loads, the lock-free routing table, the zero-copy relay, QUIC/TLS
+//! endpoint setup, the edge and worker servers and their backends.
+//!
+//! It does not parse command-line flags or print to stdout: the `meridian` binary
+//! (`meridian-edge`) does that. Built with `--cfg loom`, only the lock-free [`sync`]
+//! module is compiled, for the `loom_*` model tests.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod sync;
+
+#[cfg(not(loom))]
+pub mod config;
+#[cfg(not(loom))]
+pub mod route;

@@ -1,0 +1,246 @@
+//! Routing policy (DESIGN.md "Routing"): candidate regions by area preference, filtered by
+//! residency and model only; the first healthy candidate under its load bound wins;
+//! fail-closed residency; a worker inside the region by consistent hash with bounded load.
+//!
+//! The request path reads the current [`RoutingTable`] from an [`RcuCell`] and per-worker
+//! atomics; it takes no lock. Tables are rebuilt by [`Router::rebuild`] when health changes.
+
+mod explain;
+pub mod hash;
+pub mod ring;
+mod state;
+pub mod table;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use meridian_protocol::ErrorCode;
+
+pub use explain::{Explanation, RegionVerdict};
+pub use hash::KeyedHash;
+pub use state::WorkerState;
+pub use table::RoutingTable;
+
+use crate::config::{Config, RegionId, RegionSet, WorkerId};
+use crate::sync::{LoadGuard, RcuCell};
+
+/// What routing needs to know about a request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteRequest<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Client area, if known.
+    pub area: Option<&'a str>,
+    /// Tenant, if any.
+    pub tenant: Option<&'a str>,
+    /// Request's residency policy, if any (narrows the tenant's).
+    pub residency: Option<&'a str>,
+    /// Shard key bytes (explicit session id, or the prompt's first bytes).
+    pub shard_key: &'a [u8],
+    /// Workers that already failed this request.
+    pub exclude: &'a [WorkerId],
+}
+
+/// Where a request goes. Holds the worker's in-flight slot until dropped.
+#[derive(Debug)]
+pub struct Decision {
+    /// The region.
+    pub region: RegionId,
+    /// The worker.
+    pub worker: WorkerId,
+    /// The in-flight slot.
+    pub guard: LoadGuard,
+}
+
+/// Why a request cannot be routed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The tenant is not configured: the client must use a known tenant.
+    #[error("unknown tenant `{0}`")]
+    UnknownTenant(String),
+    /// The residency policy is not configured: fix the request.
+    #[error("unknown residency policy `{0}`")]
+    UnknownResidency(String),
+    /// No region serves the model: fix the model name.
+    #[error("no region serves model `{0}`")]
+    ModelNotFound(String),
+    /// No allowed region can serve the request; it is never sent elsewhere. Retry later.
+    #[error("no region allowed by residency policy `{policy}` can serve the request (allowed: {allowed}); not spilling outside the policy")]
+    ResidencyUnavailable {
+        /// The effective policy name(s).
+        policy: String,
+        /// The allowed regions.
+        allowed: String,
+    },
+    /// Every candidate region is at its load bound: retry later.
+    #[error("every candidate region is at its load bound")]
+    Overloaded,
+    /// No candidate region has a healthy worker for the model: retry later.
+    #[error("no healthy worker serves model `{0}`")]
+    Unavailable(String),
+}
+
+impl RouteError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RouteError::UnknownTenant(_) => ErrorCode::UNAUTHORIZED,
+            RouteError::UnknownResidency(_) => ErrorCode::BAD_REQUEST,
+            RouteError::ModelNotFound(_) => ErrorCode::MODEL_NOT_FOUND,
+            RouteError::ResidencyUnavailable { .. } => ErrorCode::RESIDENCY_UNAVAILABLE,
+            RouteError::Overloaded => ErrorCode::OVERLOADED,
+            RouteError::Unavailable(_) => ErrorCode::UNAVAILABLE,
+        }
+    }
+}
+
+/// Receives the steps of a routing decision; the request path uses `()` (no cost),
+/// `meridian route` records them.
+pub trait Trace {
+    /// The candidate order before filtering.
+    fn order(&mut self, _order: &[RegionId]) {}
+    /// The verdict on one candidate region.
+    fn region(&mut self, _region: RegionId, _verdict: RegionVerdict) {}
+    /// The worker picked inside the chosen region and how many ring candidates were passed.
+    fn worker(&mut self, _worker: WorkerId, _skipped: usize) {}
+}
+
+impl Trace for () {}
+
+/// The router: configuration, live worker state, and the current routing table.
+#[derive(Debug)]
+pub struct Router {
+    config: Arc<Config>,
+    hash: KeyedHash,
+    workers: Vec<Arc<WorkerState>>,
+    table: RcuCell<RoutingTable>,
+    epoch: AtomicU64,
+}
+
+impl Router {
+    /// A router over `config`; every worker starts unhealthy until marked otherwise.
+    pub fn new(config: Arc<Config>) -> Self {
+        let hash = config.routing.ring_key.map_or_else(KeyedHash::random, KeyedHash::new);
+        let workers: Vec<_> = config.workers.iter().map(|_| Arc::new(WorkerState::new())).collect();
+        let table = RoutingTable::build(&config, hash, 0, |_| false);
+        Router { config, hash, workers, table: RcuCell::new(Arc::new(table)), epoch: AtomicU64::new(0) }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Live state of worker `w`.
+    pub fn worker(&self, w: WorkerId) -> &Arc<WorkerState> {
+        &self.workers[w]
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load()
+    }
+
+    /// Rebuilds the table from current worker health and publishes it.
+    pub fn rebuild(&self) {
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let table = RoutingTable::build(&self.config, self.hash, epoch, |w| self.workers[w].is_healthy());
+        self.table.store(Arc::new(table));
+    }
+
+    /// Marks worker `w` healthy or not, rebuilding the table if that changed.
+    pub fn set_healthy(&self, w: WorkerId, healthy: bool) {
+        if self.workers[w].set_healthy(healthy) {
+            self.rebuild();
+        }
+    }
+
+    /// Regions `req` may use under its tenant's and its own residency policies.
+    fn allowed(&self, req: &RouteRequest<'_>) -> Result<(RegionSet, Option<String>), RouteError> {
+        let mut allowed = RegionSet::ALL;
+        let mut names = Vec::new();
+        if let Some(t) = req.tenant {
+            let policy = self.config.tenants.get(t).ok_or_else(|| RouteError::UnknownTenant(t.to_owned()))?;
+            if let Some(p) = policy {
+                allowed = allowed.intersect(self.config.residency[p]);
+                names.push(p.as_str());
+            }
+        }
+        if let Some(p) = req.residency {
+            let set = self.config.residency.get(p).ok_or_else(|| RouteError::UnknownResidency(p.to_owned()))?;
+            allowed = allowed.intersect(*set);
+            if !names.contains(&p) {
+                names.push(p);
+            }
+        }
+        Ok((allowed, (!names.is_empty()).then(|| names.join("+"))))
+    }
+
+    /// Routes a request; lock-free.
+    pub fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
+        self.route_traced(req, &mut ())
+    }
+
+    /// Routes a request, reporting each step to `trace`.
+    pub fn route_traced(&self, req: &RouteRequest<'_>, trace: &mut impl Trace) -> Result<Decision, RouteError> {
+        let (allowed, policy) = self.allowed(req)?;
+        let table = self.table.load();
+        let serving = *table.model_regions.get(req.model).ok_or_else(|| RouteError::ModelNotFound(req.model.to_owned()))?;
+        let order = table.order(req.area);
+        trace.order(order);
+        let mut any_candidate = false;
+        let mut any_over_bound = false;
+        let eligible = |w: WorkerId| !req.exclude.contains(&w) && self.config.workers[w].models.iter().any(|m| m == req.model);
+        for &r in order {
+            if !allowed.contains(r) {
+                trace.region(r, RegionVerdict::NotAllowed);
+                continue;
+            }
+            if !serving.contains(r) {
+                trace.region(r, RegionVerdict::NoModel);
+                continue;
+            }
+            any_candidate = true;
+            let region = &table.regions[r];
+            let (ring, live) = match &region.ring {
+                Some(ring) if region.healthy.iter().any(|w| eligible(*w)) => (ring, &region.healthy),
+                _ => {
+                    trace.region(r, RegionVerdict::Unhealthy);
+                    continue;
+                }
+            };
+            let load: u64 = live.iter().map(|w| self.workers[*w].load()).sum();
+            let capacity: u64 = live.iter().map(|w| self.workers[*w].capacity()).sum();
+            if load >= capacity {
+                any_over_bound = true;
+                trace.region(r, RegionVerdict::OverBound { load, capacity });
+                continue;
+            }
+            let placement = ring
+                .place(req.shard_key, self.config.routing.load_factor, |w| self.workers[w].local_in_flight(), eligible)
+                .expect("the region has an eligible healthy worker");
+            trace.region(r, RegionVerdict::Chosen { load, capacity });
+            trace.worker(placement.worker, placement.skipped);
+            let guard = self.workers[placement.worker].in_flight.acquire();
+            return Ok(Decision { region: r, worker: placement.worker, guard });
+        }
+        Err(match policy {
+            Some(policy) if !any_over_bound => RouteError::ResidencyUnavailable {
+                policy,
+                allowed: self.region_names(allowed),
+            },
+            _ if any_over_bound => RouteError::Overloaded,
+            _ if !any_candidate => RouteError::ModelNotFound(req.model.to_owned()),
+            _ => RouteError::Unavailable(req.model.to_owned()),
+        })
+    }
+
+    fn region_names(&self, set: RegionSet) -> String {
+        let names: Vec<_> = self.config.regions.iter().enumerate().filter(|(i, _)| set.contains(*i)).map(|(_, r)| r.name.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests;

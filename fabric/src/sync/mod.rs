@@ -1,0 +1,22 @@
+//! Lock-free shared state of the hot path, and the shim that swaps std's sync types for
+//! loom's under `--cfg loom` so each piece is model-checked (`loom_*` tests).
+
+pub mod load;
+pub mod rcu;
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Mutex};
+#[cfg(loom)]
+pub(crate) use loom::thread::yield_now;
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Mutex};
+#[cfg(not(loom))]
+pub(crate) use std::thread::yield_now;
+
+pub use load::{InFlight, LoadGuard};
+pub use rcu::RcuCell;

@@ -1,0 +1,188 @@
+//! HEADERS: the request's routing metadata (PROTOCOL.md §4.1).
+//!
+//! The payload is a sequence of fields `id varint, length varint, value`. Integer fields
+//! hold exactly one varint filling the value. Unknown ids are skipped; a repeated known id
+//! is malformed.
+
+use bytes::{Buf, BufMut, Bytes};
+
+use super::wire::{bytes_len, get_varint, put_bytes, utf8};
+use super::DecodeError;
+use crate::limits::{
+    MAX_AREA_LEN, MAX_MODEL_LEN, MAX_NAME_LEN, MAX_PRIORITY, MAX_SHARD_KEY_LEN,
+    MAX_TRACE_CONTEXT_LEN,
+};
+use crate::varint;
+
+const FRAME: &str = "HEADERS";
+
+/// Header field ids (PROTOCOL.md §4.1, table 2).
+mod id {
+    pub const MODEL: u64 = 0x01;
+    pub const TENANT: u64 = 0x02;
+    pub const SHARD_KEY: u64 = 0x03;
+    pub const RESIDENCY: u64 = 0x04;
+    pub const AREA: u64 = 0x05;
+    pub const DEADLINE_MS: u64 = 0x06;
+    pub const MAX_TOKENS: u64 = 0x07;
+    pub const PRIORITY: u64 = 0x08;
+    pub const TRACE_CONTEXT: u64 = 0x09;
+}
+
+/// Routing metadata of one request. Only `model` is required.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestHeaders {
+    /// Model name, 1–128 bytes.
+    pub model: String,
+    /// Tenant name; its residency policy applies.
+    pub tenant: Option<String>,
+    /// Explicit shard key (session id); else the server hashes the prompt's first bytes.
+    pub shard_key: Option<Bytes>,
+    /// Residency policy name; narrows (never widens) the tenant's policy.
+    pub residency: Option<String>,
+    /// Client area hint: ISO 3166-1 alpha-2 code or a configured group (`eu`), lowercase.
+    pub area: Option<String>,
+    /// Milliseconds from the server's receipt of HEADERS until the request fails with
+    /// DEADLINE_EXCEEDED.
+    pub deadline_ms: Option<u64>,
+    /// Most tokens to generate.
+    pub max_tokens: Option<u64>,
+    /// Scheduling priority 0 (default) to 7.
+    pub priority: Option<u64>,
+    /// W3C `traceparent` value, carried edge → worker so one trace spans both hops.
+    pub trace_context: Option<String>,
+}
+
+impl RequestHeaders {
+    /// Headers for `model` with every optional field absent.
+    pub fn new(model: impl Into<String>) -> Self {
+        RequestHeaders { model: model.into(), ..Default::default() }
+    }
+
+    pub(super) fn decode_payload(p: &mut Bytes) -> Result<Self, DecodeError> {
+        let mut h = RequestHeaders::default();
+        let mut seen = 0u32;
+        let mut model = None;
+        while p.has_remaining() {
+            let field = get_varint(p, FRAME)?;
+            let len = get_varint(p, FRAME)?;
+            if (p.remaining() as u64) < len {
+                return Err(DecodeError::Malformed { frame: FRAME, reason: "field runs past the frame" });
+            }
+            let value = p.split_to(len as usize);
+            if (1..=31).contains(&field) {
+                let bit = 1u32 << field;
+                if seen & bit != 0 {
+                    return Err(DecodeError::Malformed { frame: FRAME, reason: "repeated field" });
+                }
+                seen |= bit;
+            }
+            match field {
+                id::MODEL => model = Some(string(value, "model", MAX_MODEL_LEN)?),
+                id::TENANT => h.tenant = Some(string(value, "tenant", MAX_NAME_LEN)?),
+                id::SHARD_KEY => {
+                    check_len(&value, "shard_key", MAX_SHARD_KEY_LEN)?;
+                    h.shard_key = Some(value);
+                }
+                id::RESIDENCY => h.residency = Some(string(value, "residency", MAX_NAME_LEN)?),
+                id::AREA => {
+                    let area = string(value, "area", MAX_AREA_LEN)?;
+                    if area.is_empty()
+                        || !area.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    {
+                        return Err(DecodeError::InvalidField {
+                            field: "area",
+                            reason: "must be lowercase letters, digits or '-'",
+                        });
+                    }
+                    h.area = Some(area);
+                }
+                id::DEADLINE_MS => h.deadline_ms = Some(int(value, "deadline_ms")?),
+                id::MAX_TOKENS => h.max_tokens = Some(int(value, "max_tokens")?),
+                id::PRIORITY => {
+                    let prio = int(value, "priority")?;
+                    if prio > MAX_PRIORITY {
+                        return Err(DecodeError::InvalidField { field: "priority", reason: "must be 0-7" });
+                    }
+                    h.priority = Some(prio);
+                }
+                id::TRACE_CONTEXT => {
+                    h.trace_context = Some(string(value, "trace_context", MAX_TRACE_CONTEXT_LEN)?)
+                }
+                _ => {} // PROTOCOL.md §4.1: unknown fields are skipped.
+            }
+        }
+        h.model = model.ok_or(DecodeError::InvalidField { field: "model", reason: "missing" })?;
+        if h.model.is_empty() {
+            return Err(DecodeError::InvalidField { field: "model", reason: "empty" });
+        }
+        Ok(h)
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (u64, Field<'_>)> {
+        [
+            Some((id::MODEL, Field::Bytes(self.model.as_bytes()))),
+            self.tenant.as_deref().map(|v| (id::TENANT, Field::Bytes(v.as_bytes()))),
+            self.shard_key.as_deref().map(|v| (id::SHARD_KEY, Field::Bytes(v))),
+            self.residency.as_deref().map(|v| (id::RESIDENCY, Field::Bytes(v.as_bytes()))),
+            self.area.as_deref().map(|v| (id::AREA, Field::Bytes(v.as_bytes()))),
+            self.deadline_ms.map(|v| (id::DEADLINE_MS, Field::Int(v))),
+            self.max_tokens.map(|v| (id::MAX_TOKENS, Field::Int(v))),
+            self.priority.map(|v| (id::PRIORITY, Field::Int(v))),
+            self.trace_context.as_deref().map(|v| (id::TRACE_CONTEXT, Field::Bytes(v.as_bytes()))),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    pub(super) fn payload_len(&self) -> usize {
+        self.fields()
+            .map(|(id, f)| {
+                varint::size(id)
+                    + match f {
+                        Field::Bytes(b) => bytes_len(b),
+                        Field::Int(v) => 1 + varint::size(v),
+                    }
+            })
+            .sum()
+    }
+
+    pub(super) fn encode_payload<B: BufMut>(&self, buf: &mut B) {
+        for (id, f) in self.fields() {
+            varint::encode(id, buf);
+            match f {
+                Field::Bytes(b) => put_bytes(buf, b),
+                Field::Int(v) => {
+                    varint::encode(varint::size(v) as u64, buf);
+                    varint::encode(v, buf);
+                }
+            }
+        }
+    }
+}
+
+enum Field<'a> {
+    Bytes(&'a [u8]),
+    Int(u64),
+}
+
+fn check_len(value: &Bytes, field: &'static str, max: usize) -> Result<(), DecodeError> {
+    if value.len() > max {
+        return Err(DecodeError::FieldTooLong { field, len: value.len(), max });
+    }
+    Ok(())
+}
+
+fn string(value: Bytes, field: &'static str, max: usize) -> Result<String, DecodeError> {
+    check_len(&value, field, max)?;
+    utf8(value, field)
+}
+
+fn int(mut value: Bytes, field: &'static str) -> Result<u64, DecodeError> {
+    let v = varint::decode(&mut value)
+        .map_err(|_| DecodeError::InvalidField { field, reason: "truncated integer" })?;
+    if value.has_remaining() {
+        return Err(DecodeError::InvalidField { field, reason: "trailing bytes after integer" });
+    }
+    Ok(v)
+}

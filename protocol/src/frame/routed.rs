@@ -1,0 +1,41 @@
+//! ROUTED: where the edge sent the request (PROTOCOL.md §4.3).
+
+use bytes::{BufMut, Bytes};
+
+use super::wire::{bytes_len, get_string, get_varint, put_bytes};
+use super::DecodeError;
+use crate::limits::MAX_NAME_LEN;
+use crate::varint;
+
+const FRAME: &str = "ROUTED";
+
+/// The region and worker serving a request. Sent by the edge before any TOKENS; sent again
+/// with a higher `attempt` if the edge retried on another worker before the first token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routed {
+    /// Region name.
+    pub region: String,
+    /// Worker name.
+    pub worker: String,
+    /// 1 for the first attempt, incremented on each retry.
+    pub attempt: u64,
+}
+
+impl Routed {
+    pub(super) fn decode_payload(p: &mut Bytes) -> Result<Self, DecodeError> {
+        let region = get_string(p, FRAME, "region", MAX_NAME_LEN)?;
+        let worker = get_string(p, FRAME, "worker", MAX_NAME_LEN)?;
+        let attempt = get_varint(p, FRAME)?;
+        Ok(Routed { region, worker, attempt })
+    }
+
+    pub(super) fn payload_len(&self) -> usize {
+        bytes_len(self.region.as_bytes()) + bytes_len(self.worker.as_bytes()) + varint::size(self.attempt)
+    }
+
+    pub(super) fn encode_payload<B: BufMut>(&self, buf: &mut B) {
+        put_bytes(buf, self.region.as_bytes());
+        put_bytes(buf, self.worker.as_bytes());
+        varint::encode(self.attempt, buf);
+    }
+}

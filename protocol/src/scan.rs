@@ -1,0 +1,171 @@
+//! Frame-boundary scanning without buffering or copying (PROTOCOL.md §3.1).
+//!
+//! A relay forwards the bytes it receives unchanged but must still know where frames start
+//! and end (to count tokens, find END/ERROR, enforce limits, and to stop cleanly between
+//! frames). [`FrameScanner`] follows the framing across arbitrary chunk boundaries; it keeps
+//! at most one partial frame header ([`MAX_FRAME_HEADER_LEN`] bytes) and never the payload.
+
+use crate::frame::{DecodeError, FrameHead, FrameType};
+use crate::limits::MAX_FRAME_HEADER_LEN;
+
+/// What the scanner saw in a chunk, in stream order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scanned<'a> {
+    /// A frame header completed; its payload follows.
+    Start(FrameHead),
+    /// Part (or all) of the current frame's payload.
+    Payload(FrameType, &'a [u8]),
+    /// The current frame's last payload byte was seen.
+    End(FrameType),
+}
+
+/// Tracks frame boundaries across chunks. See the module docs.
+#[derive(Debug, Default)]
+pub struct FrameScanner {
+    head: [u8; MAX_FRAME_HEADER_LEN],
+    head_len: usize,
+    current: Option<FrameType>,
+    remaining: usize,
+}
+
+impl FrameScanner {
+    /// A scanner at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the bytes scanned so far end exactly at a frame boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.current.is_none() && self.head_len == 0
+    }
+
+    /// Scans `data`, calling `visit` for each event. Stops at the first error from the
+    /// framing (`TooLarge`, `UnknownFrameType`) or from `visit`.
+    pub fn scan<'a, E: From<DecodeError>>(
+        &mut self,
+        mut data: &'a [u8],
+        mut visit: impl FnMut(Scanned<'a>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !data.is_empty() {
+            if let Some(ty) = self.current {
+                let take = self.remaining.min(data.len());
+                let (payload, rest) = data.split_at(take);
+                data = rest;
+                self.remaining -= take;
+                if take > 0 {
+                    visit(Scanned::Payload(ty, payload))?;
+                }
+                if self.remaining == 0 {
+                    self.current = None;
+                    visit(Scanned::End(ty))?;
+                }
+                continue;
+            }
+            // Accumulate header bytes (at most 16) until the header parses.
+            let take = (MAX_FRAME_HEADER_LEN - self.head_len).min(data.len());
+            self.head[self.head_len..self.head_len + take].copy_from_slice(&data[..take]);
+            let buffered = self.head_len + take;
+            match FrameHead::peek(&self.head[..buffered]) {
+                Ok(head) => {
+                    // Bytes of `data` that belonged to the header.
+                    let used = head.header_len - self.head_len;
+                    data = &data[used..];
+                    self.head_len = 0;
+                    self.current = Some(head.ty);
+                    self.remaining = head.payload_len;
+                    visit(Scanned::Start(head))?;
+                    if head.payload_len == 0 {
+                        self.current = None;
+                        visit(Scanned::End(head.ty))?;
+                    }
+                }
+                Err(DecodeError::Incomplete) => {
+                    self.head_len = buffered;
+                    data = &data[take..];
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::frame::{End, FinishReason, Frame};
+
+    fn stream() -> Vec<u8> {
+        let mut out = Vec::new();
+        Frame::Tokens(Bytes::from_static(b"hello ")).encode(&mut out);
+        Frame::Unknown(FrameType(0x33)).encode(&mut out);
+        Frame::Tokens(Bytes::from(vec![b'x'; 300])).encode(&mut out);
+        Frame::End(End {
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            ttft_us: 10,
+            total_us: 20,
+        })
+        .encode(&mut out);
+        out
+    }
+
+    fn scan_in_pieces(data: &[u8], cuts: &[usize]) -> (Vec<(FrameType, Vec<u8>)>, bool) {
+        let mut s = FrameScanner::new();
+        let mut frames: Vec<(FrameType, Vec<u8>)> = Vec::new();
+        let mut start = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        points.sort();
+        points.push(data.len());
+        for end in points {
+            if end < start {
+                continue;
+            }
+            s.scan::<DecodeError>(&data[start..end], |ev| {
+                match ev {
+                    Scanned::Start(h) => frames.push((h.ty, Vec::new())),
+                    Scanned::Payload(_, p) => frames.last_mut().unwrap().1.extend_from_slice(p),
+                    Scanned::End(_) => {}
+                }
+                Ok(())
+            })
+            .unwrap();
+            start = end;
+        }
+        (frames, s.at_boundary())
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_sees_the_same_frames(cuts in proptest::collection::vec(any::<usize>(), 0..12)) {
+            let data = stream();
+            let (whole, _) = scan_in_pieces(&data, &[]);
+            let (pieces, boundary) = scan_in_pieces(&data, &cuts);
+            prop_assert_eq!(whole.len(), 4);
+            prop_assert_eq!(&whole, &pieces);
+            prop_assert!(boundary);
+            prop_assert_eq!(&pieces[2].1, &vec![b'x'; 300]);
+        }
+    }
+
+    #[test]
+    fn mid_frame_is_not_a_boundary() {
+        let data = stream();
+        let mut s = FrameScanner::new();
+        s.scan::<DecodeError>(&data[..3], |_| Ok(())).unwrap();
+        assert!(!s.at_boundary());
+    }
+
+    #[test]
+    fn oversized_header_is_rejected_mid_stream() {
+        let mut data = Vec::new();
+        crate::frame::encode_header(FrameType::TOKENS, 1 << 20, &mut data);
+        let mut s = FrameScanner::new();
+        let err = s.scan::<DecodeError>(&data, |_| Ok(())).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }));
+    }
+}
