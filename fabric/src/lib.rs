@@ -14,3 +14,15 @@ pub mod sync;
 pub mod config;
 #[cfg(not(loom))]
 pub mod route;
+#[cfg(not(loom))]
+pub mod shutdown;
+#[cfg(not(loom))]
+pub mod tls;
+#[cfg(not(loom))]
+pub mod transport;
+#[cfg(not(loom))]
+pub mod worker;
+#[cfg(not(loom))]
+pub mod edge;
+#[cfg(not(loom))]
+pub mod demo;

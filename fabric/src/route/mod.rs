@@ -116,6 +116,7 @@ pub struct Router {
     workers: Vec<Arc<WorkerState>>,
     table: RcuCell<RoutingTable>,
     epoch: AtomicU64,
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Router {
@@ -124,7 +125,8 @@ impl Router {
         let hash = config.routing.ring_key.map_or_else(KeyedHash::random, KeyedHash::new);
         let workers: Vec<_> = config.workers.iter().map(|_| Arc::new(WorkerState::new())).collect();
         let table = RoutingTable::build(&config, hash, 0, |_| false);
-        Router { config, hash, workers, table: RcuCell::new(Arc::new(table)), epoch: AtomicU64::new(0) }
+        let (changed, _) = tokio::sync::watch::channel(0);
+        Router { config, hash, workers, table: RcuCell::new(Arc::new(table)), epoch: AtomicU64::new(0), changed }
     }
 
     /// The configuration.
@@ -147,6 +149,27 @@ impl Router {
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let table = RoutingTable::build(&self.config, self.hash, epoch, |w| self.workers[w].is_healthy());
         self.table.store(Arc::new(table));
+        self.changed.send_replace(epoch);
+    }
+
+    /// Waits until `pred` holds, re-checking after every table rebuild (health change).
+    pub async fn wait_until(&self, pred: impl Fn(&Router) -> bool) {
+        let mut rx = self.changed.subscribe();
+        while !pred(self) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Whether every worker of `region` is marked unhealthy.
+    pub fn region_down(&self, region: RegionId) -> bool {
+        self.config.workers.iter().enumerate().filter(|(_, w)| w.region == region).all(|(i, _)| !self.workers[i].is_healthy())
+    }
+
+    /// Number of healthy workers.
+    pub fn healthy_workers(&self) -> usize {
+        self.workers.iter().filter(|w| w.is_healthy()).count()
     }
 
     /// Marks worker `w` healthy or not, rebuilding the table if that changed.

@@ -1,0 +1,33 @@
+//! `meridian check`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use meridian_fabric::config::{load_any, AnyConfig};
+
+pub fn run(path: &Path) -> ExitCode {
+    match load_any(path) {
+        Ok(AnyConfig::Edge(c)) => {
+            println!(
+                "{}: valid edge config: {} regions, {} workers, {} residency policies, {} tenants",
+                path.display(),
+                c.regions.len(),
+                c.workers.len(),
+                c.residency.len(),
+                c.tenants.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(AnyConfig::Worker(w)) => {
+            println!("{}: valid worker config: `{}` in region `{}`, models {:?}", path.display(), w.name, w.region, w.models);
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Reading a client's request at the edge: decode HEADERS, then follow BODY framing without
+//! parsing or copying the prompt. The raw chunks are kept (refcounted `Bytes`, no copy) to
+//! forward upstream, and to replay if the first worker fails before any token.
+
+use bytes::{Bytes, BytesMut};
+use meridian_protocol::limits::MAX_HEADERS_LEN;
+use meridian_protocol::scan::{FrameScanner, Scanned};
+use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, RequestHeaders};
+use quinn::RecvStream;
+
+/// A whole request as received.
+#[derive(Debug)]
+pub(crate) struct Intake {
+    pub headers: RequestHeaders,
+    /// The stream's bytes exactly as received, HEADERS included.
+    pub chunks: Vec<Bytes>,
+    /// The prompt's first bytes (for a shard key when the request names none).
+    pub prefix: Vec<u8>,
+}
+
+/// Why intake stopped.
+#[derive(Debug)]
+pub(crate) enum IntakeError {
+    /// Answer the client with this error.
+    Reject(ErrorFrame),
+    /// The client reset the stream or the connection went away: nobody to answer.
+    Gone,
+}
+
+impl From<DecodeError> for IntakeError {
+    fn from(e: DecodeError) -> Self {
+        IntakeError::Reject(ErrorFrame::new(e.code(), e.to_string()))
+    }
+}
+
+fn reject(code: ErrorCode, msg: impl Into<String>) -> IntakeError {
+    IntakeError::Reject(ErrorFrame::new(code, msg))
+}
+
+/// Reads the request to FIN. `max_prompt` bounds the prompt; raw bytes (frame overhead
+/// included) are bounded too, so empty frames cannot grow the chunk list without limit.
+pub(crate) async fn read(recv: &mut RecvStream, max_prompt: usize, prefix_len: usize) -> Result<Intake, IntakeError> {
+    let max_raw = max_prompt + MAX_HEADERS_LEN + 64 * 1024;
+    let mut chunks = Vec::new();
+    let mut raw_len = 0usize;
+    let mut head = BytesMut::new();
+    let mut headers = None;
+    let mut scanner = FrameScanner::new();
+    let mut prompt_len = 0usize;
+    let mut prefix = Vec::new();
+    let body = |scanner: &mut FrameScanner, data: &[u8], prompt_len: &mut usize, prefix: &mut Vec<u8>| {
+        scanner.scan(data, |ev| {
+            match ev {
+                Scanned::Start(h) if h.ty != FrameType::BODY && h.ty.is_known() => {
+                    return Err(reject(ErrorCode::PROTOCOL_ERROR, format!("unexpected {} frame after HEADERS", h.ty.name())));
+                }
+                Scanned::Payload(FrameType::BODY, p) => {
+                    *prompt_len += p.len();
+                    if *prompt_len > max_prompt {
+                        return Err(reject(ErrorCode::TOO_LARGE, format!("prompt exceeds the {max_prompt}-byte limit")));
+                    }
+                    let take = (prefix_len - prefix.len()).min(p.len());
+                    prefix.extend_from_slice(&p[..take]);
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+    };
+    loop {
+        let chunk = match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(c)) => c.bytes,
+            Ok(None) => break,
+            Err(_) => return Err(IntakeError::Gone),
+        };
+        raw_len += chunk.len();
+        if raw_len > max_raw {
+            return Err(reject(ErrorCode::TOO_LARGE, format!("request exceeds {max_raw} bytes on the wire")));
+        }
+        chunks.push(chunk.clone());
+        if headers.is_some() {
+            body(&mut scanner, &chunk, &mut prompt_len, &mut prefix)?;
+            continue;
+        }
+        // HEADERS usually arrives whole in the first chunk: decode it in place. Only a
+        // HEADERS frame split across chunks is assembled (≤ 8 KiB, once per request).
+        let mut src = if head.is_empty() {
+            chunk
+        } else {
+            head.extend_from_slice(&chunk);
+            head.clone().freeze()
+        };
+        match Frame::decode(&mut src) {
+            Ok(Frame::Headers(h)) => {
+                headers = Some(h);
+                head.clear();
+                body(&mut scanner, &src, &mut prompt_len, &mut prefix)?;
+            }
+            Ok(other) => {
+                return Err(reject(ErrorCode::PROTOCOL_ERROR, format!("expected HEADERS first, got {}", other.ty().name())))
+            }
+            Err(DecodeError::Incomplete) => {
+                if head.is_empty() {
+                    head.extend_from_slice(&src);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let headers = headers.ok_or_else(|| reject(ErrorCode::PROTOCOL_ERROR, "stream ended before a whole HEADERS frame"))?;
+    if !scanner.at_boundary() {
+        return Err(reject(ErrorCode::PROTOCOL_ERROR, "stream ended inside a frame"));
+    }
+    Ok(Intake { headers, chunks, prefix })
+}

@@ -1,0 +1,166 @@
+//! The edge: terminates client QUIC connections (ALPN `meridian/1`), routes each request
+//! stream, forwards it on the chosen worker's long-lived upstream connection, and relays the
+//! tokens back. Bounded everywhere: connection limit, per-connection stream limit (QUIC
+//! flow control), prompt limit; drains on shutdown.
+
+mod intake;
+mod relay;
+mod stats;
+pub mod upstream;
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use meridian_protocol::{varint, Frame, GoAway, Settings, CONTROL_STREAM_TYPE};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+pub use stats::EdgeStats;
+pub use upstream::Upstreams;
+
+use crate::config::Config;
+use crate::route::Router;
+use crate::shutdown::Shutdown;
+use crate::tls::{Identity, IdentityError};
+use crate::transport;
+
+/// How long a draining edge lets in-flight requests finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State shared by every connection and request of an edge.
+#[derive(Debug)]
+pub(crate) struct EdgeShared {
+    pub router: Arc<Router>,
+    pub upstreams: Arc<Upstreams>,
+    pub stats: Arc<EdgeStats>,
+}
+
+/// A running edge.
+#[derive(Debug)]
+pub struct EdgeHandle {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The router (routing table and worker health).
+    pub router: Arc<Router>,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EdgeHandle {
+    /// Drains gracefully: GOAWAY to clients, in-flight requests finish (up to
+    /// [`DRAIN_TIMEOUT`]), upstream connections close.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = self.task.await;
+    }
+}
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EdgeError {
+    /// The certificate could not be set up.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A UDP socket could not be bound.
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// Binds `config.edge.listen`, connects to every worker, and serves until `shutdown`.
+pub fn spawn(config: Arc<Config>, identity: &Identity, shutdown: Shutdown) -> Result<EdgeHandle, EdgeError> {
+    let listen = config.edge.listen;
+    let server = identity.server_config(&[meridian_protocol::ALPN], transport::transport(config.edge.max_streams_per_connection))?;
+    let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| EdgeError::Bind(listen, e))?;
+    let addr = endpoint.local_addr().map_err(|e| EdgeError::Bind(listen, e))?;
+    let bind: SocketAddr = if addr.is_ipv6() { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
+    let upstream_ep = quinn::Endpoint::client(bind).map_err(|e| EdgeError::Bind(bind, e))?;
+    let router = Arc::new(Router::new(config.clone()));
+    let upstreams = Upstreams::spawn(router.clone(), upstream_ep.clone(), shutdown.clone());
+    let stats = Arc::new(EdgeStats::default());
+    let shared = Arc::new(EdgeShared { router: router.clone(), upstreams, stats: stats.clone() });
+    info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
+    let task = tokio::spawn(serve(endpoint, upstream_ep, shared, shutdown.clone()));
+    Ok(EdgeHandle { addr, router, stats, shutdown, task })
+}
+
+async fn serve(endpoint: quinn::Endpoint, upstream_ep: quinn::Endpoint, shared: Arc<EdgeShared>, shutdown: Shutdown) {
+    let max = shared.router.config().edge.max_connections as usize;
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if endpoint.open_connections() >= max {
+                    shared.stats.refused_connections.fetch_add(1, Relaxed);
+                    incoming.refuse();
+                    continue;
+                }
+                conns.spawn(connection(incoming, shared.clone(), shutdown.clone()));
+            }
+            _ = shutdown.wait() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!("edge drain timed out; closing with requests in flight");
+    }
+    endpoint.close(0u32.into(), b"edge shutting down");
+    shared.upstreams.close_all();
+    upstream_ep.close(0u32.into(), b"edge shutting down");
+    endpoint.wait_idle().await;
+}
+
+async fn connection(incoming: quinn::Incoming, shared: Arc<EdgeShared>, shutdown: Shutdown) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!("client handshake failed: {e}");
+            return;
+        }
+    };
+    shared.stats.connections.fetch_add(1, Relaxed);
+    let control = tokio::spawn(control(conn.clone(), shared.clone(), shutdown.clone()));
+    let mut requests = JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => { requests.spawn(relay::serve(send, recv, shared.clone())); }
+                Err(e) => { debug!("client connection ended: {e}"); break; }
+            },
+            _ = shutdown.wait() => break,
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+        }
+    }
+    while requests.join_next().await.is_some() {}
+    control.abort();
+}
+
+/// The edge's control stream to a client: SETTINGS, then GOAWAY on shutdown.
+async fn control(conn: quinn::Connection, shared: Arc<EdgeShared>, shutdown: Shutdown) {
+    let Ok(mut send) = conn.open_uni().await else { return };
+    let cfg = shared.router.config();
+    let mut buf = BytesMut::new();
+    varint::encode(CONTROL_STREAM_TYPE, &mut buf);
+    Frame::Settings(Settings {
+        max_concurrent_requests: Some(cfg.edge.max_streams_per_connection.into()),
+        max_prompt_bytes: Some(cfg.edge.max_prompt_bytes as u64),
+    })
+    .encode(&mut buf);
+    if send.write_chunk(buf.split().freeze()).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        _ = shutdown.wait() => {
+            Frame::GoAway(GoAway).encode(&mut buf);
+            let _ = send.write_chunk(buf.split().freeze()).await;
+        }
+        _ = conn.closed() => {}
+    }
+}

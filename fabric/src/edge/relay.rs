@@ -1,0 +1,238 @@
+//! One request through the edge: intake, route, forward, relay tokens back.
+//!
+//! The token path is zero-copy: each chunk quinn hands us from the worker's stream
+//! (`read_chunk`) is written to the client's stream as the same `Bytes` (`write_chunk`);
+//! a [`FrameScanner`] follows the framing in place so the edge knows where frames end
+//! (for clean failure handling) without buffering, copying or allocating per token.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_protocol::scan::{FrameScanner, Scanned};
+use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Routed};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::intake::{self, Intake, IntakeError};
+use super::EdgeShared;
+use crate::config::WorkerId;
+use crate::route::RouteRequest;
+
+fn code(c: ErrorCode) -> VarInt {
+    VarInt::from_u64(c.0).expect("error codes are small")
+}
+
+/// A worker broke the framing rules on a request stream.
+#[derive(Debug)]
+enum UpstreamViolation {
+    Decode(DecodeError),
+    Unexpected(&'static str),
+}
+
+impl From<DecodeError> for UpstreamViolation {
+    fn from(e: DecodeError) -> Self {
+        UpstreamViolation::Decode(e)
+    }
+}
+
+impl std::fmt::Display for UpstreamViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamViolation::Decode(e) => write!(f, "malformed frame from worker: {e}"),
+            UpstreamViolation::Unexpected(m) => f.write_str(m),
+        }
+    }
+}
+
+/// How one upstream attempt ended.
+enum Attempt {
+    /// END or ERROR relayed; the client stream is finished.
+    Done,
+    /// The client went away; upstream was cancelled.
+    ClientGone,
+    /// The deadline passed; the client was told.
+    Deadline,
+    /// The worker failed before any of its bytes reached the client: safe to retry.
+    FailedClean(String),
+    /// The worker failed after bytes reached the client: the client was told.
+    FailedDirty,
+}
+
+/// Serves one client request stream to completion.
+pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<EdgeShared>) {
+    edge.stats.requests.fetch_add(1, Relaxed);
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let cfg = edge.router.config();
+    let intake = tokio::select! {
+        r = intake::read(&mut recv, cfg.edge.max_prompt_bytes, cfg.routing.prefix_bytes) => r,
+        _ = &mut stopped => Err(IntakeError::Gone),
+    };
+    let intake = match intake {
+        Ok(i) => i,
+        Err(IntakeError::Gone) => {
+            edge.stats.cancelled.fetch_add(1, Relaxed);
+            return;
+        }
+        Err(IntakeError::Reject(e)) => {
+            let _ = recv.stop(code(e.code));
+            return fail(&mut send, &edge, e).await;
+        }
+    };
+    let deadline = intake.headers.deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let shard_key = intake.headers.shard_key.clone().unwrap_or_else(|| Bytes::copy_from_slice(&intake.prefix));
+    let area = intake.headers.area.as_deref().or(cfg.edge.default_area.as_deref());
+    let mut exclude: Vec<WorkerId> = Vec::new();
+    for attempt in 1..=u64::from(cfg.routing.max_attempts) {
+        let req = RouteRequest {
+            model: &intake.headers.model,
+            area,
+            tenant: intake.headers.tenant.as_deref(),
+            residency: intake.headers.residency.as_deref(),
+            shard_key: &shard_key,
+            exclude: &exclude,
+        };
+        let decision = match edge.router.route(&req) {
+            Ok(d) => d,
+            Err(e) => {
+                if e.code() == ErrorCode::RESIDENCY_UNAVAILABLE {
+                    edge.stats.residency_rejections.fetch_add(1, Relaxed);
+                }
+                return fail(&mut send, &edge, ErrorFrame::new(e.code(), e.to_string())).await;
+            }
+        };
+        let worker_id = decision.worker;
+        let worker = &cfg.workers[worker_id];
+        let routed = Frame::Routed(Routed { region: cfg.regions[decision.region].name.clone(), worker: worker.name.clone(), attempt });
+        if send.write_chunk(routed.to_bytes()).await.is_err() {
+            edge.stats.cancelled.fetch_add(1, Relaxed);
+            return;
+        }
+        let outcome = match edge.upstreams.connection(decision.worker) {
+            Some(conn) => forward(&conn, &intake, &mut send, &mut stopped, deadline, &edge).await,
+            None => Attempt::FailedClean("no connection".into()),
+        };
+        drop(decision);
+        match outcome {
+            Attempt::Done | Attempt::FailedDirty | Attempt::Deadline => return,
+            Attempt::ClientGone => {
+                edge.stats.cancelled.fetch_add(1, Relaxed);
+                return;
+            }
+            Attempt::FailedClean(reason) => {
+                debug!(worker = %worker.name, %reason, attempt, "upstream attempt failed before any token; retrying");
+                edge.stats.retries.fetch_add(1, Relaxed);
+                exclude.push(worker_id);
+            }
+        }
+    }
+    let msg = format!("{} attempts failed before the first token", cfg.routing.max_attempts);
+    fail(&mut send, &edge, ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg)).await;
+}
+
+/// Answers the client with `e` and finishes the stream.
+async fn fail(send: &mut SendStream, edge: &EdgeShared, e: ErrorFrame) {
+    edge.stats.error(e.code);
+    let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
+    let _ = send.finish();
+}
+
+/// Sends the request to one worker and relays its answer.
+async fn forward(
+    conn: &quinn::Connection,
+    intake: &Intake,
+    send: &mut SendStream,
+    stopped: &mut std::pin::Pin<&mut impl std::future::Future>,
+    deadline: Option<Instant>,
+    edge: &EdgeShared,
+) -> Attempt {
+    let (mut up_send, mut up_recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return Attempt::FailedClean(e.to_string()),
+    };
+    let mut chunks = intake.chunks.clone();
+    if let Err(e) = up_send.write_all_chunks(&mut chunks).await {
+        return Attempt::FailedClean(e.to_string());
+    }
+    let _ = up_send.finish();
+    let cancel_upstream = |up_send: &mut SendStream, up_recv: &mut RecvStream, c: ErrorCode| {
+        let _ = up_recv.stop(code(c));
+        let _ = up_send.reset(code(c));
+    };
+    let mut scanner = FrameScanner::new();
+    let mut forwarded = 0usize;
+    let mut terminal = false;
+    let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)));
+    tokio::pin!(sleep);
+    let failure: String = loop {
+        tokio::select! {
+            chunk = up_recv.read_chunk(usize::MAX, true) => match chunk {
+                Ok(Some(chunk)) => {
+                    let mut tokens = 0u64;
+                    let scanned = scanner.scan(&chunk.bytes, |ev| {
+                        if let Scanned::Start(h) = ev {
+                            if terminal {
+                                return Err(UpstreamViolation::Unexpected("frame after END/ERROR"));
+                            }
+                            match h.ty {
+                                FrameType::TOKENS => tokens += 1,
+                                FrameType::END | FrameType::ERROR => terminal = true,
+                                t if !t.is_known() => {}
+                                _ => return Err(UpstreamViolation::Unexpected("unexpected frame type from worker")),
+                            }
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = scanned {
+                        cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::PROTOCOL_ERROR);
+                        break e.to_string();
+                    }
+                    forwarded += chunk.bytes.len();
+                    edge.stats.tokens.fetch_add(tokens, Relaxed);
+                    if send.write_chunk(chunk.bytes).await.is_err() {
+                        cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
+                        return Attempt::ClientGone;
+                    }
+                }
+                Ok(None) if terminal && scanner.at_boundary() => {
+                    let _ = send.finish();
+                    return Attempt::Done;
+                }
+                Ok(None) => break "worker finished the stream without END".into(),
+                Err(e) => break e.to_string(),
+            },
+            _ = stopped.as_mut() => {
+                cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
+                return Attempt::ClientGone;
+            }
+            _ = &mut sleep, if deadline.is_some() => {
+                cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
+                edge.stats.error(ErrorCode::DEADLINE_EXCEEDED);
+                if scanner.at_boundary() {
+                    let e = ErrorFrame::new(ErrorCode::DEADLINE_EXCEEDED, "the request's deadline passed");
+                    let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
+                    let _ = send.finish();
+                } else {
+                    let _ = send.reset(code(ErrorCode::DEADLINE_EXCEEDED));
+                }
+                return Attempt::Deadline;
+            }
+        }
+    };
+    if forwarded == 0 {
+        return Attempt::FailedClean(failure);
+    }
+    // Tokens already reached the client: never a silent clean end.
+    edge.stats.error(ErrorCode::UPSTREAM_FAILED);
+    if scanner.at_boundary() {
+        let e = ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, format!("worker failed mid-stream: {failure}"));
+        let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
+        let _ = send.finish();
+    } else {
+        let _ = send.reset(code(ErrorCode::UPSTREAM_FAILED));
+    }
+    Attempt::FailedDirty
+}

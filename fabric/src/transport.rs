@@ -1,0 +1,36 @@
+//! quinn transport settings per hop, sized for real concurrency: quinn 0.11 allocates state
+//! for every permitted stream, so stream limits follow configured concurrency, and receive
+//! windows are bounded so a slow reader cannot make a peer buffer without limit.
+
+use std::time::Duration;
+
+use quinn::{TransportConfig, VarInt};
+
+/// Keep-alive on long-lived connections (edge ↔ worker, client ↔ edge).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Idle timeout: a peer silent this long is gone.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-stream receive window. A token stream needs little; prompts up to 1 MiB arrive in a
+/// few round trips.
+pub const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+
+/// Transport for an endpoint whose peers may open `max_bidi` request streams at once.
+pub fn transport(max_bidi: u32) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(max_bidi))
+        .max_concurrent_uni_streams(VarInt::from_u32(4))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW.saturating_mul(64).min(64 << 20)))
+        .send_window(64 << 20)
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s fits an idle timeout")));
+    t
+}
+
+/// Transport for an edge's upstream (client-side) connection to one worker: every request
+/// the edge sends that worker is a stream on it; the worker opens only its control stream.
+pub fn upstream_transport() -> TransportConfig {
+    let mut t = transport(0);
+    t.max_concurrent_uni_streams(VarInt::from_u32(2));
+    t
+}

@@ -1,0 +1,132 @@
+//! One request on a worker: read HEADERS and BODY to FIN, wait for a generation slot, stream
+//! TOKENS, end with END; stop generating the moment the edge stops the stream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use meridian_protocol::io::{FrameReader, ReadFrameError};
+use meridian_protocol::{End, ErrorCode, ErrorFrame, FinishReason, Frame, RequestHeaders};
+use quinn::{RecvStream, SendStream};
+use tracing::debug;
+
+use super::stats::Event;
+use super::synthetic::Plan;
+use super::{varint_code, Shared};
+use crate::config::Backend;
+
+pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Shared>) {
+    let mut reader = FrameReader::new(recv);
+    let (headers, prompt) = match read_request(&mut reader, &shared).await {
+        Ok(r) => r,
+        Err(e) => {
+            shared.stats.record(Event::Rejected);
+            let _ = reader.stream_mut().stop(varint_code(e.code));
+            reject(&mut send, e).await;
+            return;
+        }
+    };
+    if !shared.config.models.iter().any(|m| *m == headers.model) {
+        shared.stats.record(Event::Rejected);
+        let msg = format!("worker {} does not serve model `{}`", shared.config.name, headers.model);
+        reject(&mut send, ErrorFrame::new(ErrorCode::MODEL_NOT_FOUND, msg)).await;
+        return;
+    }
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let received = Instant::now();
+    shared.stats.record(Event::Queued);
+    let permit = tokio::select! {
+        p = shared.slots.acquire() => p,
+        _ = &mut stopped => {
+            shared.stats.record(Event::Dequeued);
+            return;
+        }
+    };
+    shared.stats.record(Event::Dequeued);
+    let Ok(_permit) = permit else { return };
+    shared.stats.record(Event::Started);
+    let outcome = tokio::select! {
+        r = generate(&mut send, &headers, &prompt, &shared, received) => r,
+        _ = &mut stopped => Err(()),
+    };
+    match outcome {
+        Ok(()) => {
+            let _ = send.finish();
+            shared.stats.record(Event::Completed);
+        }
+        Err(()) => {
+            debug!(worker = %shared.config.name, "request cancelled; generation stopped");
+            let _ = send.reset(varint_code(ErrorCode::CANCELLED));
+            shared.stats.record(Event::Cancelled);
+        }
+    }
+}
+
+async fn reject(send: &mut SendStream, e: ErrorFrame) {
+    let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
+    let _ = send.finish();
+}
+
+/// Reads HEADERS then BODY frames to FIN, within the prompt limit. PROTOCOL.md §4.
+async fn read_request(reader: &mut FrameReader, shared: &Shared) -> Result<(RequestHeaders, Bytes), ErrorFrame> {
+    let map = |e: ReadFrameError| match e {
+        ReadFrameError::Decode(d) => ErrorFrame::new(d.code(), d.to_string()),
+        other => ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, other.to_string()),
+    };
+    let headers = match reader.next().await.map_err(map)? {
+        Some(Frame::Headers(h)) => h,
+        Some(f) => return Err(ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, format!("expected HEADERS, got {}", f.ty().name()))),
+        None => return Err(ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, "stream ended before HEADERS")),
+    };
+    let mut prompt = BytesMut::new();
+    loop {
+        match reader.next().await.map_err(map)? {
+            Some(Frame::Body(b)) => {
+                if prompt.len() + b.len() > shared.config.max_prompt_bytes {
+                    return Err(ErrorFrame::new(
+                        ErrorCode::TOO_LARGE,
+                        format!("prompt exceeds {} bytes", shared.config.max_prompt_bytes),
+                    ));
+                }
+                prompt.extend_from_slice(&b);
+            }
+            Some(Frame::Unknown(_)) => {}
+            Some(f) => return Err(ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, format!("unexpected {} after HEADERS", f.ty().name()))),
+            None => return Ok((headers, prompt.freeze())),
+        }
+    }
+}
+
+async fn generate(
+    send: &mut SendStream,
+    headers: &RequestHeaders,
+    prompt: &[u8],
+    shared: &Shared,
+    received: Instant,
+) -> Result<(), ()> {
+    let Backend::Synthetic(cfg) = &shared.config.backend;
+    let plan = Plan::new(cfg, prompt, headers.max_tokens);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut first = None;
+    tokio::time::sleep(plan.ttft).await;
+    for i in 0..plan.count {
+        if i > 0 {
+            tokio::time::sleep(plan.itl).await;
+        }
+        let token = plan.token(i);
+        Frame::Tokens(Bytes::from(token)).encode(&mut buf);
+        send.write_chunk(buf.split().freeze()).await.map_err(|_| ())?;
+        shared.stats.record(Event::Token);
+        first.get_or_insert_with(|| received.elapsed());
+    }
+    let end = End {
+        finish_reason: if plan.truncated { FinishReason::Length } else { FinishReason::Stop },
+        prompt_tokens: Plan::prompt_tokens(prompt),
+        completion_tokens: plan.count,
+        ttft_us: first.unwrap_or_default().as_micros() as u64,
+        total_us: received.elapsed().as_micros() as u64,
+    };
+    Frame::End(end).encode(&mut buf);
+    send.write_chunk(buf.split().freeze()).await.map_err(|_| ())
+}
