@@ -73,9 +73,17 @@ fn main() -> ExitCode {
     };
     let level = cli
         .log_level
-        .or_else(|| std::env::var("MERIDIAN_LOG").ok().and_then(|v| v.parse().ok()))
+        .or_else(|| {
+            std::env::var("MERIDIAN_LOG")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(default_level);
-    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -84,8 +92,12 @@ fn main() -> ExitCode {
         Command::Check { config } => return cmd::check::run(&config),
         Command::Route(args) => return cmd::route::run(&args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(cmd::demo::run(args))),
-        Command::Edge { config, json } => runtime().and_then(|rt| rt.block_on(cmd::serve::edge(&config, json))),
-        Command::Worker { config, json } => runtime().and_then(|rt| rt.block_on(cmd::serve::worker(&config, json))),
+        Command::Edge { config, json } => {
+            runtime().and_then(|rt| rt.block_on(cmd::serve::edge(&config, json)))
+        }
+        Command::Worker { config, json } => {
+            runtime().and_then(|rt| rt.block_on(cmd::serve::worker(&config, json)))
+        }
     };
     match result {
         Ok(code) => code,
@@ -97,5 +109,7 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

@@ -13,6 +13,10 @@ pub mod sync;
 #[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]
+pub mod demo;
+#[cfg(not(loom))]
+pub mod edge;
+#[cfg(not(loom))]
 pub mod route;
 #[cfg(not(loom))]
 pub mod shutdown;
@@ -22,7 +26,3 @@ pub mod tls;
 pub mod transport;
 #[cfg(not(loom))]
 pub mod worker;
-#[cfg(not(loom))]
-pub mod edge;
-#[cfg(not(loom))]
-pub mod demo;

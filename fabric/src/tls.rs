@@ -58,7 +58,11 @@ pub enum IdentityError {
 impl Identity {
     /// A fresh self-signed certificate for `localhost`, `127.0.0.1` and `::1`, in memory.
     pub fn self_signed() -> Result<Identity, IdentityError> {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "::1".into(),
+        ])?;
         Ok(Identity {
             certs: vec![ck.cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
@@ -78,7 +82,11 @@ impl Identity {
             ServerTls::Dev { dir } => {
                 let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
                 if cert.exists() && key.exists() {
-                    return Ok(Identity { certs: load_certs(&cert)?, key: load_key(&key)?, cert_path: Some(cert) });
+                    return Ok(Identity {
+                        certs: load_certs(&cert)?,
+                        key: load_key(&key)?,
+                        cert_path: Some(cert),
+                    });
                 }
                 let mut id = Identity::self_signed()?;
                 id.write(dir)?;
@@ -100,7 +108,8 @@ impl Identity {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&key_path).map_err(werr(&key_path))?;
-        f.write_all(pem("PRIVATE KEY", self.key.secret_der()).as_bytes()).map_err(werr(&key_path))?;
+        f.write_all(pem("PRIVATE KEY", self.key.secret_der()).as_bytes())
+            .map_err(werr(&key_path))?;
         let cert_path = dir.join("cert.pem");
         let certs: String = self.certs.iter().map(|c| pem("CERTIFICATE", c)).collect();
         fs::write(&cert_path, certs).map_err(werr(&cert_path))?;
@@ -109,7 +118,11 @@ impl Identity {
     }
 
     /// A quinn server config offering `alpn`, with `transport`.
-    pub fn server_config(&self, alpn: &[&[u8]], transport: quinn::TransportConfig) -> Result<quinn::ServerConfig, IdentityError> {
+    pub fn server_config(
+        &self,
+        alpn: &[&[u8]],
+        transport: quinn::TransportConfig,
+    ) -> Result<quinn::ServerConfig, IdentityError> {
         let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| IdentityError::Config(e.to_string()))?
@@ -117,7 +130,8 @@ impl Identity {
             .with_single_cert(self.certs.clone(), self.key.clone_key())
             .map_err(|e| IdentityError::Config(e.to_string()))?;
         crypto.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let crypto = QuicServerConfig::try_from(crypto).map_err(|e| IdentityError::Config(e.to_string()))?;
+        let crypto =
+            QuicServerConfig::try_from(crypto).map_err(|e| IdentityError::Config(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         cfg.transport_config(Arc::new(transport));
         Ok(cfg)
@@ -125,7 +139,10 @@ impl Identity {
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, IdentityError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| IdentityError::Key { path: path.display().to_string(), reason: e.to_string() })
+    PrivateKeyDer::from_pem_file(path).map_err(|e| IdentityError::Key {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// PEM-armours `der` (RFC 7468).
@@ -133,7 +150,10 @@ fn pem(label: &str, der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
     for chunk in der.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 b64.push(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize] as char);
@@ -162,16 +182,24 @@ mod tests {
         let tls = ServerTls::Dev { dir: dir.clone() };
         let first = Identity::load(&tls).unwrap();
         let again = Identity::load(&tls).unwrap();
-        assert_eq!(first.certs, again.certs, "restart keeps the pinned certificate");
+        assert_eq!(
+            first.certs, again.certs,
+            "restart keeps the pinned certificate"
+        );
         assert_eq!(load_certs(&dir.join("cert.pem")).unwrap(), first.certs);
-        first.server_config(&[b"meridian/1"], quinn::TransportConfig::default()).unwrap();
+        first
+            .server_config(&[b"meridian/1"], quinn::TransportConfig::default())
+            .unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn missing_files_are_clear_errors() {
-        let err = Identity::load(&ServerTls::Files { cert: "/nonexistent/c.pem".into(), key: "/nonexistent/k.pem".into() })
-            .unwrap_err();
+        let err = Identity::load(&ServerTls::Files {
+            cert: "/nonexistent/c.pem".into(),
+            key: "/nonexistent/k.pem".into(),
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
     }
 }

@@ -20,17 +20,29 @@ pub fn transport(max_bidi: u32) -> TransportConfig {
     t.max_concurrent_bidi_streams(VarInt::from_u32(max_bidi))
         .max_concurrent_uni_streams(VarInt::from_u32(4))
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
-        .receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW.saturating_mul(64).min(64 << 20)))
+        .receive_window(VarInt::from_u32(
+            STREAM_RECEIVE_WINDOW.saturating_mul(64).min(64 << 20),
+        ))
         .send_window(64 << 20)
         .keep_alive_interval(Some(KEEP_ALIVE))
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s fits an idle timeout")));
+        .max_idle_timeout(Some(
+            IDLE_TIMEOUT.try_into().expect("30 s fits an idle timeout"),
+        ));
     t
 }
 
 /// Transport for an edge's upstream (client-side) connection to one worker: every request
 /// the edge sends that worker is a stream on it; the worker opens only its control stream.
-pub fn upstream_transport() -> TransportConfig {
+/// `idle_timeout` is the failure detector for a worker that vanishes without closing (the
+/// smaller of both sides' values applies); keep-alives go out at a quarter of it.
+pub fn upstream_transport(idle_timeout: Duration) -> TransportConfig {
     let mut t = transport(0);
-    t.max_concurrent_uni_streams(VarInt::from_u32(2));
+    t.max_concurrent_uni_streams(VarInt::from_u32(2))
+        .keep_alive_interval(Some(idle_timeout / 4))
+        .max_idle_timeout(Some(
+            idle_timeout
+                .try_into()
+                .expect("validated idle timeouts fit"),
+        ));
     t
 }

@@ -122,6 +122,9 @@ mod tests {
     #[test]
     fn unknown_code_prints_hex() {
         assert_eq!(ErrorCode(0x1234).to_string(), "0x1234");
-        assert_eq!(ErrorCode::RESIDENCY_UNAVAILABLE.to_string(), "RESIDENCY_UNAVAILABLE");
+        assert_eq!(
+            ErrorCode::RESIDENCY_UNAVAILABLE.to_string(),
+            "RESIDENCY_UNAVAILABLE"
+        );
     }
 }

@@ -32,7 +32,10 @@ pub struct FrameReader {
 impl FrameReader {
     /// Wraps a receive stream.
     pub fn new(recv: RecvStream) -> Self {
-        FrameReader { recv, buf: BytesMut::new() }
+        FrameReader {
+            recv,
+            buf: BytesMut::new(),
+        }
     }
 
     /// The next frame, or `None` when the peer finished the stream at a frame boundary.

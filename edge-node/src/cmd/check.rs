@@ -19,7 +19,13 @@ pub fn run(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(AnyConfig::Worker(w)) => {
-            println!("{}: valid worker config: `{}` in region `{}`, models {:?}", path.display(), w.name, w.region, w.models);
+            println!(
+                "{}: valid worker config: `{}` in region `{}`, models {:?}",
+                path.display(),
+                w.name,
+                w.region,
+                w.models
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -37,8 +37,18 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let temp = args.cert_dir.is_none();
-    let cert_dir = args.cert_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("meridian-demo-{}", std::process::id())));
-    let listen = args.listen.unwrap_or_else(|| if args.serve { "127.0.0.1:4433" } else { "127.0.0.1:0" }.parse().expect("valid"));
+    let cert_dir = args.cert_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("meridian-demo-{}", std::process::id()))
+    });
+    let listen = args.listen.unwrap_or_else(|| {
+        if args.serve {
+            "127.0.0.1:4433"
+        } else {
+            "127.0.0.1:0"
+        }
+        .parse()
+        .expect("valid")
+    });
     let backend = SyntheticBackend {
         ttft: Duration::from_millis(args.ttft_ms),
         itl: Duration::from_millis(args.itl_ms),
@@ -62,9 +72,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 async fn serve(demo: &Demo, cert: &std::path::Path, json: bool) {
     let addr = demo.edge.addr;
     if json {
-        println!("{}", serde_json::json!({ "edge_addr": addr.to_string(), "cert": cert.display().to_string(), "model": meridian_fabric::demo::MODEL }));
+        println!(
+            "{}",
+            serde_json::json!({ "edge_addr": addr.to_string(), "cert": cert.display().to_string(), "model": meridian_fabric::demo::MODEL })
+        );
     } else {
-        println!("Meridian demo topology running: {} regions, {} workers, edge on {addr}", demo.config.regions.len(), demo.config.workers.len());
+        println!(
+            "Meridian demo topology running: {} regions, {} workers, edge on {addr}",
+            demo.config.regions.len(),
+            demo.config.workers.len()
+        );
         println!("  certificate to pin: {}", cert.display());
         println!("  try: cargo run --example generate -p meridian-protocol -- --edge {addr} --cert {} --area jp \"Hello\"", cert.display());
         println!("Ctrl-C to stop.");
@@ -96,10 +113,17 @@ async fn scenario(demo: &mut Demo, cert: &std::path::Path, json: bool) -> anyhow
         if failed == 0 {
             println!("All {} requests behaved as expected.", outcomes.len());
         } else {
-            println!("{failed} of {} requests did NOT behave as expected.", outcomes.len());
+            println!(
+                "{failed} of {} requests did NOT behave as expected.",
+                outcomes.len()
+            );
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_step(o: &StepOutcome) {
@@ -108,7 +132,10 @@ fn print_step(o: &StepOutcome) {
         (Some(t), None) => format!("area {} · tenant {t}", o.area),
         _ => format!("area {}", o.area),
     };
-    let key = o.shard_key.map(|k| format!(" · shard key {k}")).unwrap_or_default();
+    let key = o
+        .shard_key
+        .map(|k| format!(" · shard key {k}"))
+        .unwrap_or_default();
     println!("[{}] {}", o.step, o.title);
     match (&o.region, &o.worker, &o.error) {
         (Some(r), Some(w), None) => println!(
@@ -125,5 +152,9 @@ fn print_step(o: &StepOutcome) {
     if !o.text.is_empty() {
         println!("    “{}”", o.text.trim_end());
     }
-    println!("    expected: {} — {}\n", o.expected, if o.ok { "ok" } else { "MISMATCH" });
+    println!(
+        "    expected: {} — {}\n",
+        o.expected,
+        if o.ok { "ok" } else { "MISMATCH" }
+    );
 }

@@ -60,7 +60,16 @@ pub fn run(args: &RouteArgs) -> ExitCode {
         router.worker(i).set_healthy(!args.down.contains(&w.name));
     }
     router.rebuild();
-    let model = args.model.clone().or_else(|| config.workers.first().and_then(|w| w.models.first().cloned())).unwrap_or_default();
+    let model = args
+        .model
+        .clone()
+        .or_else(|| {
+            config
+                .workers
+                .first()
+                .and_then(|w| w.models.first().cloned())
+        })
+        .unwrap_or_default();
     let prefix = &args.prompt.as_bytes()[..args.prompt.len().min(config.routing.prefix_bytes)];
     let key = args.shard_key.as_deref().map_or(prefix, str::as_bytes);
     let req = RouteRequest {
@@ -73,7 +82,10 @@ pub fn run(args: &RouteArgs) -> ExitCode {
     };
     let explanation = router.explain(&req);
     if args.json {
-        println!("{}", serde_json::to_string(&explanation).expect("explanations serialise"));
+        println!(
+            "{}",
+            serde_json::to_string(&explanation).expect("explanations serialise")
+        );
     } else {
         println!(
             "request: model={model} area={} tenant={} residency={}",

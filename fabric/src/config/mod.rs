@@ -41,6 +41,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Default largest reconnect delay.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Default idle timeout of an upstream connection: a worker that stops answering (crashed
+/// host, partition) is declared dead after this long. Keep-alives go out at a quarter of it.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Default most attempts (first try plus retries) per request.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Most regions a topology may have (regions sets are 64-bit masks).
@@ -180,6 +183,8 @@ pub struct UpstreamSettings {
     pub backoff_min: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
+    /// Idle timeout (failure detection) of each upstream connection.
+    pub idle_timeout: Duration,
 }
 
 /// A validated topology and edge configuration.
@@ -279,7 +284,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
     }
 }
 
@@ -310,7 +322,12 @@ pub enum AnyConfig {
 
 fn read(path: &Path) -> Result<String, ConfigErrors> {
     std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: path.into(), line: 0, col: 0, message: format!("cannot read: {e}") }])
+        ConfigErrors(vec![ConfigError {
+            file: path.into(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read: {e}"),
+        }])
     })
 }
 

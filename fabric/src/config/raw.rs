@@ -57,6 +57,7 @@ pub struct RawUpstream {
     pub connect_timeout_ms: Option<Spanned<u64>>,
     pub backoff_min_ms: Option<Spanned<u64>>,
     pub backoff_max_ms: Option<Spanned<u64>>,
+    pub idle_timeout_ms: Option<Spanned<u64>>,
     pub max_attempts: Option<Spanned<u64>>,
 }
 

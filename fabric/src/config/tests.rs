@@ -58,7 +58,9 @@ pin = "c.pem"
     ];
     for (loc, msg) in expect {
         assert!(
-            errs.0.iter().any(|e| e.to_string().starts_with(loc) && e.message.contains(msg)),
+            errs.0
+                .iter()
+                .any(|e| e.to_string().starts_with(loc) && e.message.contains(msg)),
             "missing `{loc}: …{msg}…` in:\n{text}"
         );
     }
@@ -67,7 +69,11 @@ pin = "c.pem"
 
 #[test]
 fn syntax_and_unknown_fields_have_locations() {
-    let errs = parse_config("[[region]]\nname = \"a\"\ncolour = \"red\"\n", Path::new("x.toml")).unwrap_err();
+    let errs = parse_config(
+        "[[region]]\nname = \"a\"\ncolour = \"red\"\n",
+        Path::new("x.toml"),
+    )
+    .unwrap_err();
     assert_eq!((errs.0[0].line, errs.0[0].col), (3, 1), "{errs}");
     assert!(errs.0[0].message.contains("colour"), "{errs}");
     let errs = parse_config("[[region]\nname = 1", Path::new("x.toml")).unwrap_err();
@@ -81,7 +87,13 @@ fn worker_config_validation() {
         Path::new("w.toml"),
     )
     .unwrap();
-    assert_eq!(ok.backend, Backend::Synthetic(SyntheticBackend { ttft: Duration::from_millis(5), ..Default::default() }));
+    assert_eq!(
+        ok.backend,
+        Backend::Synthetic(SyntheticBackend {
+            ttft: Duration::from_millis(5),
+            ..Default::default()
+        })
+    );
     let errs = parse_worker_config(
         "[worker]\nname = \"bad name!\"\nregion = \"seoul\"\nmodels = []\nmax_concurrent = 0\n",
         Path::new("w.toml"),
@@ -98,5 +110,8 @@ fn tls_needs_cert_and_key_together() {
         Path::new("w.toml"),
     )
     .unwrap_err();
-    assert!(errs.to_string().contains("w.toml:6:8: [tls] needs both"), "{errs}");
+    assert!(
+        errs.to_string().contains("w.toml:6:8: [tls] needs both"),
+        "{errs}"
+    );
 }

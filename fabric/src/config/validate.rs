@@ -30,7 +30,12 @@ impl<'a> Ctx<'a> {
             }
             None => (0, 0),
         };
-        self.errors.push(ConfigError { file: self.file.into(), line, col, message: message.into() });
+        self.errors.push(ConfigError {
+            file: self.file.into(),
+            line,
+            col,
+            message: message.into(),
+        });
     }
 
     fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
@@ -55,24 +60,50 @@ impl<'a> Ctx<'a> {
         match v {
             None => default.parse().expect("default addresses are valid"),
             Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
-                self.err(Some(s.span()), format!("`{}` is not a socket address like 127.0.0.1:4433", s.get_ref()));
+                self.err(
+                    Some(s.span()),
+                    format!(
+                        "`{}` is not a socket address like 127.0.0.1:4433",
+                        s.get_ref()
+                    ),
+                );
                 default.parse().expect("default addresses are valid")
             }),
         }
     }
 
-    fn count(&mut self, v: Option<&Spanned<u64>>, what: &str, range: Range<u64>, default: u64) -> u64 {
+    fn count(
+        &mut self,
+        v: Option<&Spanned<u64>>,
+        what: &str,
+        range: Range<u64>,
+        default: u64,
+    ) -> u64 {
         match v {
             None => default,
             Some(s) if range.contains(s.get_ref()) => *s.get_ref(),
             Some(s) => {
-                self.err(Some(s.span()), format!("{what} must be in {}..{}, got {}", range.start, range.end, s.get_ref()));
+                self.err(
+                    Some(s.span()),
+                    format!(
+                        "{what} must be in {}..{}, got {}",
+                        range.start,
+                        range.end,
+                        s.get_ref()
+                    ),
+                );
                 default
             }
         }
     }
 
-    fn millis(&mut self, v: Option<&Spanned<u64>>, what: &str, max_ms: u64, default: Duration) -> Duration {
+    fn millis(
+        &mut self,
+        v: Option<&Spanned<u64>>,
+        what: &str,
+        max_ms: u64,
+        default: Duration,
+    ) -> Duration {
         let ms = self.count(v, what, 0..max_ms + 1, default.as_millis() as u64);
         Duration::from_millis(ms)
     }
@@ -81,16 +112,22 @@ impl<'a> Ctx<'a> {
         let n = s.get_ref();
         let ok = !n.is_empty()
             && n.len() <= meridian_protocol::limits::MAX_NAME_LEN
-            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
         if !ok {
-            self.err(Some(s.span()), format!("{what} `{n}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"));
+            self.err(
+                Some(s.span()),
+                format!("{what} `{n}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"),
+            );
         }
     }
 
     fn area(&mut self, name: &str, span: Range<usize>) {
         let ok = !name.is_empty()
             && name.len() <= meridian_protocol::limits::MAX_AREA_LEN
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !ok {
             self.err(Some(span), format!("area `{name}` must be lowercase letters, digits or '-' (an ISO country code like `jp`, or a group like `eu`)"));
         }
@@ -106,16 +143,26 @@ impl<'a> Ctx<'a> {
 
     fn tls(&mut self, raw: Option<&RawTls>) -> ServerTls {
         let Some(t) = raw else {
-            return ServerTls::Dev { dir: DEFAULT_DEV_CERT_DIR.into() };
+            return ServerTls::Dev {
+                dir: DEFAULT_DEV_CERT_DIR.into(),
+            };
         };
         match (&t.cert, &t.key) {
-            (Some(c), Some(k)) => ServerTls::Files { cert: self.path(c), key: self.path(k) },
+            (Some(c), Some(k)) => ServerTls::Files {
+                cert: self.path(c),
+                key: self.path(k),
+            },
             (Some(s), None) | (None, Some(s)) => {
                 self.err(Some(s.span()), "[tls] needs both `cert` and `key`, or neither (then a development certificate is generated)");
-                ServerTls::Dev { dir: DEFAULT_DEV_CERT_DIR.into() }
+                ServerTls::Dev {
+                    dir: DEFAULT_DEV_CERT_DIR.into(),
+                }
             }
             (None, None) => ServerTls::Dev {
-                dir: t.dev_cert_dir.as_ref().map_or(DEFAULT_DEV_CERT_DIR.into(), |d| self.path(d)),
+                dir: t
+                    .dev_cert_dir
+                    .as_ref()
+                    .map_or(DEFAULT_DEV_CERT_DIR.into(), |d| self.path(d)),
             },
         }
     }
@@ -123,9 +170,15 @@ impl<'a> Ctx<'a> {
     fn models(&mut self, v: Option<&Spanned<Vec<String>>>, span: Range<usize>) -> Vec<String> {
         match v {
             Some(m) if !m.get_ref().is_empty() => {
-                let bad = m.get_ref().iter().find(|n| n.is_empty() || n.len() > meridian_protocol::limits::MAX_MODEL_LEN);
+                let bad = m
+                    .get_ref()
+                    .iter()
+                    .find(|n| n.is_empty() || n.len() > meridian_protocol::limits::MAX_MODEL_LEN);
                 if let Some(b) = bad {
-                    self.err(Some(m.span()), format!("model name `{b}` must be 1-128 bytes"));
+                    self.err(
+                        Some(m.span()),
+                        format!("model name `{b}` must be 1-128 bytes"),
+                    );
                 }
                 m.get_ref().clone()
             }
@@ -134,7 +187,10 @@ impl<'a> Ctx<'a> {
                 Vec::new()
             }
             None => {
-                self.err(Some(span), "missing `models`: list the models this worker serves");
+                self.err(
+                    Some(span),
+                    "missing `models`: list the models this worker serves",
+                );
                 Vec::new()
             }
         }
@@ -143,7 +199,11 @@ impl<'a> Ctx<'a> {
 
 /// Parses and validates an edge/topology config. `file` is used in error locations.
 pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
-    let mut cx = Ctx { src, file, errors: Vec::new() };
+    let mut cx = Ctx {
+        src,
+        file,
+        errors: Vec::new(),
+    };
     let Some(raw) = cx.parse::<RawConfig>() else {
         return Err(ConfigErrors(cx.errors));
     };
@@ -155,12 +215,21 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         let span = r.span();
         let r = r.get_ref();
         cx.name(&r.name, "region name");
-        if region_ids.insert(r.name.get_ref().clone(), regions.len()).is_some() {
-            cx.err(Some(r.name.span()), format!("duplicate region `{}`", r.name.get_ref()));
+        if region_ids
+            .insert(r.name.get_ref().clone(), regions.len())
+            .is_some()
+        {
+            cx.err(
+                Some(r.name.span()),
+                format!("duplicate region `{}`", r.name.get_ref()),
+            );
         }
         let mut nonneg = |v: &Option<Spanned<f64>>, what: &str| match v {
             Some(s) if *s.get_ref() < 0.0 || !s.get_ref().is_finite() => {
-                cx.err(Some(s.span()), format!("{what} must be a non-negative number"));
+                cx.err(
+                    Some(s.span()),
+                    format!("{what} must be a non-negative number"),
+                );
                 0.0
             }
             Some(s) => *s.get_ref(),
@@ -176,32 +245,48 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             carbon_g_per_kwh: carbon,
         });
         if regions.len() == MAX_REGIONS + 1 {
-            cx.err(Some(span), format!("at most {MAX_REGIONS} regions are supported"));
+            cx.err(
+                Some(span),
+                format!("at most {MAX_REGIONS} regions are supported"),
+            );
         }
     }
     if raw.regions.is_empty() {
-        cx.err(Some(0..0), "no [[region]] defined: a topology needs at least one region");
+        cx.err(
+            Some(0..0),
+            "no [[region]] defined: a topology needs at least one region",
+        );
     }
 
-    let region_list = |cx: &mut Ctx, list: &Spanned<Vec<Spanned<String>>>, what: &str| -> Vec<RegionId> {
-        if list.get_ref().is_empty() {
-            cx.err(Some(list.span()), format!("{what} lists no regions"));
-        }
-        let mut out = Vec::new();
-        for name in list.get_ref() {
-            match region_ids.get(name.get_ref()) {
-                Some(id) if out.contains(id) => cx.err(Some(name.span()), format!("region `{}` listed twice", name.get_ref())),
-                Some(id) => out.push(*id),
-                None => cx.err(Some(name.span()), format!("unknown region `{}` in {what}", name.get_ref())),
+    let region_list =
+        |cx: &mut Ctx, list: &Spanned<Vec<Spanned<String>>>, what: &str| -> Vec<RegionId> {
+            if list.get_ref().is_empty() {
+                cx.err(Some(list.span()), format!("{what} lists no regions"));
             }
-        }
-        out
-    };
+            let mut out = Vec::new();
+            for name in list.get_ref() {
+                match region_ids.get(name.get_ref()) {
+                    Some(id) if out.contains(id) => cx.err(
+                        Some(name.span()),
+                        format!("region `{}` listed twice", name.get_ref()),
+                    ),
+                    Some(id) => out.push(*id),
+                    None => cx.err(
+                        Some(name.span()),
+                        format!("unknown region `{}` in {what}", name.get_ref()),
+                    ),
+                }
+            }
+            out
+        };
 
     let mut areas = HashMap::new();
     for (area, list) in &raw.areas {
         cx.area(area, list.span());
-        areas.insert(area.clone(), region_list(&mut cx, list, &format!("area `{area}`")));
+        areas.insert(
+            area.clone(),
+            region_list(&mut cx, list, &format!("area `{area}`")),
+        );
     }
     let mut area_groups: HashMap<String, Vec<String>> = HashMap::new();
     for (group, members) in &raw.area_groups {
@@ -211,7 +296,10 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         }
         for m in members.get_ref() {
             cx.area(m.get_ref(), m.span());
-            area_groups.entry(m.get_ref().clone()).or_default().push(group.clone());
+            area_groups
+                .entry(m.get_ref().clone())
+                .or_default()
+                .push(group.clone());
         }
     }
     let mut residency = HashMap::new();
@@ -226,7 +314,13 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
     for (tenant, t) in &raw.tenants {
         let policy = t.get_ref().residency.as_ref().map(|p| {
             if !residency.contains_key(p.get_ref()) {
-                cx.err(Some(p.span()), format!("tenant `{tenant}` names unknown residency policy `{}`", p.get_ref()));
+                cx.err(
+                    Some(p.span()),
+                    format!(
+                        "tenant `{tenant}` names unknown residency policy `{}`",
+                        p.get_ref()
+                    ),
+                );
             }
             p.get_ref().clone()
         });
@@ -242,15 +336,31 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         let w = w.get_ref();
         cx.name(&w.name, "worker name");
         if !worker_names.insert(w.name.get_ref().clone()) {
-            cx.err(Some(w.name.span()), format!("duplicate worker `{}`", w.name.get_ref()));
+            cx.err(
+                Some(w.name.span()),
+                format!("duplicate worker `{}`", w.name.get_ref()),
+            );
         }
-        let region = region_ids.get(w.region.get_ref()).copied().unwrap_or_else(|| {
-            cx.err(Some(w.region.span()), format!("worker `{}` is in unknown region `{}`", w.name.get_ref(), w.region.get_ref()));
-            0
-        });
+        let region = region_ids
+            .get(w.region.get_ref())
+            .copied()
+            .unwrap_or_else(|| {
+                cx.err(
+                    Some(w.region.span()),
+                    format!(
+                        "worker `{}` is in unknown region `{}`",
+                        w.name.get_ref(),
+                        w.region.get_ref()
+                    ),
+                );
+                0
+            });
         let address = cx.addr(Some(&w.address), DEFAULT_WORKER_LISTEN);
         if address.port() != 0 && !addrs.insert(address) {
-            cx.err(Some(w.address.span()), format!("address {address} is used by two workers"));
+            cx.err(
+                Some(w.address.span()),
+                format!("address {address} is used by two workers"),
+            );
         }
         let models = cx.models(w.models.as_ref(), span.clone());
         let weight = cx.count(w.weight.as_ref(), "weight", 1..1001, 1) as u32;
@@ -280,23 +390,66 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
     });
     let edge = EdgeSettings {
         listen: cx.addr(e.and_then(|e| e.listen.as_ref()), DEFAULT_EDGE_LISTEN),
-        pop: e.and_then(|e| e.pop.as_ref()).map_or_else(|| "edge".into(), |p| p.get_ref().clone()),
+        pop: e
+            .and_then(|e| e.pop.as_ref())
+            .map_or_else(|| "edge".into(), |p| p.get_ref().clone()),
         default_area,
-        max_connections: cx.count(e.and_then(|e| e.max_connections.as_ref()), "max_connections", 1..1_000_001, DEFAULT_MAX_CONNECTIONS.into()) as u32,
-        max_streams_per_connection: cx.count(e.and_then(|e| e.max_streams_per_connection.as_ref()), "max_streams_per_connection", 1..100_001, DEFAULT_MAX_STREAMS_PER_CONNECTION.into()) as u32,
-        max_prompt_bytes: cx.count(e.and_then(|e| e.max_prompt_bytes.as_ref()), "max_prompt_bytes", 1..(64 << 20) + 1, meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES as u64) as usize,
+        max_connections: cx.count(
+            e.and_then(|e| e.max_connections.as_ref()),
+            "max_connections",
+            1..1_000_001,
+            DEFAULT_MAX_CONNECTIONS.into(),
+        ) as u32,
+        max_streams_per_connection: cx.count(
+            e.and_then(|e| e.max_streams_per_connection.as_ref()),
+            "max_streams_per_connection",
+            1..100_001,
+            DEFAULT_MAX_STREAMS_PER_CONNECTION.into(),
+        ) as u32,
+        max_prompt_bytes: cx.count(
+            e.and_then(|e| e.max_prompt_bytes.as_ref()),
+            "max_prompt_bytes",
+            1..(64 << 20) + 1,
+            meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES as u64,
+        ) as usize,
         tls: cx.tls(raw.tls.as_ref()),
     };
     let u = raw.upstream.as_ref();
     let upstream = UpstreamSettings {
-        connect_timeout: cx.millis(u.and_then(|u| u.connect_timeout_ms.as_ref()), "connect_timeout_ms", 60_000, DEFAULT_CONNECT_TIMEOUT),
-        backoff_min: cx.millis(u.and_then(|u| u.backoff_min_ms.as_ref()), "backoff_min_ms", 60_000, DEFAULT_BACKOFF_MIN),
-        backoff_max: cx.millis(u.and_then(|u| u.backoff_max_ms.as_ref()), "backoff_max_ms", 600_000, DEFAULT_BACKOFF_MAX),
+        connect_timeout: cx.millis(
+            u.and_then(|u| u.connect_timeout_ms.as_ref()),
+            "connect_timeout_ms",
+            60_000,
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        backoff_min: cx.millis(
+            u.and_then(|u| u.backoff_min_ms.as_ref()),
+            "backoff_min_ms",
+            60_000,
+            DEFAULT_BACKOFF_MIN,
+        ),
+        backoff_max: cx.millis(
+            u.and_then(|u| u.backoff_max_ms.as_ref()),
+            "backoff_max_ms",
+            600_000,
+            DEFAULT_BACKOFF_MAX,
+        ),
+        idle_timeout: cx
+            .millis(
+                u.and_then(|u| u.idle_timeout_ms.as_ref()),
+                "idle_timeout_ms",
+                600_000,
+                DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            )
+            .max(Duration::from_millis(100)),
     };
     let r = raw.routing.as_ref();
     let load_factor = match r.and_then(|r| r.load_factor.as_ref()) {
         Some(f) if !(*f.get_ref() > 1.0 && *f.get_ref() <= 100.0) => {
-            cx.err(Some(f.span()), "load_factor must be > 1.0 (bounded loads need headroom) and at most 100");
+            cx.err(
+                Some(f.span()),
+                "load_factor must be > 1.0 (bounded loads need headroom) and at most 100",
+            );
             DEFAULT_LOAD_FACTOR
         }
         Some(f) => *f.get_ref(),
@@ -305,18 +458,46 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
     let ring_key = r.and_then(|r| r.ring_key.as_ref()).and_then(|k| {
         let parsed = parse_hex16(k.get_ref());
         if parsed.is_none() {
-            cx.err(Some(k.span()), "ring_key must be 32 hex digits (16 bytes), e.g. from `openssl rand -hex 16`");
+            cx.err(
+                Some(k.span()),
+                "ring_key must be 32 hex digits (16 bytes), e.g. from `openssl rand -hex 16`",
+            );
         }
         parsed
     });
     let routing = RoutingSettings {
         load_factor,
-        vnodes_per_weight: cx.count(r.and_then(|r| r.vnodes_per_weight.as_ref()), "vnodes_per_weight", 1..1025, DEFAULT_VNODES_PER_WEIGHT.into()) as u32,
+        vnodes_per_weight: cx.count(
+            r.and_then(|r| r.vnodes_per_weight.as_ref()),
+            "vnodes_per_weight",
+            1..1025,
+            DEFAULT_VNODES_PER_WEIGHT.into(),
+        ) as u32,
         ring_key,
-        prefix_bytes: cx.count(r.and_then(|r| r.prefix_bytes.as_ref()), "prefix_bytes", 1..65_537, DEFAULT_PREFIX_BYTES as u64) as usize,
-        max_attempts: cx.count(u.and_then(|u| u.max_attempts.as_ref()), "max_attempts", 1..11, DEFAULT_MAX_ATTEMPTS.into()) as u32,
+        prefix_bytes: cx.count(
+            r.and_then(|r| r.prefix_bytes.as_ref()),
+            "prefix_bytes",
+            1..65_537,
+            DEFAULT_PREFIX_BYTES as u64,
+        ) as usize,
+        max_attempts: cx.count(
+            u.and_then(|u| u.max_attempts.as_ref()),
+            "max_attempts",
+            1..11,
+            DEFAULT_MAX_ATTEMPTS.into(),
+        ) as u32,
     };
-    cx.finish(Config { edge, upstream, routing, regions, areas, area_groups, residency, tenants, workers })
+    cx.finish(Config {
+        edge,
+        upstream,
+        routing,
+        regions,
+        areas,
+        area_groups,
+        residency,
+        tenants,
+        workers,
+    })
 }
 
 fn parse_hex16(s: &str) -> Option<[u8; 16]> {
@@ -332,7 +513,11 @@ fn parse_hex16(s: &str) -> Option<[u8; 16]> {
 
 /// Parses and validates a worker config. `file` is used in error locations.
 pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, ConfigErrors> {
-    let mut cx = Ctx { src, file, errors: Vec::new() };
+    let mut cx = Ctx {
+        src,
+        file,
+        errors: Vec::new(),
+    };
     let Some(raw) = cx.parse::<RawWorkerConfig>() else {
         return Err(ConfigErrors(cx.errors));
     };
@@ -344,13 +529,24 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
         None => Backend::Synthetic(SyntheticBackend::default()),
         Some(b) => {
             if b.kind.get_ref() != "synthetic" {
-                cx.err(Some(b.kind.span()), format!("unknown backend kind `{}`: expected `synthetic`", b.kind.get_ref()));
+                cx.err(
+                    Some(b.kind.span()),
+                    format!(
+                        "unknown backend kind `{}`: expected `synthetic`",
+                        b.kind.get_ref()
+                    ),
+                );
             }
             let d = SyntheticBackend::default();
             Backend::Synthetic(SyntheticBackend {
                 ttft: cx.millis(b.ttft_ms.as_ref(), "ttft_ms", 600_000, d.ttft),
                 itl: cx.millis(b.itl_ms.as_ref(), "itl_ms", 60_000, d.itl),
-                max_tokens: cx.count(b.max_tokens.as_ref(), "max_tokens", 1..1_000_001, d.max_tokens),
+                max_tokens: cx.count(
+                    b.max_tokens.as_ref(),
+                    "max_tokens",
+                    1..1_000_001,
+                    d.max_tokens,
+                ),
             })
         }
     };
@@ -359,9 +555,24 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
         region: w.region.get_ref().clone(),
         listen: cx.addr(w.listen.as_ref(), DEFAULT_WORKER_LISTEN),
         models: cx.models(w.models.as_ref(), span),
-        max_concurrent: cx.count(w.max_concurrent.as_ref(), "max_concurrent", 1..100_001, DEFAULT_MAX_CONCURRENT.into()) as u32,
-        max_prompt_bytes: cx.count(w.max_prompt_bytes.as_ref(), "max_prompt_bytes", 1..(64 << 20) + 1, meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES as u64) as usize,
-        load_report: cx.millis(w.load_report_ms.as_ref(), "load_report_ms", 60_000, DEFAULT_LOAD_REPORT),
+        max_concurrent: cx.count(
+            w.max_concurrent.as_ref(),
+            "max_concurrent",
+            1..100_001,
+            DEFAULT_MAX_CONCURRENT.into(),
+        ) as u32,
+        max_prompt_bytes: cx.count(
+            w.max_prompt_bytes.as_ref(),
+            "max_prompt_bytes",
+            1..(64 << 20) + 1,
+            meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES as u64,
+        ) as usize,
+        load_report: cx.millis(
+            w.load_report_ms.as_ref(),
+            "load_report_ms",
+            60_000,
+            DEFAULT_LOAD_REPORT,
+        ),
         tls: cx.tls(raw.tls.as_ref()),
         backend,
     };

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 pub use scenario::{run_scenario, StepOutcome};
 
-use crate::config::{parse_config, Backend, Config, ConfigErrors, ServerTls, SyntheticBackend, UpstreamTrust, WorkerConfig};
+use crate::config::{
+    parse_config, Backend, Config, ConfigErrors, ServerTls, SyntheticBackend, UpstreamTrust,
+    WorkerConfig,
+};
 use crate::edge::{self, EdgeHandle};
 use crate::shutdown::Shutdown;
 use crate::tls::{Identity, IdentityError};
@@ -67,7 +70,11 @@ impl Demo {
     /// Starts the topology: writes a fresh self-signed certificate to `cert_dir`, binds the
     /// workers and the edge (`edge_listen`, port 0 for any) on loopback, and waits until the
     /// edge is connected to every worker.
-    pub async fn start(cert_dir: &Path, edge_listen: std::net::SocketAddr, backend: SyntheticBackend) -> Result<Demo, DemoError> {
+    pub async fn start(
+        cert_dir: &Path,
+        edge_listen: std::net::SocketAddr,
+        backend: SyntheticBackend,
+    ) -> Result<Demo, DemoError> {
         let mut config = parse_config(TOPOLOGY, Path::new("<embedded demo topology>"))?;
         let mut identity = Identity::self_signed()?;
         identity.write(cert_dir)?;
@@ -82,7 +89,9 @@ impl Demo {
                 max_concurrent: 64,
                 max_prompt_bytes: meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES,
                 load_report: Duration::from_millis(100),
-                tls: ServerTls::Dev { dir: cert_dir.into() },
+                tls: ServerTls::Dev {
+                    dir: cert_dir.into(),
+                },
                 backend: Backend::Synthetic(backend.clone()),
             };
             let handle = worker::spawn(wc, &identity, Shutdown::new())?;
@@ -95,11 +104,24 @@ impl Demo {
         let edge = edge::spawn(config.clone(), &identity, Shutdown::new())?;
         let total = config.workers.len();
         let timeout = Duration::from_secs(10);
-        let ready = tokio::time::timeout(timeout, edge.router.wait_until(|r| r.healthy_workers() == total)).await;
+        let ready = tokio::time::timeout(
+            timeout,
+            edge.router.wait_until(|r| r.healthy_workers() == total),
+        )
+        .await;
         if ready.is_err() {
-            return Err(DemoError::NotReady { ready: edge.router.healthy_workers(), total, timeout });
+            return Err(DemoError::NotReady {
+                ready: edge.router.healthy_workers(),
+                total,
+                timeout,
+            });
         }
-        Ok(Demo { edge, workers, config, cert_path })
+        Ok(Demo {
+            edge,
+            workers,
+            config,
+            cert_path,
+        })
     }
 
     /// Stops every worker of `region` gracefully and waits until the edge routes around them.

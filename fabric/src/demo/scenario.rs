@@ -85,7 +85,8 @@ async fn send(client: &Client, s: &Spec) -> StepOutcome {
                     out.worker = Some(r.worker);
                 }
                 Event::Tokens(t) => {
-                    out.ttft_ms.get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
+                    out.ttft_ms
+                        .get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
                     out.tokens += 1;
                     out.text.push_str(&t);
                 }
@@ -96,7 +97,10 @@ async fn send(client: &Client, s: &Spec) -> StepOutcome {
     }
     .await;
     if let Err(e) = result {
-        out.error = Some(e.code().map_or_else(|| "CONNECTION".to_owned(), |c| c.to_string()));
+        out.error = Some(
+            e.code()
+                .map_or_else(|| "CONNECTION".to_owned(), |c| c.to_string()),
+        );
         out.message = Some(match e {
             meridian_protocol::client::ClientError::Remote { message, .. } => message,
             other => other.to_string(),
@@ -119,33 +123,85 @@ pub async fn run_scenario(demo: &mut Demo, client: &Client) -> Vec<StepOutcome> 
         title,
         area,
         tenant,
-        residency: if tenant == Some("bund") { Some("de-sovereign") } else { None },
+        residency: if tenant == Some("bund") {
+            Some("de-sovereign")
+        } else {
+            None
+        },
         shard_key,
         prompt,
     };
-    let tokyo_user = spec(1, "Tokyo user goes to the nearby Seoul pool", "jp", None, None, "What is the capital of Korea?");
+    let tokyo_user = spec(
+        1,
+        "Tokyo user goes to the nearby Seoul pool",
+        "jp",
+        None,
+        None,
+        "What is the capital of Korea?",
+    );
     out.push(expect_region(send(client, &tokyo_user).await, "seoul"));
-    let paris = spec(2, "Paris user goes to Frankfurt (area fr is in group eu)", "fr", None, None, "Bonjour! Summarise GDPR.");
+    let paris = spec(
+        2,
+        "Paris user goes to Frankfurt (area fr is in group eu)",
+        "fr",
+        None,
+        None,
+        "Bonjour! Summarise GDPR.",
+    );
     out.push(expect_region(send(client, &paris).await, "frankfurt"));
-    let bund = spec(3, "Sovereign tenant `bund` goes to the sovereign pool", "de", Some("bund"), None, "Prüfe den Antrag.");
-    out.push(expect_region(send(client, &bund).await, "frankfurt-sovereign"));
+    let bund = spec(
+        3,
+        "Sovereign tenant `bund` goes to the sovereign pool",
+        "de",
+        Some("bund"),
+        None,
+        "Prüfe den Antrag.",
+    );
+    out.push(expect_region(
+        send(client, &bund).await,
+        "frankfurt-sovereign",
+    ));
 
-    let sticky = spec(4, "Same shard key twice lands on the same worker", "jp", None, Some("session-42"), "Continue our chat.");
+    let sticky = spec(
+        4,
+        "Same shard key twice lands on the same worker",
+        "jp",
+        None,
+        Some("session-42"),
+        "Continue our chat.",
+    );
     let first = expect_region(send(client, &sticky).await, "seoul");
     let mut second = expect_region(send(client, &sticky).await, "seoul");
-    second.expected = format!("same worker as before ({})", first.worker.as_deref().unwrap_or("?"));
+    second.expected = format!(
+        "same worker as before ({})",
+        first.worker.as_deref().unwrap_or("?")
+    );
     second.ok = second.ok && first.ok && second.worker == first.worker;
     out.push(first);
     out.push(second);
 
     demo.stop_region("seoul").await;
-    let failover = spec(5, "Seoul's workers stopped: the Tokyo user fails over to Tokyo", "jp", None, None, "What is the capital of Korea?");
+    let failover = spec(
+        5,
+        "Seoul's workers stopped: the Tokyo user fails over to Tokyo",
+        "jp",
+        None,
+        None,
+        "What is the capital of Korea?",
+    );
     out.push(expect_region(send(client, &failover).await, "tokyo"));
 
     let frankfurt = demo.config.region_id("frankfurt").expect("demo region");
     let landed_before = frankfurt_requests(demo, frankfurt);
     demo.stop_region("frankfurt-sovereign").await;
-    let closed = spec(6, "Sovereign pool stopped: `bund` fails closed, never spills to frankfurt", "de", Some("bund"), None, "Prüfe den Antrag.");
+    let closed = spec(
+        6,
+        "Sovereign pool stopped: `bund` fails closed, never spills to frankfurt",
+        "de",
+        Some("bund"),
+        None,
+        "Prüfe den Antrag.",
+    );
     let mut o = send(client, &closed).await;
     let landed_after = frankfurt_requests(demo, frankfurt);
     o.expected = "RESIDENCY_UNAVAILABLE, nothing sent to frankfurt".into();

@@ -39,7 +39,11 @@ fn reject(code: ErrorCode, msg: impl Into<String>) -> IntakeError {
 
 /// Reads the request to FIN. `max_prompt` bounds the prompt; raw bytes (frame overhead
 /// included) are bounded too, so empty frames cannot grow the chunk list without limit.
-pub(crate) async fn read(recv: &mut RecvStream, max_prompt: usize, prefix_len: usize) -> Result<Intake, IntakeError> {
+pub(crate) async fn read(
+    recv: &mut RecvStream,
+    max_prompt: usize,
+    prefix_len: usize,
+) -> Result<Intake, IntakeError> {
     let max_raw = max_prompt + MAX_HEADERS_LEN + 64 * 1024;
     let mut chunks = Vec::new();
     let mut raw_len = 0usize;
@@ -48,25 +52,32 @@ pub(crate) async fn read(recv: &mut RecvStream, max_prompt: usize, prefix_len: u
     let mut scanner = FrameScanner::new();
     let mut prompt_len = 0usize;
     let mut prefix = Vec::new();
-    let body = |scanner: &mut FrameScanner, data: &[u8], prompt_len: &mut usize, prefix: &mut Vec<u8>| {
-        scanner.scan(data, |ev| {
-            match ev {
-                Scanned::Start(h) if h.ty != FrameType::BODY && h.ty.is_known() => {
-                    return Err(reject(ErrorCode::PROTOCOL_ERROR, format!("unexpected {} frame after HEADERS", h.ty.name())));
-                }
-                Scanned::Payload(FrameType::BODY, p) => {
-                    *prompt_len += p.len();
-                    if *prompt_len > max_prompt {
-                        return Err(reject(ErrorCode::TOO_LARGE, format!("prompt exceeds the {max_prompt}-byte limit")));
+    let body =
+        |scanner: &mut FrameScanner, data: &[u8], prompt_len: &mut usize, prefix: &mut Vec<u8>| {
+            scanner.scan(data, |ev| {
+                match ev {
+                    Scanned::Start(h) if h.ty != FrameType::BODY && h.ty.is_known() => {
+                        return Err(reject(
+                            ErrorCode::PROTOCOL_ERROR,
+                            format!("unexpected {} frame after HEADERS", h.ty.name()),
+                        ));
                     }
-                    let take = (prefix_len - prefix.len()).min(p.len());
-                    prefix.extend_from_slice(&p[..take]);
+                    Scanned::Payload(FrameType::BODY, p) => {
+                        *prompt_len += p.len();
+                        if *prompt_len > max_prompt {
+                            return Err(reject(
+                                ErrorCode::TOO_LARGE,
+                                format!("prompt exceeds the {max_prompt}-byte limit"),
+                            ));
+                        }
+                        let take = (prefix_len - prefix.len()).min(p.len());
+                        prefix.extend_from_slice(&p[..take]);
+                    }
+                    _ => {}
                 }
-                _ => {}
-            }
-            Ok(())
-        })
-    };
+                Ok(())
+            })
+        };
     loop {
         let chunk = match recv.read_chunk(usize::MAX, true).await {
             Ok(Some(c)) => c.bytes,
@@ -75,7 +86,10 @@ pub(crate) async fn read(recv: &mut RecvStream, max_prompt: usize, prefix_len: u
         };
         raw_len += chunk.len();
         if raw_len > max_raw {
-            return Err(reject(ErrorCode::TOO_LARGE, format!("request exceeds {max_raw} bytes on the wire")));
+            return Err(reject(
+                ErrorCode::TOO_LARGE,
+                format!("request exceeds {max_raw} bytes on the wire"),
+            ));
         }
         chunks.push(chunk.clone());
         if headers.is_some() {
@@ -97,7 +111,10 @@ pub(crate) async fn read(recv: &mut RecvStream, max_prompt: usize, prefix_len: u
                 body(&mut scanner, &src, &mut prompt_len, &mut prefix)?;
             }
             Ok(other) => {
-                return Err(reject(ErrorCode::PROTOCOL_ERROR, format!("expected HEADERS first, got {}", other.ty().name())))
+                return Err(reject(
+                    ErrorCode::PROTOCOL_ERROR,
+                    format!("expected HEADERS first, got {}", other.ty().name()),
+                ))
             }
             Err(DecodeError::Incomplete) => {
                 if head.is_empty() {
@@ -107,9 +124,21 @@ pub(crate) async fn read(recv: &mut RecvStream, max_prompt: usize, prefix_len: u
             Err(e) => return Err(e.into()),
         }
     }
-    let headers = headers.ok_or_else(|| reject(ErrorCode::PROTOCOL_ERROR, "stream ended before a whole HEADERS frame"))?;
+    let headers = headers.ok_or_else(|| {
+        reject(
+            ErrorCode::PROTOCOL_ERROR,
+            "stream ended before a whole HEADERS frame",
+        )
+    })?;
     if !scanner.at_boundary() {
-        return Err(reject(ErrorCode::PROTOCOL_ERROR, "stream ended inside a frame"));
+        return Err(reject(
+            ErrorCode::PROTOCOL_ERROR,
+            "stream ended inside a frame",
+        ));
     }
-    Ok(Intake { headers, chunks, prefix })
+    Ok(Intake {
+        headers,
+        chunks,
+        prefix,
+    })
 }

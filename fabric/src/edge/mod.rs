@@ -73,23 +73,52 @@ pub enum EdgeError {
 }
 
 /// Binds `config.edge.listen`, connects to every worker, and serves until `shutdown`.
-pub fn spawn(config: Arc<Config>, identity: &Identity, shutdown: Shutdown) -> Result<EdgeHandle, EdgeError> {
+pub fn spawn(
+    config: Arc<Config>,
+    identity: &Identity,
+    shutdown: Shutdown,
+) -> Result<EdgeHandle, EdgeError> {
     let listen = config.edge.listen;
-    let server = identity.server_config(&[meridian_protocol::ALPN], transport::transport(config.edge.max_streams_per_connection))?;
-    let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| EdgeError::Bind(listen, e))?;
-    let addr = endpoint.local_addr().map_err(|e| EdgeError::Bind(listen, e))?;
-    let bind: SocketAddr = if addr.is_ipv6() { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
+    let server = identity.server_config(
+        &[meridian_protocol::ALPN],
+        transport::transport(config.edge.max_streams_per_connection),
+    )?;
+    let endpoint =
+        quinn::Endpoint::server(server, listen).map_err(|e| EdgeError::Bind(listen, e))?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|e| EdgeError::Bind(listen, e))?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
     let upstream_ep = quinn::Endpoint::client(bind).map_err(|e| EdgeError::Bind(bind, e))?;
     let router = Arc::new(Router::new(config.clone()));
     let upstreams = Upstreams::spawn(router.clone(), upstream_ep.clone(), shutdown.clone());
     let stats = Arc::new(EdgeStats::default());
-    let shared = Arc::new(EdgeShared { router: router.clone(), upstreams, stats: stats.clone() });
+    let shared = Arc::new(EdgeShared {
+        router: router.clone(),
+        upstreams,
+        stats: stats.clone(),
+    });
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
     let task = tokio::spawn(serve(endpoint, upstream_ep, shared, shutdown.clone()));
-    Ok(EdgeHandle { addr, router, stats, shutdown, task })
+    Ok(EdgeHandle {
+        addr,
+        router,
+        stats,
+        shutdown,
+        task,
+    })
 }
 
-async fn serve(endpoint: quinn::Endpoint, upstream_ep: quinn::Endpoint, shared: Arc<EdgeShared>, shutdown: Shutdown) {
+async fn serve(
+    endpoint: quinn::Endpoint,
+    upstream_ep: quinn::Endpoint,
+    shared: Arc<EdgeShared>,
+    shutdown: Shutdown,
+) {
     let max = shared.router.config().edge.max_connections as usize;
     let mut conns = JoinSet::new();
     loop {
@@ -107,7 +136,10 @@ async fn serve(endpoint: quinn::Endpoint, upstream_ep: quinn::Endpoint, shared: 
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while conns.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         warn!("edge drain timed out; closing with requests in flight");
     }
@@ -144,7 +176,9 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<EdgeShared>, shutdown
 
 /// The edge's control stream to a client: SETTINGS, then GOAWAY on shutdown.
 async fn control(conn: quinn::Connection, shared: Arc<EdgeShared>, shutdown: Shutdown) {
-    let Ok(mut send) = conn.open_uni().await else { return };
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
     let cfg = shared.router.config();
     let mut buf = BytesMut::new();
     varint::encode(CONTROL_STREAM_TYPE, &mut buf);

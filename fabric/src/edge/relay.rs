@@ -82,9 +82,20 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
             return fail(&mut send, &edge, e).await;
         }
     };
-    let deadline = intake.headers.deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-    let shard_key = intake.headers.shard_key.clone().unwrap_or_else(|| Bytes::copy_from_slice(&intake.prefix));
-    let area = intake.headers.area.as_deref().or(cfg.edge.default_area.as_deref());
+    let deadline = intake
+        .headers
+        .deadline_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let shard_key = intake
+        .headers
+        .shard_key
+        .clone()
+        .unwrap_or_else(|| Bytes::copy_from_slice(&intake.prefix));
+    let area = intake
+        .headers
+        .area
+        .as_deref()
+        .or(cfg.edge.default_area.as_deref());
     let mut exclude: Vec<WorkerId> = Vec::new();
     for attempt in 1..=u64::from(cfg.routing.max_attempts) {
         let req = RouteRequest {
@@ -106,7 +117,11 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
         };
         let worker_id = decision.worker;
         let worker = &cfg.workers[worker_id];
-        let routed = Frame::Routed(Routed { region: cfg.regions[decision.region].name.clone(), worker: worker.name.clone(), attempt });
+        let routed = Frame::Routed(Routed {
+            region: cfg.regions[decision.region].name.clone(),
+            worker: worker.name.clone(),
+            attempt,
+        });
         if send.write_chunk(routed.to_bytes()).await.is_err() {
             edge.stats.cancelled.fetch_add(1, Relaxed);
             return;
@@ -129,8 +144,16 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
             }
         }
     }
-    let msg = format!("{} attempts failed before the first token", cfg.routing.max_attempts);
-    fail(&mut send, &edge, ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg)).await;
+    let msg = format!(
+        "{} attempts failed before the first token",
+        cfg.routing.max_attempts
+    );
+    fail(
+        &mut send,
+        &edge,
+        ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg),
+    )
+    .await;
 }
 
 /// Answers the client with `e` and finishes the stream.
@@ -165,7 +188,9 @@ async fn forward(
     let mut scanner = FrameScanner::new();
     let mut forwarded = 0usize;
     let mut terminal = false;
-    let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)));
+    let sleep = tokio::time::sleep_until(
+        deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
+    );
     tokio::pin!(sleep);
     let failure: String = loop {
         tokio::select! {
@@ -228,7 +253,10 @@ async fn forward(
     // Tokens already reached the client: never a silent clean end.
     edge.stats.error(ErrorCode::UPSTREAM_FAILED);
     if scanner.at_boundary() {
-        let e = ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, format!("worker failed mid-stream: {failure}"));
+        let e = ErrorFrame::new(
+            ErrorCode::UPSTREAM_FAILED,
+            format!("worker failed mid-stream: {failure}"),
+        );
         let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
         let _ = send.finish();
     } else {

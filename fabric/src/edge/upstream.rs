@@ -29,11 +29,23 @@ impl Upstreams {
     }
 
     /// Starts one connection task per worker of `router`'s config.
-    pub fn spawn(router: Arc<Router>, endpoint: quinn::Endpoint, shutdown: Shutdown) -> Arc<Upstreams> {
+    pub fn spawn(
+        router: Arc<Router>,
+        endpoint: quinn::Endpoint,
+        shutdown: Shutdown,
+    ) -> Arc<Upstreams> {
         let n = router.config().workers.len();
-        let ups = Arc::new(Upstreams { conns: (0..n).map(|_| RcuCell::new(SyncArc::new(None))).collect() });
+        let ups = Arc::new(Upstreams {
+            conns: (0..n).map(|_| RcuCell::new(SyncArc::new(None))).collect(),
+        });
         for w in 0..n {
-            tokio::spawn(maintain(w, router.clone(), ups.clone(), endpoint.clone(), shutdown.clone()));
+            tokio::spawn(maintain(
+                w,
+                router.clone(),
+                ups.clone(),
+                endpoint.clone(),
+                shutdown.clone(),
+            ));
         }
         ups
     }
@@ -48,7 +60,10 @@ impl Upstreams {
     }
 }
 
-fn client_config(entry: &WorkerEntry) -> Result<quinn::ClientConfig, String> {
+fn client_config(
+    entry: &WorkerEntry,
+    idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, String> {
     let trust = match &entry.trust {
         UpstreamTrust::Ca(p) => Trust::ca_file(p),
         UpstreamTrust::Pin(p) => Trust::pin_file(p),
@@ -56,12 +71,18 @@ fn client_config(entry: &WorkerEntry) -> Result<quinn::ClientConfig, String> {
     .map_err(|e| e.to_string())?;
     let mut cfg = ClientConfig::new(trust);
     cfg.server_name = entry.server_name.clone();
-    cfg.transport = Some(Arc::new(transport::upstream_transport()));
+    cfg.transport = Some(Arc::new(transport::upstream_transport(idle_timeout)));
     cfg.quinn_config().map_err(|e| e.to_string())
 }
 
 /// Keeps worker `w` connected until shutdown.
-async fn maintain(w: WorkerId, router: Arc<Router>, ups: Arc<Upstreams>, endpoint: quinn::Endpoint, shutdown: Shutdown) {
+async fn maintain(
+    w: WorkerId,
+    router: Arc<Router>,
+    ups: Arc<Upstreams>,
+    endpoint: quinn::Endpoint,
+    shutdown: Shutdown,
+) {
     let entry = router.config().workers[w].clone();
     let settings = router.config().upstream.clone();
     let mut backoff = settings.backoff_min;
@@ -71,12 +92,17 @@ async fn maintain(w: WorkerId, router: Arc<Router>, ups: Arc<Upstreams>, endpoin
         }
         // Re-read trust each attempt: a dev worker may write its certificate after we start.
         let attempt = async {
-            let cfg = client_config(&entry)?;
-            let connecting = endpoint.connect_with(cfg, entry.address, &entry.server_name).map_err(|e| e.to_string())?;
+            let cfg = client_config(&entry, settings.idle_timeout)?;
+            let connecting = endpoint
+                .connect_with(cfg, entry.address, &entry.server_name)
+                .map_err(|e| e.to_string())?;
             match tokio::time::timeout(settings.connect_timeout, connecting).await {
                 Ok(Ok(conn)) => Ok(conn),
                 Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no handshake within {:?}", settings.connect_timeout)),
+                Err(_) => Err(format!(
+                    "no handshake within {:?}",
+                    settings.connect_timeout
+                )),
             }
         };
         let conn = tokio::select! {
@@ -111,7 +137,8 @@ async fn maintain(w: WorkerId, router: Arc<Router>, ups: Arc<Upstreams>, endpoin
                 }
             }
         }
-        let jitter = Duration::from_millis(u64::from(std::process::id() % 7) * 3 + (w as u64 % 5) * 2);
+        let jitter =
+            Duration::from_millis(u64::from(std::process::id() % 7) * 3 + (w as u64 % 5) * 2);
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
             _ = shutdown.wait() => return,
@@ -123,7 +150,9 @@ async fn maintain(w: WorkerId, router: Arc<Router>, ups: Arc<Upstreams>, endpoin
 /// Reads the worker's control stream until it ends or says GOAWAY; returns why.
 async fn control(w: WorkerId, router: &Router, conn: &quinn::Connection) -> String {
     let recv = loop {
-        let Ok(mut recv) = conn.accept_uni().await else { return "connection closed".into() };
+        let Ok(mut recv) = conn.accept_uni().await else {
+            return "connection closed".into();
+        };
         let mut ty = [0u8; 1];
         if recv.read_exact(&mut ty).await.is_err() {
             return "control stream ended".into();
@@ -152,12 +181,21 @@ async fn control(w: WorkerId, router: &Router, conn: &quinn::Connection) -> Stri
                     router.worker(w).set_capacity(c);
                 }
             }
-            Ok(Some(Frame::Load(l))) if !first => router.worker(w).set_reported(l.in_flight, l.queue_depth),
+            Ok(Some(Frame::Load(l))) if !first => {
+                router.worker(w).set_reported(l.in_flight, l.queue_depth)
+            }
             Ok(Some(Frame::GoAway(_))) if !first => return "worker sent GOAWAY (draining)".into(),
             Ok(Some(Frame::Unknown(_))) if !first => {}
             Ok(Some(f)) => {
-                warn!(worker = w, "protocol error on control stream: unexpected {}", f.ty().name());
-                conn.close(quinn::VarInt::from_u32(meridian_protocol::ErrorCode::PROTOCOL_ERROR.0 as u32), b"bad control stream");
+                warn!(
+                    worker = w,
+                    "protocol error on control stream: unexpected {}",
+                    f.ty().name()
+                );
+                conn.close(
+                    quinn::VarInt::from_u32(meridian_protocol::ErrorCode::PROTOCOL_ERROR.0 as u32),
+                    b"bad control stream",
+                );
                 return "control stream protocol error".into();
             }
             Ok(None) | Err(_) => return "control stream ended".into(),

@@ -69,11 +69,17 @@ struct Recorder<'a> {
 
 impl Trace for Recorder<'_> {
     fn order(&mut self, order: &[RegionId]) {
-        self.out.candidates = order.iter().map(|r| self.router.config.regions[*r].name.clone()).collect();
+        self.out.candidates = order
+            .iter()
+            .map(|r| self.router.config.regions[*r].name.clone())
+            .collect();
     }
 
     fn region(&mut self, region: RegionId, verdict: RegionVerdict) {
-        self.out.steps.push(RegionStep { region: self.router.config.regions[region].name.clone(), verdict });
+        self.out.steps.push(RegionStep {
+            region: self.router.config.regions[region].name.clone(),
+            verdict,
+        });
     }
 
     fn worker(&mut self, worker: WorkerId, skipped: usize) {
@@ -85,7 +91,10 @@ impl Trace for Recorder<'_> {
 impl Router {
     /// Routes `req` and records every step. The in-flight slot is released at once.
     pub fn explain(&self, req: &RouteRequest<'_>) -> Explanation {
-        let mut rec = Recorder { router: self, out: Explanation::default() };
+        let mut rec = Recorder {
+            router: self,
+            out: Explanation::default(),
+        };
         match self.route_traced(req, &mut rec) {
             Ok(d) => rec.out.region = Some(self.config.regions[d.region].name.clone()),
             Err(e) => rec.out.fail(&e),
@@ -103,14 +112,24 @@ impl Explanation {
 
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "candidates (area order, then the rest): {}", self.candidates.join(" → "))?;
+        writeln!(
+            f,
+            "candidates (area order, then the rest): {}",
+            self.candidates.join(" → ")
+        )?;
         for s in &self.steps {
             let v = match s.verdict {
-                RegionVerdict::NotAllowed => "filtered: not allowed by residency policy".to_string(),
+                RegionVerdict::NotAllowed => {
+                    "filtered: not allowed by residency policy".to_string()
+                }
                 RegionVerdict::NoModel => "filtered: no worker serves the model".to_string(),
                 RegionVerdict::Unhealthy => "skipped: no healthy worker".to_string(),
-                RegionVerdict::OverBound { load, capacity } => format!("skipped: at load bound ({load}/{capacity})"),
-                RegionVerdict::Chosen { load, capacity } => format!("chosen (load {load}/{capacity})"),
+                RegionVerdict::OverBound { load, capacity } => {
+                    format!("skipped: at load bound ({load}/{capacity})")
+                }
+                RegionVerdict::Chosen { load, capacity } => {
+                    format!("chosen (load {load}/{capacity})")
+                }
             };
             writeln!(f, "  {:<22} {v}", s.region)?;
         }
@@ -120,7 +139,11 @@ impl fmt::Display for Explanation {
                 "→ region {r}, worker {w} (ring candidates passed over: {})",
                 self.ring_skipped.unwrap_or(0)
             ),
-            (_, _, Some(code)) => write!(f, "→ error {code}: {}", self.message.as_deref().unwrap_or("")),
+            (_, _, Some(code)) => write!(
+                f,
+                "→ error {code}: {}",
+                self.message.as_deref().unwrap_or("")
+            ),
             _ => write!(f, "→ no decision"),
         }
     }
@@ -129,6 +152,9 @@ impl fmt::Display for Explanation {
 impl RouteRequest<'_> {
     /// A request for `model` with everything else empty.
     pub fn for_model(model: &str) -> RouteRequest<'_> {
-        RouteRequest { model, ..Default::default() }
+        RouteRequest {
+            model,
+            ..Default::default()
+        }
     }
 }

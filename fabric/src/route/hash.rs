@@ -39,7 +39,9 @@ impl KeyedHash {
     pub fn random() -> Self {
         use ring::rand::{SecureRandom, SystemRandom};
         let mut key = [0u8; 16];
-        SystemRandom::new().fill(&mut key).expect("the OS random source is available");
+        SystemRandom::new()
+            .fill(&mut key)
+            .expect("the OS random source is available");
         KeyedHash::new(key)
     }
 
@@ -98,7 +100,10 @@ mod tests {
     fn key_changes_placement() {
         let a = KeyedHash::new([1; 16]);
         let b = KeyedHash::new([2; 16]);
-        assert_ne!(a.hash_item(&ShardKey(b"session")), b.hash_item(&ShardKey(b"session")));
+        assert_ne!(
+            a.hash_item(&ShardKey(b"session")),
+            b.hash_item(&ShardKey(b"session"))
+        );
         assert_eq!(a.hash_item(&ShardKey(b"session")), a.hash_bytes(b"session"));
     }
 
@@ -108,6 +113,9 @@ mod tests {
         let mut expect = k.hasher();
         expect.write(b"seoul-1");
         expect.write(&3u64.to_le_bytes());
-        assert_eq!(k.hash_vnode(&WorkerKey("seoul-1".into()), 3), expect.finish());
+        assert_eq!(
+            k.hash_vnode(&WorkerKey("seoul-1".into()), 3),
+            expect.finish()
+        );
     }
 }

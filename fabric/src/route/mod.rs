@@ -122,11 +122,25 @@ pub struct Router {
 impl Router {
     /// A router over `config`; every worker starts unhealthy until marked otherwise.
     pub fn new(config: Arc<Config>) -> Self {
-        let hash = config.routing.ring_key.map_or_else(KeyedHash::random, KeyedHash::new);
-        let workers: Vec<_> = config.workers.iter().map(|_| Arc::new(WorkerState::new())).collect();
+        let hash = config
+            .routing
+            .ring_key
+            .map_or_else(KeyedHash::random, KeyedHash::new);
+        let workers: Vec<_> = config
+            .workers
+            .iter()
+            .map(|_| Arc::new(WorkerState::new()))
+            .collect();
         let table = RoutingTable::build(&config, hash, 0, |_| false);
         let (changed, _) = tokio::sync::watch::channel(0);
-        Router { config, hash, workers, table: RcuCell::new(Arc::new(table)), epoch: AtomicU64::new(0), changed }
+        Router {
+            config,
+            hash,
+            workers,
+            table: RcuCell::new(Arc::new(table)),
+            epoch: AtomicU64::new(0),
+            changed,
+        }
     }
 
     /// The configuration.
@@ -147,7 +161,9 @@ impl Router {
     /// Rebuilds the table from current worker health and publishes it.
     pub fn rebuild(&self) {
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let table = RoutingTable::build(&self.config, self.hash, epoch, |w| self.workers[w].is_healthy());
+        let table = RoutingTable::build(&self.config, self.hash, epoch, |w| {
+            self.workers[w].is_healthy()
+        });
         self.table.store(Arc::new(table));
         self.changed.send_replace(epoch);
     }
@@ -164,7 +180,12 @@ impl Router {
 
     /// Whether every worker of `region` is marked unhealthy.
     pub fn region_down(&self, region: RegionId) -> bool {
-        self.config.workers.iter().enumerate().filter(|(_, w)| w.region == region).all(|(i, _)| !self.workers[i].is_healthy())
+        self.config
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.region == region)
+            .all(|(i, _)| !self.workers[i].is_healthy())
     }
 
     /// Number of healthy workers.
@@ -184,14 +205,22 @@ impl Router {
         let mut allowed = RegionSet::ALL;
         let mut names = Vec::new();
         if let Some(t) = req.tenant {
-            let policy = self.config.tenants.get(t).ok_or_else(|| RouteError::UnknownTenant(t.to_owned()))?;
+            let policy = self
+                .config
+                .tenants
+                .get(t)
+                .ok_or_else(|| RouteError::UnknownTenant(t.to_owned()))?;
             if let Some(p) = policy {
                 allowed = allowed.intersect(self.config.residency[p]);
                 names.push(p.as_str());
             }
         }
         if let Some(p) = req.residency {
-            let set = self.config.residency.get(p).ok_or_else(|| RouteError::UnknownResidency(p.to_owned()))?;
+            let set = self
+                .config
+                .residency
+                .get(p)
+                .ok_or_else(|| RouteError::UnknownResidency(p.to_owned()))?;
             allowed = allowed.intersect(*set);
             if !names.contains(&p) {
                 names.push(p);
@@ -206,15 +235,25 @@ impl Router {
     }
 
     /// Routes a request, reporting each step to `trace`.
-    pub fn route_traced(&self, req: &RouteRequest<'_>, trace: &mut impl Trace) -> Result<Decision, RouteError> {
+    pub fn route_traced(
+        &self,
+        req: &RouteRequest<'_>,
+        trace: &mut impl Trace,
+    ) -> Result<Decision, RouteError> {
         let (allowed, policy) = self.allowed(req)?;
         let table = self.table.load();
-        let serving = *table.model_regions.get(req.model).ok_or_else(|| RouteError::ModelNotFound(req.model.to_owned()))?;
+        let serving = *table
+            .model_regions
+            .get(req.model)
+            .ok_or_else(|| RouteError::ModelNotFound(req.model.to_owned()))?;
         let order = table.order(req.area);
         trace.order(order);
         let mut any_candidate = false;
         let mut any_over_bound = false;
-        let eligible = |w: WorkerId| !req.exclude.contains(&w) && self.config.workers[w].models.iter().any(|m| m == req.model);
+        let eligible = |w: WorkerId| {
+            !req.exclude.contains(&w)
+                && self.config.workers[w].models.iter().any(|m| m == req.model)
+        };
         for &r in order {
             if !allowed.contains(r) {
                 trace.region(r, RegionVerdict::NotAllowed);
@@ -227,7 +266,9 @@ impl Router {
             any_candidate = true;
             let region = &table.regions[r];
             let (ring, live) = match &region.ring {
-                Some(ring) if region.healthy.iter().any(|w| eligible(*w)) => (ring, &region.healthy),
+                Some(ring) if region.healthy.iter().any(|w| eligible(*w)) => {
+                    (ring, &region.healthy)
+                }
                 _ => {
                     trace.region(r, RegionVerdict::Unhealthy);
                     continue;
@@ -241,12 +282,21 @@ impl Router {
                 continue;
             }
             let placement = ring
-                .place(req.shard_key, self.config.routing.load_factor, |w| self.workers[w].local_in_flight(), eligible)
+                .place(
+                    req.shard_key,
+                    self.config.routing.load_factor,
+                    |w| self.workers[w].local_in_flight(),
+                    eligible,
+                )
                 .expect("the region has an eligible healthy worker");
             trace.region(r, RegionVerdict::Chosen { load, capacity });
             trace.worker(placement.worker, placement.skipped);
             let guard = self.workers[placement.worker].in_flight.acquire();
-            return Ok(Decision { region: r, worker: placement.worker, guard });
+            return Ok(Decision {
+                region: r,
+                worker: placement.worker,
+                guard,
+            });
         }
         Err(match policy {
             Some(policy) if !any_over_bound => RouteError::ResidencyUnavailable {
@@ -260,7 +310,14 @@ impl Router {
     }
 
     fn region_names(&self, set: RegionSet) -> String {
-        let names: Vec<_> = self.config.regions.iter().enumerate().filter(|(i, _)| set.contains(*i)).map(|(_, r)| r.name.as_str()).collect();
+        let names: Vec<_> = self
+            .config
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| set.contains(*i))
+            .map(|(_, r)| r.name.as_str())
+            .collect();
         names.join(", ")
     }
 }

@@ -19,7 +19,10 @@ pub struct WorkerRing {
 
 impl std::fmt::Debug for WorkerRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerRing").field("workers", &self.ring.nodes().len()).field("vnodes", &self.ring.len()).finish()
+        f.debug_struct("WorkerRing")
+            .field("workers", &self.ring.nodes().len())
+            .field("vnodes", &self.ring.len())
+            .finish()
     }
 }
 
@@ -53,7 +56,10 @@ impl WorkerRing {
         if nodes.is_empty() {
             return None;
         }
-        Some(WorkerRing { ring: StaticHashRing::new(hash, nodes.into_iter()), total_weight })
+        Some(WorkerRing {
+            ring: StaticHashRing::new(hash, nodes.into_iter()),
+            total_weight,
+        })
     }
 
     /// Workers on the ring.
@@ -89,15 +95,23 @@ impl WorkerRing {
                 continue;
             }
             let load = in_flight(id);
-            let bound = (load_factor * (total + 1) as f64 * f64::from(weight) / self.total_weight as f64).ceil() as u64;
+            let bound = (load_factor * (total + 1) as f64 * f64::from(weight)
+                / self.total_weight as f64)
+                .ceil() as u64;
             if load < bound.max(1) {
-                return Some(Placement { worker: id, skipped });
+                return Some(Placement {
+                    worker: id,
+                    skipped,
+                });
             }
             if fallback.is_none_or(|(l, _)| load < l) {
                 fallback = Some((load, id));
             }
         }
-        fallback.map(|(_, worker)| Placement { worker, skipped: self.len() })
+        fallback.map(|(_, worker)| Placement {
+            worker,
+            skipped: self.len(),
+        })
     }
 }
 
@@ -111,7 +125,12 @@ mod tests {
 
     fn ring(n: usize) -> WorkerRing {
         let names: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
-        WorkerRing::new(KeyedHash::new([9; 16]), names.iter().enumerate().map(|(i, s)| (i, s.as_str(), 1)), 64).unwrap()
+        WorkerRing::new(
+            KeyedHash::new([9; 16]),
+            names.iter().enumerate().map(|(i, s)| (i, s.as_str(), 1)),
+            64,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -136,7 +155,10 @@ mod tests {
             let total: u64 = load.iter().sum();
             let bound = (c * total as f64 / n as f64).ceil() as u64;
             let max = *load.iter().max().unwrap();
-            assert!(max <= bound.max(1), "max load {max} exceeds bound {bound} after {total} requests");
+            assert!(
+                max <= bound.max(1),
+                "max load {max} exceeds bound {bound} after {total} requests"
+            );
         }
     }
 

@@ -59,7 +59,10 @@ impl WorkerState {
     /// The worker's load: the larger of this edge's in-flight count and the worker's own
     /// report (which includes other edges' requests), plus its queue.
     pub fn load(&self) -> u64 {
-        self.in_flight.current().max(self.reported_in_flight.load(Acquire)) + self.reported_queue.load(Acquire)
+        self.in_flight
+            .current()
+            .max(self.reported_in_flight.load(Acquire))
+            + self.reported_queue.load(Acquire)
     }
 
     /// This edge's in-flight count.

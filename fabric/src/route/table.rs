@@ -36,15 +36,23 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     /// Compiles `config` with `healthy(w)` telling which workers are up.
-    pub fn build(config: &Config, hash: KeyedHash, epoch: u64, healthy: impl Fn(WorkerId) -> bool) -> Self {
+    pub fn build(
+        config: &Config,
+        hash: KeyedHash,
+        epoch: u64,
+        healthy: impl Fn(WorkerId) -> bool,
+    ) -> Self {
         let default_order: Vec<RegionId> = (0..config.regions.len()).collect();
         let full_order = |preferred: &[RegionId]| {
             let mut order = preferred.to_vec();
             order.extend(default_order.iter().filter(|r| !preferred.contains(r)));
             order
         };
-        let mut area_order: HashMap<String, Vec<RegionId>> =
-            config.areas.iter().map(|(a, pref)| (a.clone(), full_order(pref))).collect();
+        let mut area_order: HashMap<String, Vec<RegionId>> = config
+            .areas
+            .iter()
+            .map(|(a, pref)| (a.clone(), full_order(pref)))
+            .collect();
         // Countries without their own list inherit their first group's list.
         for (country, groups) in &config.area_groups {
             if area_order.contains_key(country) {
@@ -57,7 +65,12 @@ impl RoutingTable {
         let mut model_regions: HashMap<String, RegionSet> = HashMap::new();
         let regions = (0..config.regions.len())
             .map(|r| {
-                let members: Vec<_> = config.workers.iter().enumerate().filter(|(_, w)| w.region == r).collect();
+                let members: Vec<_> = config
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.region == r)
+                    .collect();
                 let mut models = Vec::new();
                 for (_, w) in &members {
                     for m in &w.models {
@@ -67,20 +80,41 @@ impl RoutingTable {
                         }
                     }
                 }
-                let healthy: Vec<WorkerId> = members.iter().map(|(id, _)| *id).filter(|id| healthy(*id)).collect();
+                let healthy: Vec<WorkerId> = members
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .filter(|id| healthy(*id))
+                    .collect();
                 let ring = WorkerRing::new(
                     hash,
-                    healthy.iter().map(|id| (*id, config.workers[*id].name.as_str(), config.workers[*id].weight)),
+                    healthy.iter().map(|id| {
+                        (
+                            *id,
+                            config.workers[*id].name.as_str(),
+                            config.workers[*id].weight,
+                        )
+                    }),
                     config.routing.vnodes_per_weight,
                 );
-                RegionTable { ring, models, healthy }
+                RegionTable {
+                    ring,
+                    models,
+                    healthy,
+                }
             })
             .collect();
-        RoutingTable { epoch, regions, area_order, default_order, model_regions }
+        RoutingTable {
+            epoch,
+            regions,
+            area_order,
+            default_order,
+            model_regions,
+        }
     }
 
     /// The candidate order for `area` (`None` or unknown: config order).
     pub fn order(&self, area: Option<&str>) -> &[RegionId] {
-        area.and_then(|a| self.area_order.get(a)).unwrap_or(&self.default_order)
+        area.and_then(|a| self.area_order.get(a))
+            .unwrap_or(&self.default_order)
     }
 }

@@ -8,7 +8,8 @@ use crate::config::parse_config;
 const TOPOLOGY: &str = include_str!("../demo/topology.toml");
 
 fn router() -> Router {
-    let config = parse_config(TOPOLOGY, Path::new("topology.toml")).expect("demo topology is valid");
+    let config =
+        parse_config(TOPOLOGY, Path::new("topology.toml")).expect("demo topology is valid");
     let router = Router::new(Arc::new(config));
     for w in 0..router.config().workers.len() {
         router.set_healthy(w, true);
@@ -17,11 +18,19 @@ fn router() -> Router {
 }
 
 fn req<'a>(area: Option<&'a str>, tenant: Option<&'a str>) -> RouteRequest<'a> {
-    RouteRequest { model: "llama-3-8b", area, tenant, shard_key: b"key", ..Default::default() }
+    RouteRequest {
+        model: "llama-3-8b",
+        area,
+        tenant,
+        shard_key: b"key",
+        ..Default::default()
+    }
 }
 
 fn region_of(r: &Router, q: &RouteRequest<'_>) -> Result<String, ErrorCode> {
-    r.route(q).map(|d| r.config().regions[d.region].name.clone()).map_err(|e| e.code())
+    r.route(q)
+        .map(|d| r.config().regions[d.region].name.clone())
+        .map_err(|e| e.code())
 }
 
 fn stop_region(r: &Router, name: &str) {
@@ -37,20 +46,41 @@ fn stop_region(r: &Router, name: &str) {
 fn demo_rules() {
     let r = router();
     assert_eq!(region_of(&r, &req(Some("jp"), None)).unwrap(), "seoul");
-    assert_eq!(region_of(&r, &req(Some("fr"), None)).unwrap(), "frankfurt", "fr inherits the eu group");
-    assert_eq!(region_of(&r, &req(Some("de"), Some("bund"))).unwrap(), "frankfurt-sovereign");
-    assert_eq!(region_of(&r, &req(Some("jp"), Some("bund"))).unwrap(), "frankfurt-sovereign", "sovereign tenant travelling");
-    assert_eq!(region_of(&r, &req(None, None)).unwrap(), "seoul", "no area: config order");
+    assert_eq!(
+        region_of(&r, &req(Some("fr"), None)).unwrap(),
+        "frankfurt",
+        "fr inherits the eu group"
+    );
+    assert_eq!(
+        region_of(&r, &req(Some("de"), Some("bund"))).unwrap(),
+        "frankfurt-sovereign"
+    );
+    assert_eq!(
+        region_of(&r, &req(Some("jp"), Some("bund"))).unwrap(),
+        "frankfurt-sovereign",
+        "sovereign tenant travelling"
+    );
+    assert_eq!(
+        region_of(&r, &req(None, None)).unwrap(),
+        "seoul",
+        "no area: config order"
+    );
     stop_region(&r, "seoul");
     assert_eq!(region_of(&r, &req(Some("jp"), None)).unwrap(), "tokyo");
     stop_region(&r, "frankfurt-sovereign");
-    assert_eq!(region_of(&r, &req(Some("de"), Some("bund"))), Err(ErrorCode::RESIDENCY_UNAVAILABLE));
+    assert_eq!(
+        region_of(&r, &req(Some("de"), Some("bund"))),
+        Err(ErrorCode::RESIDENCY_UNAVAILABLE)
+    );
 }
 
 #[test]
 fn request_errors_have_codes() {
     let r = router();
-    assert_eq!(region_of(&r, &req(None, Some("nobody"))), Err(ErrorCode::UNAUTHORIZED));
+    assert_eq!(
+        region_of(&r, &req(None, Some("nobody"))),
+        Err(ErrorCode::UNAUTHORIZED)
+    );
     let mut q = req(None, None);
     q.residency = Some("mars");
     assert_eq!(region_of(&r, &q), Err(ErrorCode::BAD_REQUEST));
@@ -60,7 +90,10 @@ fn request_errors_have_codes() {
     for w in 0..r.config().workers.len() {
         r.set_healthy(w, false);
     }
-    assert_eq!(region_of(&r, &req(Some("jp"), None)), Err(ErrorCode::UNAVAILABLE));
+    assert_eq!(
+        region_of(&r, &req(Some("jp"), None)),
+        Err(ErrorCode::UNAVAILABLE)
+    );
 }
 
 #[test]
@@ -72,7 +105,10 @@ fn same_shard_key_same_worker_and_keys_spread() {
     let mut seen = std::collections::HashSet::new();
     for i in 0..64u32 {
         let key = i.to_le_bytes();
-        let q = RouteRequest { shard_key: &key, ..req(Some("jp"), None) };
+        let q = RouteRequest {
+            shard_key: &key,
+            ..req(Some("jp"), None)
+        };
         seen.insert(r.route(&q).unwrap().worker);
     }
     assert_eq!(seen.len(), 2, "both seoul workers get keys");
@@ -91,7 +127,16 @@ fn spills_to_next_allowed_region_at_load_bound() {
     }
     assert_eq!(region_of(&r, &req(Some("jp"), None)).unwrap(), "tokyo");
     let e = r.explain(&req(Some("jp"), None));
-    assert!(matches!(e.steps[0].verdict, RegionVerdict::OverBound { load: 2, capacity: 2 }), "{e}");
+    assert!(
+        matches!(
+            e.steps[0].verdict,
+            RegionVerdict::OverBound {
+                load: 2,
+                capacity: 2
+            }
+        ),
+        "{e}"
+    );
     drop(held);
     assert_eq!(region_of(&r, &req(Some("jp"), None)).unwrap(), "seoul");
 }
@@ -100,22 +145,40 @@ fn spills_to_next_allowed_region_at_load_bound() {
 fn retry_excludes_failed_worker_within_residency() {
     let r = router();
     let first = r.route(&req(Some("de"), Some("bund"))).unwrap();
-    let q = RouteRequest { exclude: &[first.worker], ..req(Some("de"), Some("bund")) };
+    let q = RouteRequest {
+        exclude: &[first.worker],
+        ..req(Some("de"), Some("bund"))
+    };
     let second = r.route(&q).unwrap();
     assert_ne!(second.worker, first.worker);
-    assert_eq!(r.config().regions[second.region].name, "frankfurt-sovereign");
+    assert_eq!(
+        r.config().regions[second.region].name,
+        "frankfurt-sovereign"
+    );
     let both = [first.worker, second.worker];
-    let q = RouteRequest { exclude: &both, ..req(Some("de"), Some("bund")) };
-    assert_eq!(r.route(&q).unwrap_err().code(), ErrorCode::RESIDENCY_UNAVAILABLE);
+    let q = RouteRequest {
+        exclude: &both,
+        ..req(Some("de"), Some("bund"))
+    };
+    assert_eq!(
+        r.route(&q).unwrap_err().code(),
+        ErrorCode::RESIDENCY_UNAVAILABLE
+    );
 }
 
 #[test]
 fn explanation_lists_candidates_and_filters() {
     let r = router();
     let e = r.explain(&req(Some("jp"), Some("bund")));
-    assert_eq!(e.candidates[..2], ["seoul".to_string(), "tokyo".to_string()]);
+    assert_eq!(
+        e.candidates[..2],
+        ["seoul".to_string(), "tokyo".to_string()]
+    );
     assert_eq!(e.region.as_deref(), Some("frankfurt-sovereign"));
-    assert!(e.steps.iter().any(|s| s.region == "seoul" && s.verdict == RegionVerdict::NotAllowed));
+    assert!(e
+        .steps
+        .iter()
+        .any(|s| s.region == "seoul" && s.verdict == RegionVerdict::NotAllowed));
     assert!(e.to_string().contains("frankfurt-sovereign"));
 }
 

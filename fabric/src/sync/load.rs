@@ -19,7 +19,9 @@ pub struct InFlight {
 impl InFlight {
     /// A zero counter.
     pub fn new() -> Self {
-        InFlight { count: CachePadded::new(AtomicU64::new(0)) }
+        InFlight {
+            count: CachePadded::new(AtomicU64::new(0)),
+        }
     }
 
     /// Requests in flight now.
@@ -32,13 +34,17 @@ impl InFlight {
         self.count
             .fetch_update(AcqRel, Acquire, |n| (n < bound).then_some(n + 1))
             .ok()
-            .map(|_| LoadGuard { counter: self.clone() })
+            .map(|_| LoadGuard {
+                counter: self.clone(),
+            })
     }
 
     /// Takes a slot unconditionally.
     pub fn acquire(self: &Arc<Self>) -> LoadGuard {
         self.count.fetch_add(1, AcqRel);
-        LoadGuard { counter: self.clone() }
+        LoadGuard {
+            counter: self.clone(),
+        }
     }
 }
 
@@ -90,7 +96,11 @@ mod loom_tests {
                     })
                 })
                 .collect();
-            let admitted = handles.into_iter().map(|h| h.join().unwrap()).filter(|a| *a).count();
+            let admitted = handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|a| *a)
+                .count();
             assert!(admitted >= 2, "a slot was lost");
             assert_eq!(c.current(), 0, "every guard released its slot");
         });

@@ -105,7 +105,11 @@ mod tests {
         cell.store(Arc::new(2));
         assert_eq!(*first, 1, "old readers keep their snapshot");
         assert_eq!(*cell.load(), 2);
-        assert_eq!(Arc::strong_count(&first), 1, "the cell released the old value");
+        assert_eq!(
+            Arc::strong_count(&first),
+            1,
+            "the cell released the old value"
+        );
     }
 
     #[test]
@@ -154,7 +158,13 @@ mod loom_tests {
 
     fn tracked(value: usize) -> (Arc<Tracked>, Arc<AtomicBool>) {
         let alive = Arc::new(AtomicBool::new(true));
-        (Arc::new(Tracked { value, alive: alive.clone() }), alive)
+        (
+            Arc::new(Tracked {
+                value,
+                alive: alive.clone(),
+            }),
+            alive,
+        )
     }
 
     #[test]

@@ -57,7 +57,10 @@ impl WorkerHandle {
     /// Dies at once, as a crashed process would look to its peers: connections close with
     /// INTERNAL and in-flight streams are cut mid-way.
     pub fn kill(self) {
-        self.endpoint.close(varint_code(meridian_protocol::ErrorCode::INTERNAL), b"killed");
+        self.endpoint.close(
+            varint_code(meridian_protocol::ErrorCode::INTERNAL),
+            b"killed",
+        );
         self.task.abort();
     }
 }
@@ -67,16 +70,33 @@ pub(crate) fn varint_code(code: meridian_protocol::ErrorCode) -> quinn::VarInt {
 }
 
 /// Binds `config.listen` and serves until `shutdown` fires (or the handle is stopped).
-pub fn spawn(config: WorkerConfig, identity: &Identity, shutdown: Shutdown) -> Result<WorkerHandle, WorkerError> {
+pub fn spawn(
+    config: WorkerConfig,
+    identity: &Identity,
+    shutdown: Shutdown,
+) -> Result<WorkerHandle, WorkerError> {
     let transport = transport::transport(config.max_concurrent.saturating_mul(2).max(16));
     let server = identity.server_config(&[meridian_protocol::ALPN], transport)?;
-    let endpoint = quinn::Endpoint::server(server, config.listen).map_err(|e| WorkerError::Bind(config.listen, e))?;
-    let addr = endpoint.local_addr().map_err(|e| WorkerError::Bind(config.listen, e))?;
+    let endpoint = quinn::Endpoint::server(server, config.listen)
+        .map_err(|e| WorkerError::Bind(config.listen, e))?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|e| WorkerError::Bind(config.listen, e))?;
     let stats = Arc::new(WorkerStats::default());
-    let shared = Arc::new(Shared { slots: Semaphore::new(config.max_concurrent as usize), config, stats: stats.clone() });
+    let shared = Arc::new(Shared {
+        slots: Semaphore::new(config.max_concurrent as usize),
+        config,
+        stats: stats.clone(),
+    });
     info!(worker = %shared.config.name, region = %shared.config.region, %addr, "worker listening");
     let task = tokio::spawn(serve(endpoint.clone(), shared, shutdown.clone()));
-    Ok(WorkerHandle { addr, stats, shutdown, task, endpoint })
+    Ok(WorkerHandle {
+        addr,
+        stats,
+        shutdown,
+        task,
+        endpoint,
+    })
 }
 
 /// Why a worker could not start.
@@ -104,7 +124,10 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Shutdow
         }
     }
     // Drain: connections saw the signal, sent GOAWAY, and finish their requests.
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while conns.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         warn!(worker = %shared.config.name, "drain timed out; closing with requests in flight");
     }
@@ -140,7 +163,9 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Sh
 /// The worker's control stream: SETTINGS, then LOAD whenever load changed (at most once per
 /// report interval), then GOAWAY on shutdown. PROTOCOL.md §5.
 async fn control(conn: quinn::Connection, shared: Arc<Shared>, shutdown: Shutdown) {
-    let Ok(mut send) = conn.open_uni().await else { return };
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
     let mut buf = BytesMut::new();
     varint::encode(CONTROL_STREAM_TYPE, &mut buf);
     Frame::Settings(Settings {

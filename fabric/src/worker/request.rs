@@ -26,9 +26,12 @@ pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Sh
             return;
         }
     };
-    if !shared.config.models.iter().any(|m| *m == headers.model) {
+    if !shared.config.models.contains(&headers.model) {
         shared.stats.record(Event::Rejected);
-        let msg = format!("worker {} does not serve model `{}`", shared.config.name, headers.model);
+        let msg = format!(
+            "worker {} does not serve model `{}`",
+            shared.config.name, headers.model
+        );
         reject(&mut send, ErrorFrame::new(ErrorCode::MODEL_NOT_FOUND, msg)).await;
         return;
     }
@@ -69,15 +72,28 @@ async fn reject(send: &mut SendStream, e: ErrorFrame) {
 }
 
 /// Reads HEADERS then BODY frames to FIN, within the prompt limit. PROTOCOL.md §4.
-async fn read_request(reader: &mut FrameReader, shared: &Shared) -> Result<(RequestHeaders, Bytes), ErrorFrame> {
+async fn read_request(
+    reader: &mut FrameReader,
+    shared: &Shared,
+) -> Result<(RequestHeaders, Bytes), ErrorFrame> {
     let map = |e: ReadFrameError| match e {
         ReadFrameError::Decode(d) => ErrorFrame::new(d.code(), d.to_string()),
         other => ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, other.to_string()),
     };
     let headers = match reader.next().await.map_err(map)? {
         Some(Frame::Headers(h)) => h,
-        Some(f) => return Err(ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, format!("expected HEADERS, got {}", f.ty().name()))),
-        None => return Err(ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, "stream ended before HEADERS")),
+        Some(f) => {
+            return Err(ErrorFrame::new(
+                ErrorCode::PROTOCOL_ERROR,
+                format!("expected HEADERS, got {}", f.ty().name()),
+            ))
+        }
+        None => {
+            return Err(ErrorFrame::new(
+                ErrorCode::PROTOCOL_ERROR,
+                "stream ended before HEADERS",
+            ))
+        }
     };
     let mut prompt = BytesMut::new();
     loop {
@@ -92,7 +108,12 @@ async fn read_request(reader: &mut FrameReader, shared: &Shared) -> Result<(Requ
                 prompt.extend_from_slice(&b);
             }
             Some(Frame::Unknown(_)) => {}
-            Some(f) => return Err(ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, format!("unexpected {} after HEADERS", f.ty().name()))),
+            Some(f) => {
+                return Err(ErrorFrame::new(
+                    ErrorCode::PROTOCOL_ERROR,
+                    format!("unexpected {} after HEADERS", f.ty().name()),
+                ))
+            }
             None => return Ok((headers, prompt.freeze())),
         }
     }
@@ -116,12 +137,18 @@ async fn generate(
         }
         let token = plan.token(i);
         Frame::Tokens(Bytes::from(token)).encode(&mut buf);
-        send.write_chunk(buf.split().freeze()).await.map_err(|_| ())?;
+        send.write_chunk(buf.split().freeze())
+            .await
+            .map_err(|_| ())?;
         shared.stats.record(Event::Token);
         first.get_or_insert_with(|| received.elapsed());
     }
     let end = End {
-        finish_reason: if plan.truncated { FinishReason::Length } else { FinishReason::Stop },
+        finish_reason: if plan.truncated {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        },
         prompt_tokens: Plan::prompt_tokens(prompt),
         completion_tokens: plan.count,
         ttft_us: first.unwrap_or_default().as_micros() as u64,

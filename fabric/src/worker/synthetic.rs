@@ -6,13 +6,70 @@ use std::time::Duration;
 use crate::config::SyntheticBackend;
 
 const WORDS: &[&str] = &[
-    "the", "fabric", "routes", "every", "prompt", "to", "a", "regional", "pool", "and", "tokens",
-    "stream", "back", "over", "quic", "with", "no", "head-of-line", "blocking", "while", "residency",
-    "rules", "keep", "sovereign", "data", "at", "home", "so", "clouds", "become", "interchangeable",
-    "capacity", "for", "inference", "near", "users", "in", "seoul", "tokyo", "frankfurt", "virginia",
-    "warm", "caches", "serve", "repeat", "prefixes", "quickly", "under", "bounded", "load", "as",
-    "workers", "join", "or", "leave", "moving", "few", "keys", "between", "them", "today", "again",
-    "quietly", "well",
+    "the",
+    "fabric",
+    "routes",
+    "every",
+    "prompt",
+    "to",
+    "a",
+    "regional",
+    "pool",
+    "and",
+    "tokens",
+    "stream",
+    "back",
+    "over",
+    "quic",
+    "with",
+    "no",
+    "head-of-line",
+    "blocking",
+    "while",
+    "residency",
+    "rules",
+    "keep",
+    "sovereign",
+    "data",
+    "at",
+    "home",
+    "so",
+    "clouds",
+    "become",
+    "interchangeable",
+    "capacity",
+    "for",
+    "inference",
+    "near",
+    "users",
+    "in",
+    "seoul",
+    "tokyo",
+    "frankfurt",
+    "virginia",
+    "warm",
+    "caches",
+    "serve",
+    "repeat",
+    "prefixes",
+    "quickly",
+    "under",
+    "bounded",
+    "load",
+    "as",
+    "workers",
+    "join",
+    "or",
+    "leave",
+    "moving",
+    "few",
+    "keys",
+    "between",
+    "them",
+    "today",
+    "again",
+    "quietly",
+    "well",
 ];
 
 /// A planned generation: which tokens, how fast, and why it stops.
@@ -33,10 +90,18 @@ impl Plan {
     /// Plans the output for `prompt` with the request's `max_tokens`.
     pub fn new(cfg: &SyntheticBackend, prompt: &[u8], max_tokens: Option<u64>) -> Plan {
         // FNV-1a: a stable, dependency-free seed from the prompt.
-        let seed = prompt.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        let seed = prompt.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
         let natural = cfg.max_tokens;
         let count = max_tokens.map_or(natural, |m| m.min(natural));
-        Plan { seed, count, ttft: cfg.ttft, itl: cfg.itl, truncated: count < natural }
+        Plan {
+            seed,
+            count,
+            ttft: cfg.ttft,
+            itl: cfg.itl,
+            truncated: count < natural,
+        }
     }
 
     /// The text of token `i` (a word and a space).

@@ -82,7 +82,12 @@ pub struct Generation {
 
 impl Generation {
     pub(super) fn new(send: SendStream, recv: RecvStream) -> Self {
-        Generation { send, reader: FrameReader::new(recv), done: false, saw_tokens: false }
+        Generation {
+            send,
+            reader: FrameReader::new(recv),
+            done: false,
+            saw_tokens: false,
+        }
     }
 
     /// The next event; `Ok(None)` after `End`. An ERROR frame is returned as
@@ -102,13 +107,23 @@ impl Generation {
         loop {
             let frame = self.reader.next().await.map_err(ClientError::from_read)?;
             return match frame {
-                None => Err(ClientError::Protocol("stream ended without END or ERROR".into())),
+                None => Err(ClientError::Protocol(
+                    "stream ended without END or ERROR".into(),
+                )),
                 Some(Frame::Routed(r)) if !self.saw_tokens => Ok(Some(Event::Routed(r))),
                 Some(Frame::Tokens(t)) => {
                     self.saw_tokens = true;
                     String::from_utf8(t.to_vec())
                         .map(|s| Some(Event::Tokens(s)))
-                        .map_err(|_| ClientError::Protocol(DecodeError::InvalidField { field: "tokens", reason: "not valid UTF-8" }.to_string()))
+                        .map_err(|_| {
+                            ClientError::Protocol(
+                                DecodeError::InvalidField {
+                                    field: "tokens",
+                                    reason: "not valid UTF-8",
+                                }
+                                .to_string(),
+                            )
+                        })
                 }
                 Some(Frame::End(e)) => Ok(Some(Event::End(e))),
                 Some(Frame::Error(e)) => Err(ClientError::Remote {

@@ -29,11 +29,13 @@ pub mod tls;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 
 pub use generation::{ClientError, Event, Generation};
-pub use tls::{Trust, TlsError};
+pub use tls::{TlsError, Trust};
 
 use crate::{Frame, RequestHeaders, ALPN};
 
@@ -51,7 +53,11 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A configuration with the given trust and the default server name.
     pub fn new(trust: Trust) -> Self {
-        ClientConfig { trust, server_name: "localhost".into(), transport: None }
+        ClientConfig {
+            trust,
+            server_name: "localhost".into(),
+            transport: None,
+        }
     }
 
     /// The quinn client configuration this describes.
@@ -102,7 +108,10 @@ pub struct Request {
 impl Request {
     /// A request for `model` with `prompt` and default headers.
     pub fn new(model: impl Into<String>, prompt: impl Into<Bytes>) -> Self {
-        Request { headers: RequestHeaders::new(model), prompt: prompt.into() }
+        Request {
+            headers: RequestHeaders::new(model),
+            prompt: prompt.into(),
+        }
     }
 
     /// The request's frames: HEADERS then the prompt as BODY frames of at most 16 KiB.
@@ -120,6 +129,7 @@ impl Request {
 pub struct Client {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
+    draining: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -136,15 +146,29 @@ impl Client {
             .connect(addr, &config.server_name)?
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
-        Ok(Client { endpoint, conn })
+        let draining = Arc::new(AtomicBool::new(false));
+        tokio::spawn(watch_control(conn.clone(), draining.clone()));
+        Ok(Client {
+            endpoint,
+            conn,
+            draining,
+        })
+    }
+
+    /// Whether the edge sent GOAWAY: open new requests on a new connection.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Sends `request` on a new stream and returns its event stream.
     pub async fn generate(&self, request: Request) -> Result<Generation, ClientError> {
         let (mut send, recv) = self.conn.open_bi().await.map_err(ClientError::Connection)?;
         let mut frames = request.encode();
-        send.write_all_chunks(&mut frames).await.map_err(ClientError::from_write)?;
-        send.finish().map_err(|_| ClientError::Protocol("stream closed while sending".into()))?;
+        send.write_all_chunks(&mut frames)
+            .await
+            .map_err(ClientError::from_write)?;
+        send.finish()
+            .map_err(|_| ClientError::Protocol("stream closed while sending".into()))?;
         Ok(Generation::new(send, recv))
     }
 
@@ -157,5 +181,25 @@ impl Client {
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"client done");
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// Reads the edge's control stream (PROTOCOL.md §5) and records GOAWAY.
+async fn watch_control(conn: quinn::Connection, draining: Arc<AtomicBool>) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let mut first = [0u8; 1];
+        if recv.read_exact(&mut first).await.is_err()
+            || first[0] != crate::CONTROL_STREAM_TYPE as u8
+        {
+            let _ = recv.stop(0u32.into());
+            continue;
+        }
+        let mut reader = crate::io::FrameReader::new(recv);
+        while let Ok(Some(frame)) = reader.next().await {
+            if let Frame::GoAway(_) = frame {
+                draining.store(true, Ordering::Release);
+            }
+        }
+        return;
     }
 }

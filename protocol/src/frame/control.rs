@@ -34,7 +34,10 @@ impl Settings {
                 _ => continue,
             };
             if slot.replace(value).is_some() {
-                return Err(DecodeError::Malformed { frame: "SETTINGS", reason: "repeated setting" });
+                return Err(DecodeError::Malformed {
+                    frame: "SETTINGS",
+                    reason: "repeated setting",
+                });
             }
         }
         Ok(s)
@@ -42,7 +45,8 @@ impl Settings {
 
     fn pairs(&self) -> impl Iterator<Item = (u64, u64)> {
         [
-            self.max_concurrent_requests.map(|v| (id::MAX_CONCURRENT_REQUESTS, v)),
+            self.max_concurrent_requests
+                .map(|v| (id::MAX_CONCURRENT_REQUESTS, v)),
             self.max_prompt_bytes.map(|v| (id::MAX_PROMPT_BYTES, v)),
         ]
         .into_iter()
@@ -50,7 +54,9 @@ impl Settings {
     }
 
     pub(super) fn payload_len(&self) -> usize {
-        self.pairs().map(|(k, v)| varint::size(k) + varint::size(v)).sum()
+        self.pairs()
+            .map(|(k, v)| varint::size(k) + varint::size(v))
+            .sum()
     }
 
     pub(super) fn encode_payload<B: BufMut>(&self, buf: &mut B) {
@@ -83,7 +89,9 @@ impl Load {
     }
 
     pub(super) fn payload_len(&self) -> usize {
-        varint::size(self.in_flight) + varint::size(self.queue_depth) + varint::size(self.tokens_per_s)
+        varint::size(self.in_flight)
+            + varint::size(self.queue_depth)
+            + varint::size(self.tokens_per_s)
     }
 
     pub(super) fn encode_payload<B: BufMut>(&self, buf: &mut B) {

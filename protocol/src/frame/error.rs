@@ -33,14 +33,22 @@ impl ErrorFrame {
             }
             message.truncate(cut);
         }
-        ErrorFrame { code, retryable: code.default_retryable(), message }
+        ErrorFrame {
+            code,
+            retryable: code.default_retryable(),
+            message,
+        }
     }
 
     pub(super) fn decode_payload(p: &mut Bytes) -> Result<Self, DecodeError> {
         let code = ErrorCode(get_varint(p, FRAME)?);
         let flags = get_varint(p, FRAME)?;
         let message = get_string(p, FRAME, "message", MAX_ERROR_MESSAGE_LEN)?;
-        Ok(ErrorFrame { code, retryable: flags & FLAG_RETRYABLE != 0, message })
+        Ok(ErrorFrame {
+            code,
+            retryable: flags & FLAG_RETRYABLE != 0,
+            message,
+        })
     }
 
     fn flags(&self) -> u64 {

@@ -56,7 +56,10 @@ pub struct RequestHeaders {
 impl RequestHeaders {
     /// Headers for `model` with every optional field absent.
     pub fn new(model: impl Into<String>) -> Self {
-        RequestHeaders { model: model.into(), ..Default::default() }
+        RequestHeaders {
+            model: model.into(),
+            ..Default::default()
+        }
     }
 
     pub(super) fn decode_payload(p: &mut Bytes) -> Result<Self, DecodeError> {
@@ -67,13 +70,19 @@ impl RequestHeaders {
             let field = get_varint(p, FRAME)?;
             let len = get_varint(p, FRAME)?;
             if (p.remaining() as u64) < len {
-                return Err(DecodeError::Malformed { frame: FRAME, reason: "field runs past the frame" });
+                return Err(DecodeError::Malformed {
+                    frame: FRAME,
+                    reason: "field runs past the frame",
+                });
             }
             let value = p.split_to(len as usize);
             if (1..=31).contains(&field) {
                 let bit = 1u32 << field;
                 if seen & bit != 0 {
-                    return Err(DecodeError::Malformed { frame: FRAME, reason: "repeated field" });
+                    return Err(DecodeError::Malformed {
+                        frame: FRAME,
+                        reason: "repeated field",
+                    });
                 }
                 seen |= bit;
             }
@@ -88,7 +97,9 @@ impl RequestHeaders {
                 id::AREA => {
                     let area = string(value, "area", MAX_AREA_LEN)?;
                     if area.is_empty()
-                        || !area.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        || !area
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     {
                         return Err(DecodeError::InvalidField {
                             field: "area",
@@ -102,7 +113,10 @@ impl RequestHeaders {
                 id::PRIORITY => {
                     let prio = int(value, "priority")?;
                     if prio > MAX_PRIORITY {
-                        return Err(DecodeError::InvalidField { field: "priority", reason: "must be 0-7" });
+                        return Err(DecodeError::InvalidField {
+                            field: "priority",
+                            reason: "must be 0-7",
+                        });
                     }
                     h.priority = Some(prio);
                 }
@@ -112,9 +126,15 @@ impl RequestHeaders {
                 _ => {} // PROTOCOL.md §4.1: unknown fields are skipped.
             }
         }
-        h.model = model.ok_or(DecodeError::InvalidField { field: "model", reason: "missing" })?;
+        h.model = model.ok_or(DecodeError::InvalidField {
+            field: "model",
+            reason: "missing",
+        })?;
         if h.model.is_empty() {
-            return Err(DecodeError::InvalidField { field: "model", reason: "empty" });
+            return Err(DecodeError::InvalidField {
+                field: "model",
+                reason: "empty",
+            });
         }
         Ok(h)
     }
@@ -122,14 +142,24 @@ impl RequestHeaders {
     fn fields(&self) -> impl Iterator<Item = (u64, Field<'_>)> {
         [
             Some((id::MODEL, Field::Bytes(self.model.as_bytes()))),
-            self.tenant.as_deref().map(|v| (id::TENANT, Field::Bytes(v.as_bytes()))),
-            self.shard_key.as_deref().map(|v| (id::SHARD_KEY, Field::Bytes(v))),
-            self.residency.as_deref().map(|v| (id::RESIDENCY, Field::Bytes(v.as_bytes()))),
-            self.area.as_deref().map(|v| (id::AREA, Field::Bytes(v.as_bytes()))),
+            self.tenant
+                .as_deref()
+                .map(|v| (id::TENANT, Field::Bytes(v.as_bytes()))),
+            self.shard_key
+                .as_deref()
+                .map(|v| (id::SHARD_KEY, Field::Bytes(v))),
+            self.residency
+                .as_deref()
+                .map(|v| (id::RESIDENCY, Field::Bytes(v.as_bytes()))),
+            self.area
+                .as_deref()
+                .map(|v| (id::AREA, Field::Bytes(v.as_bytes()))),
             self.deadline_ms.map(|v| (id::DEADLINE_MS, Field::Int(v))),
             self.max_tokens.map(|v| (id::MAX_TOKENS, Field::Int(v))),
             self.priority.map(|v| (id::PRIORITY, Field::Int(v))),
-            self.trace_context.as_deref().map(|v| (id::TRACE_CONTEXT, Field::Bytes(v.as_bytes()))),
+            self.trace_context
+                .as_deref()
+                .map(|v| (id::TRACE_CONTEXT, Field::Bytes(v.as_bytes()))),
         ]
         .into_iter()
         .flatten()
@@ -168,7 +198,11 @@ enum Field<'a> {
 
 fn check_len(value: &Bytes, field: &'static str, max: usize) -> Result<(), DecodeError> {
     if value.len() > max {
-        return Err(DecodeError::FieldTooLong { field, len: value.len(), max });
+        return Err(DecodeError::FieldTooLong {
+            field,
+            len: value.len(),
+            max,
+        });
     }
     Ok(())
 }
@@ -179,10 +213,15 @@ fn string(value: Bytes, field: &'static str, max: usize) -> Result<String, Decod
 }
 
 fn int(mut value: Bytes, field: &'static str) -> Result<u64, DecodeError> {
-    let v = varint::decode(&mut value)
-        .map_err(|_| DecodeError::InvalidField { field, reason: "truncated integer" })?;
+    let v = varint::decode(&mut value).map_err(|_| DecodeError::InvalidField {
+        field,
+        reason: "truncated integer",
+    })?;
     if value.has_remaining() {
-        return Err(DecodeError::InvalidField { field, reason: "trailing bytes after integer" });
+        return Err(DecodeError::InvalidField {
+            field,
+            reason: "trailing bytes after integer",
+        });
     }
     Ok(v)
 }

@@ -151,9 +151,7 @@ impl DecodeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             DecodeError::Incomplete => ErrorCode::PROTOCOL_ERROR,
-            DecodeError::TooLarge { .. } | DecodeError::FieldTooLong { .. } => {
-                ErrorCode::TOO_LARGE
-            }
+            DecodeError::TooLarge { .. } | DecodeError::FieldTooLong { .. } => ErrorCode::TOO_LARGE,
             DecodeError::UnknownFrameType(_) | DecodeError::Malformed { .. } => {
                 ErrorCode::PROTOCOL_ERROR
             }
@@ -181,14 +179,26 @@ impl FrameHead {
         let (ty, n1) = varint::peek(src).ok_or(DecodeError::Incomplete)?;
         let (len, n2) = varint::peek(&src[n1..]).ok_or(DecodeError::Incomplete)?;
         let ty = FrameType(ty);
-        let max = if ty == FrameType::HEADERS { MAX_HEADERS_LEN } else { MAX_FRAME_PAYLOAD };
+        let max = if ty == FrameType::HEADERS {
+            MAX_HEADERS_LEN
+        } else {
+            MAX_FRAME_PAYLOAD
+        };
         if len > max as u64 {
-            return Err(DecodeError::TooLarge { ty: ty.name(), len, max });
+            return Err(DecodeError::TooLarge {
+                ty: ty.name(),
+                len,
+                max,
+            });
         }
         if ty.0 < FrameType::FIRST_EXTENSION && !ty.is_known() {
             return Err(DecodeError::UnknownFrameType(ty.0));
         }
-        Ok(FrameHead { ty, header_len: n1 + n2, payload_len: len as usize })
+        Ok(FrameHead {
+            ty,
+            header_len: n1 + n2,
+            payload_len: len as usize,
+        })
     }
 
     /// Header plus payload bytes.

@@ -26,11 +26,17 @@ impl Routed {
         let region = get_string(p, FRAME, "region", MAX_NAME_LEN)?;
         let worker = get_string(p, FRAME, "worker", MAX_NAME_LEN)?;
         let attempt = get_varint(p, FRAME)?;
-        Ok(Routed { region, worker, attempt })
+        Ok(Routed {
+            region,
+            worker,
+            attempt,
+        })
     }
 
     pub(super) fn payload_len(&self) -> usize {
-        bytes_len(self.region.as_bytes()) + bytes_len(self.worker.as_bytes()) + varint::size(self.attempt)
+        bytes_len(self.region.as_bytes())
+            + bytes_len(self.worker.as_bytes())
+            + varint::size(self.attempt)
     }
 
     pub(super) fn encode_payload<B: BufMut>(&self, buf: &mut B) {

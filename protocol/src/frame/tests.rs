@@ -20,19 +20,21 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
         proptest::option::of(0..=MAX_PRIORITY),
         proptest::option::of(".{0,40}"),
     )
-        .prop_map(|(model, tenant, key, residency, area, deadline, max_tokens, prio, trace)| {
-            RequestHeaders {
-                model,
-                tenant,
-                shard_key: key.map(Bytes::from),
-                residency,
-                area,
-                deadline_ms: deadline,
-                max_tokens,
-                priority: prio,
-                trace_context: trace,
-            }
-        })
+        .prop_map(
+            |(model, tenant, key, residency, area, deadline, max_tokens, prio, trace)| {
+                RequestHeaders {
+                    model,
+                    tenant,
+                    shard_key: key.map(Bytes::from),
+                    residency,
+                    area,
+                    deadline_ms: deadline,
+                    max_tokens,
+                    priority: prio,
+                    trace_context: trace,
+                }
+            },
+        )
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
@@ -40,11 +42,22 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         headers().prop_map(Frame::Headers),
         bytes().prop_map(Frame::Body),
-        (name(MAX_NAME_LEN), name(MAX_NAME_LEN), 0..=varint::MAX)
-            .prop_map(|(region, worker, attempt)| Frame::Routed(Routed { region, worker, attempt })),
+        (name(MAX_NAME_LEN), name(MAX_NAME_LEN), 0..=varint::MAX).prop_map(
+            |(region, worker, attempt)| Frame::Routed(Routed {
+                region,
+                worker,
+                attempt
+            })
+        ),
         bytes().prop_map(Frame::Tokens),
-        (0..=varint::MAX, 0..=varint::MAX, 0..=varint::MAX, 0..=varint::MAX, 0..=varint::MAX).prop_map(
-            |(f, p, c, t, d)| Frame::End(End {
+        (
+            0..=varint::MAX,
+            0..=varint::MAX,
+            0..=varint::MAX,
+            0..=varint::MAX,
+            0..=varint::MAX
+        )
+            .prop_map(|(f, p, c, t, d)| Frame::End(End {
                 finish_reason: match f {
                     0 => FinishReason::Stop,
                     1 => FinishReason::Length,
@@ -54,19 +67,29 @@ fn frame() -> impl Strategy<Value = Frame> {
                 completion_tokens: c,
                 ttft_us: t,
                 total_us: d,
-            })
-        ),
+            })),
         (0..=varint::MAX, any::<bool>(), ".{0,200}").prop_map(|(code, retryable, message)| {
-            Frame::Error(ErrorFrame { code: ErrorCode(code), retryable, message })
+            Frame::Error(ErrorFrame {
+                code: ErrorCode(code),
+                retryable,
+                message,
+            })
         }),
-        (proptest::option::of(0..=varint::MAX), proptest::option::of(0..=varint::MAX)).prop_map(
-            |(a, b)| Frame::Settings(Settings { max_concurrent_requests: a, max_prompt_bytes: b })
-        ),
-        (0..=varint::MAX, 0..=varint::MAX, 0..=varint::MAX).prop_map(|(a, b, c)| Frame::Load(Load {
-            in_flight: a,
-            queue_depth: b,
-            tokens_per_s: c
-        })),
+        (
+            proptest::option::of(0..=varint::MAX),
+            proptest::option::of(0..=varint::MAX)
+        )
+            .prop_map(|(a, b)| Frame::Settings(Settings {
+                max_concurrent_requests: a,
+                max_prompt_bytes: b
+            })),
+        (0..=varint::MAX, 0..=varint::MAX, 0..=varint::MAX).prop_map(|(a, b, c)| Frame::Load(
+            Load {
+                in_flight: a,
+                queue_depth: b,
+                tokens_per_s: c
+            }
+        )),
         Just(Frame::GoAway(GoAway)),
     ]
 }
@@ -93,7 +116,7 @@ proptest! {
     fn decoder_never_panics_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let mut buf = Bytes::from(data);
         // Decode until an error; each success must consume bytes, so this terminates.
-        while let Ok(_) = Frame::decode(&mut buf) {}
+        while Frame::decode(&mut buf).is_ok() {}
     }
 
     #[test]
@@ -137,18 +160,27 @@ fn field(id: u64, value: &[u8]) -> Vec<u8> {
 fn frame_over_limit_is_too_large() {
     let mut b = raw(0x04, &vec![b'a'; MAX_FRAME_PAYLOAD + 1]);
     let err = Frame::decode(&mut b).unwrap_err();
-    assert!(matches!(err, DecodeError::TooLarge { ty: "TOKENS", .. }), "{err:?}");
+    assert!(
+        matches!(err, DecodeError::TooLarge { ty: "TOKENS", .. }),
+        "{err:?}"
+    );
     assert_eq!(err.code(), ErrorCode::TOO_LARGE);
     // Rejected from the header alone, before the payload arrives.
     let mut head = Vec::new();
     encode_header(FrameType::BODY, MAX_FRAME_PAYLOAD + 1, &mut head);
-    assert!(matches!(FrameHead::peek(&head), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(
+        FrameHead::peek(&head),
+        Err(DecodeError::TooLarge { .. })
+    ));
 }
 
 #[test]
 fn headers_over_limit_is_too_large() {
     let mut b = raw(0x01, &vec![0u8; MAX_HEADERS_LEN + 1]);
-    assert_eq!(Frame::decode(&mut b).unwrap_err().code(), ErrorCode::TOO_LARGE);
+    assert_eq!(
+        Frame::decode(&mut b).unwrap_err().code(),
+        ErrorCode::TOO_LARGE
+    );
 }
 
 #[test]
@@ -161,10 +193,17 @@ fn every_field_limit_has_its_code() {
         (0x09, MAX_TRACE_CONTEXT_LEN),
     ];
     for (id, max) in cases {
-        let mut payload = if id == 0x01 { Vec::new() } else { field(0x01, b"m") };
+        let mut payload = if id == 0x01 {
+            Vec::new()
+        } else {
+            field(0x01, b"m")
+        };
         payload.extend(field(id, &vec![b'a'; max + 1]));
         let err = Frame::decode(&mut raw(0x01, &payload)).unwrap_err();
-        assert!(matches!(err, DecodeError::FieldTooLong { .. }), "field {id}: {err:?}");
+        assert!(
+            matches!(err, DecodeError::FieldTooLong { .. }),
+            "field {id}: {err:?}"
+        );
         assert_eq!(err.code(), ErrorCode::TOO_LARGE);
     }
     let mut msg = Vec::new();
@@ -172,7 +211,10 @@ fn every_field_limit_has_its_code() {
     varint::encode(0, &mut msg);
     varint::encode((MAX_ERROR_MESSAGE_LEN + 1) as u64, &mut msg);
     msg.extend(vec![b'x'; MAX_ERROR_MESSAGE_LEN + 1]);
-    assert_eq!(Frame::decode(&mut raw(0x06, &msg)).unwrap_err().code(), ErrorCode::TOO_LARGE);
+    assert_eq!(
+        Frame::decode(&mut raw(0x06, &msg)).unwrap_err().code(),
+        ErrorCode::TOO_LARGE
+    );
 }
 
 #[test]
@@ -183,7 +225,14 @@ fn bad_header_values_are_bad_request() {
     area.extend(field(0x05, b"JP"));
     let mut int_trailing = field(0x01, b"m");
     int_trailing.extend(field(0x07, &[5, 5]));
-    for payload in [Vec::new(), field(0x01, b""), field(0x01, &[0xff, 0xfe]), prio, area, int_trailing] {
+    for payload in [
+        Vec::new(),
+        field(0x01, b""),
+        field(0x01, &[0xff, 0xfe]),
+        prio,
+        area,
+        int_trailing,
+    ] {
         let err = Frame::decode(&mut raw(0x01, &payload)).unwrap_err();
         assert_eq!(err.code(), ErrorCode::BAD_REQUEST, "{err:?}");
     }
@@ -213,8 +262,14 @@ fn unknown_fields_and_extension_frames_are_skipped() {
     let mut two = BytesMut::new();
     two.extend_from_slice(&raw(0x21, b"ignored"));
     two.extend_from_slice(&raw(0x04, b"hi"));
-    assert_eq!(Frame::decode(&mut two).unwrap(), Frame::Unknown(FrameType(0x21)));
-    assert_eq!(Frame::decode(&mut two).unwrap(), Frame::Tokens(Bytes::from_static(b"hi")));
+    assert_eq!(
+        Frame::decode(&mut two).unwrap(),
+        Frame::Unknown(FrameType(0x21))
+    );
+    assert_eq!(
+        Frame::decode(&mut two).unwrap(),
+        Frame::Tokens(Bytes::from_static(b"hi"))
+    );
 }
 
 #[test]

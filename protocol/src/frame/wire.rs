@@ -33,7 +33,10 @@ pub(super) fn peek_prefix<B: Buf>(buf: &B, out: &mut [u8]) -> usize {
 /// Reads a varint inside a frame payload; running out of payload is malformed, not
 /// incomplete (the whole frame is already buffered).
 pub(super) fn get_varint(payload: &mut Bytes, frame: &'static str) -> Result<u64, DecodeError> {
-    varint::decode(payload).map_err(|_| DecodeError::Malformed { frame, reason: "truncated varint" })
+    varint::decode(payload).map_err(|_| DecodeError::Malformed {
+        frame,
+        reason: "truncated varint",
+    })
 }
 
 /// Reads a length-prefixed byte string of at most `max` bytes.
@@ -45,10 +48,17 @@ pub(super) fn get_bytes(
 ) -> Result<Bytes, DecodeError> {
     let len = get_varint(payload, frame)?;
     if len > max as u64 {
-        return Err(DecodeError::FieldTooLong { field, len: len as usize, max });
+        return Err(DecodeError::FieldTooLong {
+            field,
+            len: len as usize,
+            max,
+        });
     }
     if (payload.remaining() as u64) < len {
-        return Err(DecodeError::Malformed { frame, reason: "field runs past the frame" });
+        return Err(DecodeError::Malformed {
+            frame,
+            reason: "field runs past the frame",
+        });
     }
     Ok(payload.split_to(len as usize))
 }
@@ -66,8 +76,10 @@ pub(super) fn get_string(
 
 /// Converts bytes to a `String`, or `InvalidField` if they are not UTF-8.
 pub(super) fn utf8(bytes: Bytes, field: &'static str) -> Result<String, DecodeError> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| DecodeError::InvalidField { field, reason: "not valid UTF-8" })
+    String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidField {
+        field,
+        reason: "not valid UTF-8",
+    })
 }
 
 /// Writes a length-prefixed byte string.

@@ -1,0 +1,161 @@
+//! The `meridian` command line as a user runs it (a real process per test).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn meridian(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .output()
+        .expect("meridian runs")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        &[][..],
+        &["demo"],
+        &["edge"],
+        &["worker"],
+        &["check"],
+        &["route"],
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let out = meridian(&args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: meridian"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn check_accepts_every_example_config() {
+    let dir = repo().join("examples/local");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = meridian(&["check", "--config", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert_eq!(n, 11, "edge.toml and ten worker configs");
+}
+
+#[test]
+fn check_reports_every_error_with_file_and_line() {
+    let path = std::env::temp_dir().join(format!("meridian-cli-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[region]]\nname = \"tokyo\"\n\n[areas]\njp = [\"seoul\"]\n\n[[worker]]\nname = \"w\"\nregion = \"mars\"\naddress = \"127.0.0.1:1\"\nmodels = [\"m\"]\npin = \"c.pem\"\n",
+    )
+    .unwrap();
+    let out = meridian(&["check", "--config", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let file = path.display().to_string();
+    assert!(
+        err.contains(&format!("{file}:5:7: unknown region `seoul`")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:9:10: worker `w` is in unknown region `mars`"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("2 error(s)"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn route_explains_decisions_and_failures() {
+    let cfg = repo().join("examples/local/edge.toml");
+    let cfg = cfg.to_str().unwrap();
+    let out = meridian(&[
+        "route",
+        "--config",
+        cfg,
+        "--area",
+        "jp",
+        "--shard-key",
+        "s1",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["region"], "seoul");
+    assert_eq!(v["candidates"][0], "seoul");
+
+    let out = meridian(&[
+        "route",
+        "--config",
+        cfg,
+        "--area",
+        "jp",
+        "--tenant",
+        "bund",
+        "--down",
+        "frankfurt-sovereign-1,frankfurt-sovereign-2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("RESIDENCY_UNAVAILABLE"), "{text}");
+    assert!(text.contains("not allowed by residency policy"), "{text}");
+}
+
+#[test]
+fn demo_json_runs_the_scenario() {
+    let out = meridian(&[
+        "demo",
+        "--json",
+        "--ttft-ms",
+        "2",
+        "--itl-ms",
+        "1",
+        "--max-tokens",
+        "4",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 7);
+    for l in &lines {
+        for key in [
+            "step",
+            "area",
+            "tenant",
+            "residency",
+            "region",
+            "worker",
+            "tokens",
+            "ttft_ms",
+            "error",
+        ] {
+            assert!(l.get(key).is_some(), "missing `{key}` in {l}");
+        }
+        assert_eq!(l["ok"], true, "{l}");
+    }
+    assert_eq!(lines[6]["error"], "RESIDENCY_UNAVAILABLE");
+}

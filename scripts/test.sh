@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"): format, lints, every test, the loom
+# model checks and the docs. Run from anywhere; needs only cargo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+jobs="${CARGO_BUILD_JOBS:-2}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy -j "$jobs" --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, property, integration, multi-process)"
+cargo test -j "$jobs" --workspace --locked
+
+step "loom model checks (lock-free routing table and counters)"
+RUSTFLAGS="--cfg loom" cargo test -j "$jobs" --release --locked -p meridian-fabric \
+  --target-dir target/loom --lib loom_
+
+step "cargo doc -D warnings"
+RUSTDOCFLAGS="-Dwarnings" cargo doc -j "$jobs" --workspace --no-deps --locked
+
+printf '\nall checks passed\n'

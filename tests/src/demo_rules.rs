@@ -1,0 +1,36 @@
+//! Every rule of `meridian demo`, through the real edge and workers.
+
+use crate::support::*;
+use meridian_fabric::demo::run_scenario;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_scenario_every_rule_holds() {
+    let mut demo = topology("demo", 5, 1, 8).await;
+    let client = client(&demo).await;
+    let outcomes = within("scenario", run_scenario(&mut demo, &client)).await;
+    let region = |i: usize| outcomes[i].region.as_deref();
+    assert_eq!(outcomes.len(), 7);
+    assert_eq!(region(0), Some("seoul"), "Tokyo user → seoul");
+    assert_eq!(region(1), Some("frankfurt"), "Paris user → frankfurt");
+    assert_eq!(
+        region(2),
+        Some("frankfurt-sovereign"),
+        "bund → sovereign pool"
+    );
+    assert_eq!(
+        outcomes[3].worker, outcomes[4].worker,
+        "same shard key → same worker"
+    );
+    assert!(outcomes[3].worker.is_some());
+    assert_eq!(region(5), Some("tokyo"), "seoul down → tokyo");
+    assert_eq!(outcomes[6].error.as_deref(), Some("RESIDENCY_UNAVAILABLE"));
+    assert_eq!(region(6), None, "bund never routed anywhere else");
+    for o in &outcomes {
+        assert!(o.ok, "step {} `{}` did not behave: {o:?}", o.step, o.title);
+        if o.error.is_none() {
+            assert_eq!(o.tokens, 8, "every token arrived");
+        }
+    }
+    client.close().await;
+    demo.shutdown().await;
+}

@@ -1,0 +1,174 @@
+//! The fabric as separate processes: `meridian worker` ×3 and `meridian edge` on loopback,
+//! configured through files, talking real QUIC; a worker SIGKILLed mid-stream.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use meridian_protocol::client::{Client, ClientConfig, Event, Trust};
+use meridian_protocol::ErrorCode;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::support::*;
+
+/// The `meridian` binary next to this test binary (built by `cargo test --workspace`).
+pub fn meridian_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("meridian");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p meridian-edge` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+struct Proc {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(meridian_bin())
+            .args(args)
+            .env(
+                "MERIDIAN_LOG",
+                std::env::var("TEST_MERIDIAN_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("meridian starts");
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        Proc { child, lines }
+    }
+
+    async fn json_line(&mut self) -> Value {
+        let line = within("process output", self.lines.next_line())
+            .await
+            .expect("stdout readable")
+            .expect("a line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+}
+
+fn worker_config(dir: &Path, name: &str, region: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[worker]\nname = \"{name}\"\nregion = \"{region}\"\nlisten = \"127.0.0.1:0\"\nmodels = [\"llama-3-8b\"]\n\n\
+             [tls]\ndev_cert_dir = \"{name}-cert\"\n\n[backend]\nkind = \"synthetic\"\nttft_ms = 0\nitl_ms = 5\nmax_tokens = 100000\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_route_and_survive_a_killed_worker() {
+    let dir = scratch("procs");
+    let mut workers = Vec::new();
+    let mut entries = String::new();
+    for (name, region) in [
+        ("seoul-1", "seoul"),
+        ("seoul-2", "seoul"),
+        ("tokyo-1", "tokyo"),
+    ] {
+        let cfg = worker_config(&dir, name, region);
+        let mut p = Proc::start(&["worker", "--json", "--config", cfg.to_str().unwrap()]);
+        let line = p.json_line().await;
+        entries += &format!(
+            "\n[[worker]]\nname = \"{name}\"\nregion = \"{region}\"\naddress = \"{}\"\nmodels = [\"llama-3-8b\"]\npin = \"{}\"\n",
+            line["addr"].as_str().unwrap(),
+            line["cert"].as_str().unwrap()
+        );
+        workers.push((name, p));
+    }
+    let edge_cfg = dir.join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"test-pop\"\n\n[tls]\ndev_cert_dir = \"edge-cert\"\n\n\
+             [[region]]\nname = \"seoul\"\n\n[[region]]\nname = \"tokyo\"\n\n[areas]\njp = [\"seoul\", \"tokyo\"]\n{entries}"
+        ),
+    )
+    .unwrap();
+    let mut edge = Proc::start(&["edge", "--json", "--config", edge_cfg.to_str().unwrap()]);
+    let started = edge.json_line().await;
+    let ready = edge.json_line().await;
+    assert_eq!(ready["ready"], true, "{ready}");
+    let addr = started["edge_addr"].as_str().unwrap().parse().unwrap();
+    let trust = Trust::pin_file(started["cert"].as_str().unwrap()).unwrap();
+    let client = within("connect", Client::connect(addr, ClientConfig::new(trust)))
+        .await
+        .unwrap();
+
+    let mut short = request("jp", "hello from another process");
+    short.headers.max_tokens = Some(5);
+    let (routed, _, end) = within(
+        "short request",
+        client.generate(short).await.unwrap().collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(routed[0].region, "seoul");
+    assert_eq!(end.completion_tokens, 5);
+
+    // SIGKILL the worker serving a long stream, mid-stream.
+    let mut g = client.generate(request("jp", "a long one")).await.unwrap();
+    let serving = match within("routed", g.next()).await.unwrap() {
+        Some(Event::Routed(r)) => r.worker,
+        other => panic!("expected ROUTED, got {other:?}"),
+    };
+    assert!(matches!(
+        within("tokens", g.next()).await.unwrap(),
+        Some(Event::Tokens(_))
+    ));
+    let (_, victim) = workers.iter_mut().find(|(n, _)| *n == serving).unwrap();
+    victim.child.start_kill().unwrap();
+    victim.child.wait().await.unwrap();
+    // The killed process sends nothing more: the edge detects it by the upstream idle
+    // timeout and must end the client's stream with an error, never a clean END.
+    let err = within("error after kill", async {
+        loop {
+            match g.next().await {
+                Ok(Some(Event::Tokens(_))) => continue,
+                Ok(other) => panic!("expected an error, got {other:?}"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert_eq!(err.code(), Some(ErrorCode::UPSTREAM_FAILED), "{err}");
+
+    // The edge keeps serving: the next request goes to a live worker.
+    let mut again = request("jp", "still there?");
+    again.headers.max_tokens = Some(3);
+    let (routed, _, end) = within(
+        "after kill",
+        client.generate(again).await.unwrap().collect(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(routed.last().unwrap().worker, serving);
+    assert_eq!(end.completion_tokens, 3);
+    client.close().await;
+
+    // SIGTERM drains and exits cleanly.
+    let pid = edge.child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = within("edge exit", edge.child.wait()).await.unwrap();
+    assert!(status.success(), "edge exited with {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

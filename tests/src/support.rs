@@ -1,0 +1,89 @@
+//! Shared helpers: a demo topology per test, clients, raw streams, bounded waits.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use meridian_fabric::config::SyntheticBackend;
+use meridian_fabric::demo::Demo;
+use meridian_fabric::worker::WorkerStats;
+use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+
+/// Upper bound for any single wait: a hung test fails instead of hanging CI.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// Awaits `f`, failing the test if it hangs.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A unique scratch directory under the system temp dir.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "meridian-test-{}-{name}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir is writable");
+    dir
+}
+
+/// Starts the demo topology with the given synthetic timing.
+pub async fn topology(name: &str, ttft_ms: u64, itl_ms: u64, max_tokens: u64) -> Demo {
+    let backend = SyntheticBackend {
+        ttft: Duration::from_millis(ttft_ms),
+        itl: Duration::from_millis(itl_ms),
+        max_tokens,
+    };
+    within(
+        "topology start",
+        Demo::start(&scratch(name), "127.0.0.1:0".parse().unwrap(), backend),
+    )
+    .await
+    .expect("demo topology starts")
+}
+
+/// A client connected to the demo's edge.
+pub async fn client(demo: &Demo) -> Client {
+    let trust = Trust::pin_file(&demo.cert_path).expect("demo cert is readable");
+    within(
+        "connect",
+        Client::connect(demo.edge.addr, ClientConfig::new(trust)),
+    )
+    .await
+    .expect("client connects")
+}
+
+/// A request for the demo model from `area`.
+pub fn request(area: &str, prompt: &str) -> Request {
+    let mut r = Request::new(meridian_fabric::demo::MODEL, prompt.to_owned());
+    r.headers.area = Some(area.into());
+    r
+}
+
+/// The stats of the demo worker called `name`.
+pub fn worker_stats<'a>(demo: &'a Demo, name: &str) -> &'a WorkerStats {
+    let i = demo
+        .config
+        .workers
+        .iter()
+        .position(|w| w.name == name)
+        .expect("known worker");
+    &demo.workers[i].as_ref().expect("worker running").stats
+}
+
+/// Kills the demo worker called `name` abruptly.
+pub fn kill_worker(demo: &mut Demo, name: &str) {
+    let i = demo
+        .config
+        .workers
+        .iter()
+        .position(|w| w.name == name)
+        .expect("known worker");
+    demo.workers[i].take().expect("worker running").kill();
+}
