@@ -64,6 +64,8 @@ enum Attempt {
 /// Serves one client request stream to completion.
 pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<EdgeShared>) {
     edge.stats.requests.fetch_add(1, Relaxed);
+    // PROTOCOL.md §4.7: the deadline counts from the stream's arrival (≤ HEADERS receipt).
+    let arrived = Instant::now();
     let stopped = send.stopped();
     tokio::pin!(stopped);
     let cfg = edge.router.config();
@@ -85,7 +87,7 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
     let deadline = intake
         .headers
         .deadline_ms
-        .map(|ms| Instant::now() + Duration::from_millis(ms));
+        .map(|ms| arrived + Duration::from_millis(ms));
     let shard_key = intake
         .headers
         .shard_key

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_protocol::client::{ClientConfig, Trust};
-use meridian_protocol::io::FrameReader;
-use meridian_protocol::{varint, Frame, CONTROL_STREAM_TYPE};
+use meridian_protocol::io::{FrameReader, ReadFrameError};
+use meridian_protocol::{varint, ErrorCode, Frame, CONTROL_STREAM_TYPE};
 use tracing::{debug, info, warn};
 
 use crate::config::{UpstreamTrust, WorkerEntry, WorkerId};
@@ -187,19 +187,29 @@ async fn control(w: WorkerId, router: &Router, conn: &quinn::Connection) -> Stri
             Ok(Some(Frame::GoAway(_))) if !first => return "worker sent GOAWAY (draining)".into(),
             Ok(Some(Frame::Unknown(_))) if !first => {}
             Ok(Some(f)) => {
-                warn!(
-                    worker = w,
-                    "protocol error on control stream: unexpected {}",
-                    f.ty().name()
-                );
-                conn.close(
-                    quinn::VarInt::from_u32(meridian_protocol::ErrorCode::PROTOCOL_ERROR.0 as u32),
-                    b"bad control stream",
-                );
-                return "control stream protocol error".into();
+                let reason = format!("unexpected {} frame on the control stream", f.ty().name());
+                return protocol_violation(w, conn, ErrorCode::PROTOCOL_ERROR, reason);
             }
-            Ok(None) | Err(_) => return "control stream ended".into(),
+            Err(ReadFrameError::Decode(e)) => {
+                return protocol_violation(w, conn, e.code(), e.to_string())
+            }
+            Ok(None) | Err(_) => return "control stream ended (draining)".into(),
         }
         first = false;
     }
+}
+
+/// Closes a worker connection whose control stream broke the protocol (PROTOCOL.md §5.1).
+fn protocol_violation(
+    w: WorkerId,
+    conn: &quinn::Connection,
+    code: ErrorCode,
+    reason: String,
+) -> String {
+    warn!(worker = w, %reason, "closing upstream connection: control stream protocol error");
+    conn.close(
+        quinn::VarInt::from_u64(code.0).expect("error codes are small"),
+        reason.as_bytes(),
+    );
+    reason
 }

@@ -22,7 +22,7 @@ pub use state::WorkerState;
 pub use table::RoutingTable;
 
 use crate::config::{Config, RegionId, RegionSet, WorkerId};
-use crate::sync::{LoadGuard, RcuCell};
+use crate::sync::{InFlight, LoadGuard, RcuCell};
 
 /// What routing needs to know about a request.
 #[derive(Clone, Copy, Debug, Default)]
@@ -291,7 +291,7 @@ impl Router {
                 .expect("the region has an eligible healthy worker");
             trace.region(r, RegionVerdict::Chosen { load, capacity });
             trace.worker(placement.worker, placement.skipped);
-            let guard = self.workers[placement.worker].in_flight.acquire();
+            let guard = InFlight::acquire(&self.workers[placement.worker].in_flight);
             return Ok(Decision {
                 region: r,
                 worker: placement.worker,

@@ -122,7 +122,7 @@ fn spills_to_next_allowed_region_at_load_bound() {
     for (w, e) in r.config().workers.iter().enumerate() {
         if e.region == seoul {
             r.worker(w).set_capacity(1);
-            held.push(r.worker(w).in_flight.acquire());
+            held.push(InFlight::acquire(&r.worker(w).in_flight));
         }
     }
     assert_eq!(region_of(&r, &req(Some("jp"), None)).unwrap(), "tokyo");
@@ -202,7 +202,7 @@ proptest! {
             r.set_healthy(w, health & (1 << w) != 0);
             if saturated & (1 << w) != 0 {
                 r.worker(w).set_capacity(1);
-                held.push(r.worker(w).in_flight.acquire());
+                held.push(InFlight::acquire(&r.worker(w).in_flight));
             }
         }
         let key = key.to_le_bytes();

@@ -30,20 +30,20 @@ impl InFlight {
     }
 
     /// Takes a slot if fewer than `bound` are in use.
-    pub fn try_acquire(self: &Arc<Self>, bound: u64) -> Option<LoadGuard> {
-        self.count
+    pub fn try_acquire(this: &Arc<Self>, bound: u64) -> Option<LoadGuard> {
+        this.count
             .fetch_update(AcqRel, Acquire, |n| (n < bound).then_some(n + 1))
             .ok()
             .map(|_| LoadGuard {
-                counter: self.clone(),
+                counter: this.clone(),
             })
     }
 
     /// Takes a slot unconditionally.
-    pub fn acquire(self: &Arc<Self>) -> LoadGuard {
-        self.count.fetch_add(1, AcqRel);
+    pub fn acquire(this: &Arc<Self>) -> LoadGuard {
+        this.count.fetch_add(1, AcqRel);
         LoadGuard {
-            counter: self.clone(),
+            counter: this.clone(),
         }
     }
 }
@@ -68,12 +68,12 @@ mod tests {
     #[test]
     fn bound_is_respected_and_released() {
         let c = Arc::new(InFlight::new());
-        let a = c.try_acquire(2).unwrap();
-        let _b = c.try_acquire(2).unwrap();
-        assert!(c.try_acquire(2).is_none());
+        let a = InFlight::try_acquire(&c, 2).unwrap();
+        let _b = InFlight::try_acquire(&c, 2).unwrap();
+        assert!(InFlight::try_acquire(&c, 2).is_none());
         drop(a);
         assert_eq!(c.current(), 1);
-        let _d = c.acquire();
+        let _d = InFlight::acquire(&c);
         assert_eq!(c.current(), 2);
     }
 }
@@ -81,16 +81,17 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
+    use crate::sync::model;
 
     #[test]
     fn loom_in_flight_never_exceeds_bound_and_returns_to_zero() {
-        loom::model(|| {
+        model(|| {
             let c = Arc::new(InFlight::new());
             let handles: Vec<_> = (0..3)
                 .map(|_| {
                     let c = c.clone();
                     loom::thread::spawn(move || {
-                        let guard = c.try_acquire(2);
+                        let guard = InFlight::try_acquire(&c, 2);
                         assert!(c.current() <= 2, "bound overshot");
                         guard.is_some()
                     })
@@ -108,13 +109,13 @@ mod loom_tests {
 
     #[test]
     fn loom_in_flight_concurrent_acquire_release() {
-        loom::model(|| {
+        model(|| {
             let c = Arc::new(InFlight::new());
             let t = {
                 let c = c.clone();
-                loom::thread::spawn(move || drop(c.acquire()))
+                loom::thread::spawn(move || drop(InFlight::acquire(&c)))
             };
-            let g = c.acquire();
+            let g = InFlight::acquire(&c);
             assert!(c.current() >= 1);
             drop(g);
             t.join().unwrap();

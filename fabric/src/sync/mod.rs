@@ -20,3 +20,12 @@ pub(crate) use std::thread::yield_now;
 
 pub use load::{InFlight, LoadGuard};
 pub use rcu::RcuCell;
+
+/// Runs a loom model with a preemption bound of 3: exhaustive for the small models here
+/// within seconds (the loom docs' recommended setting; bugs need few preemptions).
+#[cfg(all(test, loom))]
+pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}

@@ -6,7 +6,8 @@
 //! every reader that might still hold the old pointer unregistered before releasing it.
 //!
 //! Why it is safe (checked by `loom_rcu_*`): a reader registers in `readers[e & 1]` and
-//! then re-reads `epoch`; only if it is still `e` does it load the pointer. A writer that
+//! then re-reads `epoch` with a read-modify-write; only if it is still `e` does it load the
+//! pointer. A writer that
 //! removes pointer P swapped it out *before* flipping away from the epoch current at that
 //! time and waits for that epoch's readers. A reader that loaded P either registered in
 //! that epoch (so the writer waits for it) or registered in the one before, in which case
@@ -44,7 +45,11 @@ impl<T> RcuCell<T> {
             let epoch = self.epoch.load(SeqCst);
             let slot = &self.readers[epoch & 1];
             slot.fetch_add(1, SeqCst);
-            if self.epoch.load(SeqCst) != epoch {
+            // An RMW, not a load: it reads the latest epoch in modification order, and if
+            // that is still `epoch` a writer flipping later synchronises with it and so sees
+            // our registration. (A plain load would need store→load SeqCst ordering, which
+            // loom does not model and weaker hardware orders only with a full fence.)
+            if self.epoch.fetch_add(0, SeqCst) != epoch {
                 // A writer flipped between our two reads: it may not wait for this slot.
                 slot.fetch_sub(1, SeqCst);
                 continue;
@@ -141,6 +146,7 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
+    use crate::sync::model;
     use crate::sync::AtomicBool;
 
     /// A value that records its own destruction, so a reader can check it never sees a
@@ -169,7 +175,7 @@ mod loom_tests {
 
     #[test]
     fn loom_rcu_reader_never_sees_freed_value() {
-        loom::model(|| {
+        model(|| {
             let (v0, _) = tracked(0);
             let cell = Arc::new(RcuCell::new(v0));
             let reader = {
@@ -194,7 +200,7 @@ mod loom_tests {
 
     #[test]
     fn loom_rcu_two_readers_one_writer() {
-        loom::model(|| {
+        model(|| {
             let (v0, _) = tracked(0);
             let cell = Arc::new(RcuCell::new(v0));
             let readers: Vec<_> = (0..2)

@@ -3,7 +3,7 @@
 //! The codec is sans-IO: bytes in through [`bytes::Buf`], frames out; frames in, bytes out
 //! through [`bytes::BufMut`]. [`FrameHead::peek`] checks that a whole frame is buffered
 //! before anything is allocated, so a peer cannot make the decoder buffer more than
-//! [`MAX_FRAME_PAYLOAD`](crate::limits::MAX_FRAME_PAYLOAD) plus a header.
+//! [`crate::limits::MAX_FRAME_PAYLOAD`] plus a header.
 
 mod control;
 mod end;
