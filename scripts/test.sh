@@ -21,6 +21,15 @@ step "loom model checks (lock-free routing table and counters)"
 RUSTFLAGS="--cfg loom" cargo test -j "$jobs" --release --locked -p meridian-fabric \
   --target-dir target/loom --lib loom_
 
+step "benches build (cargo bench --no-run)"
+cargo bench -j "$jobs" --workspace --locked --no-run
+
+step "meridian-bench suite --quick (smoke: report complete and error-free; no timing checks)"
+cargo build -j "$jobs" --locked -p meridian-edge -p meridian-bench
+report="$(mktemp -d)/suite.json"
+target/debug/meridian-bench suite --quick --json "$report"
+python3 scripts/check_suite.py "$report"
+
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-Dwarnings" cargo doc -j "$jobs" --workspace --no-deps --locked
 

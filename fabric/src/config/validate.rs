@@ -383,6 +383,17 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         });
     }
 
+    let distinct: HashSet<&String> = workers.iter().flat_map(|w| &w.models).collect();
+    if distinct.len() > crate::route::table::MAX_MODELS {
+        cx.err(
+            Some(0..0),
+            format!(
+                "{} distinct models; at most {} are supported",
+                distinct.len(),
+                crate::route::table::MAX_MODELS
+            ),
+        );
+    }
     let e = raw.edge.as_ref();
     let default_area = e.and_then(|e| e.default_area.as_ref()).map(|a| {
         cx.area(a.get_ref(), a.span());

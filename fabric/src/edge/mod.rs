@@ -6,6 +6,7 @@
 mod intake;
 mod relay;
 mod stats;
+pub mod track;
 pub mod upstream;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub use stats::EdgeStats;
+pub use track::{ResponseTracker, UpstreamViolation};
 pub use upstream::Upstreams;
 
 use crate::config::Config;

@@ -2,7 +2,7 @@
 //!
 //! The token path is zero-copy: each chunk quinn hands us from the worker's stream
 //! (`read_chunk`) is written to the client's stream as the same `Bytes` (`write_chunk`);
-//! a [`FrameScanner`] follows the framing in place so the edge knows where frames end
+//! a [`ResponseTracker`] follows the framing in place so the edge knows where frames end
 //! (for clean failure handling) without buffering, copying or allocating per token.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,41 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_protocol::scan::{FrameScanner, Scanned};
-use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Routed};
+use meridian_protocol::{ErrorCode, ErrorFrame, Frame, Routed};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::intake::{self, Intake, IntakeError};
+use super::track::ResponseTracker;
 use super::EdgeShared;
 use crate::config::WorkerId;
 use crate::route::RouteRequest;
 
 fn code(c: ErrorCode) -> VarInt {
     VarInt::from_u64(c.0).expect("error codes are small")
-}
-
-/// A worker broke the framing rules on a request stream.
-#[derive(Debug)]
-enum UpstreamViolation {
-    Decode(DecodeError),
-    Unexpected(&'static str),
-}
-
-impl From<DecodeError> for UpstreamViolation {
-    fn from(e: DecodeError) -> Self {
-        UpstreamViolation::Decode(e)
-    }
-}
-
-impl std::fmt::Display for UpstreamViolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamViolation::Decode(e) => write!(f, "malformed frame from worker: {e}"),
-            UpstreamViolation::Unexpected(m) => f.write_str(m),
-        }
-    }
 }
 
 /// How one upstream attempt ended.
@@ -187,9 +165,7 @@ async fn forward(
         let _ = up_recv.stop(code(c));
         let _ = up_send.reset(code(c));
     };
-    let mut scanner = FrameScanner::new();
-    let mut forwarded = 0usize;
-    let mut terminal = false;
+    let mut tracker = ResponseTracker::new();
     let sleep = tokio::time::sleep_until(
         deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
     );
@@ -198,33 +174,20 @@ async fn forward(
         tokio::select! {
             chunk = up_recv.read_chunk(usize::MAX, true) => match chunk {
                 Ok(Some(chunk)) => {
-                    let mut tokens = 0u64;
-                    let scanned = scanner.scan(&chunk.bytes, |ev| {
-                        if let Scanned::Start(h) = ev {
-                            if terminal {
-                                return Err(UpstreamViolation::Unexpected("frame after END/ERROR"));
-                            }
-                            match h.ty {
-                                FrameType::TOKENS => tokens += 1,
-                                FrameType::END | FrameType::ERROR => terminal = true,
-                                t if !t.is_known() => {}
-                                _ => return Err(UpstreamViolation::Unexpected("unexpected frame type from worker")),
-                            }
+                    match tracker.on_chunk(&chunk.bytes) {
+                        Ok(tokens) => edge.stats.tokens.fetch_add(tokens, Relaxed),
+                        Err(e) => {
+                            cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::PROTOCOL_ERROR);
+                            break e.to_string();
                         }
-                        Ok(())
-                    });
-                    if let Err(e) = scanned {
-                        cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::PROTOCOL_ERROR);
-                        break e.to_string();
-                    }
-                    forwarded += chunk.bytes.len();
-                    edge.stats.tokens.fetch_add(tokens, Relaxed);
+                    };
+                    // Zero-copy: the received `Bytes` is what goes out.
                     if send.write_chunk(chunk.bytes).await.is_err() {
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
                         return Attempt::ClientGone;
                     }
                 }
-                Ok(None) if terminal && scanner.at_boundary() => {
+                Ok(None) if tracker.complete() => {
                     let _ = send.finish();
                     return Attempt::Done;
                 }
@@ -238,7 +201,7 @@ async fn forward(
             _ = &mut sleep, if deadline.is_some() => {
                 cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
                 edge.stats.error(ErrorCode::DEADLINE_EXCEEDED);
-                if scanner.at_boundary() {
+                if tracker.at_boundary() {
                     let e = ErrorFrame::new(ErrorCode::DEADLINE_EXCEEDED, "the request's deadline passed");
                     let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
                     let _ = send.finish();
@@ -249,12 +212,12 @@ async fn forward(
             }
         }
     };
-    if forwarded == 0 {
+    if tracker.forwarded() == 0 {
         return Attempt::FailedClean(failure);
     }
     // Tokens already reached the client: never a silent clean end.
     edge.stats.error(ErrorCode::UPSTREAM_FAILED);
-    if scanner.at_boundary() {
+    if tracker.at_boundary() {
         let e = ErrorFrame::new(
             ErrorCode::UPSTREAM_FAILED,
             format!("worker failed mid-stream: {failure}"),

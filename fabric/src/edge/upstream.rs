@@ -181,9 +181,7 @@ async fn control(w: WorkerId, router: &Router, conn: &quinn::Connection) -> Stri
                     router.worker(w).set_capacity(c);
                 }
             }
-            Ok(Some(Frame::Load(l))) if !first => {
-                router.worker(w).set_reported(l.in_flight, l.queue_depth)
-            }
+            Ok(Some(Frame::Load(l))) if !first => router.record_load(w, l.in_flight, l.queue_depth),
             Ok(Some(Frame::GoAway(_))) if !first => return "worker sent GOAWAY (draining)".into(),
             Ok(Some(Frame::Unknown(_))) if !first => {}
             Ok(Some(f)) => {

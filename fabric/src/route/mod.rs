@@ -6,6 +6,7 @@
 //! atomics; it takes no lock. Tables are rebuilt by [`Router::rebuild`] when health changes.
 
 mod explain;
+pub mod fastmap;
 pub mod hash;
 pub mod ring;
 mod state;
@@ -41,15 +42,17 @@ pub struct RouteRequest<'a> {
     pub exclude: &'a [WorkerId],
 }
 
-/// Where a request goes. Holds the worker's in-flight slot until dropped.
+/// Where a request goes. Holds the worker's and the region's in-flight slots until dropped.
 #[derive(Debug)]
-pub struct Decision {
+pub struct Decision<'a> {
     /// The region.
     pub region: RegionId,
     /// The worker.
     pub worker: WorkerId,
-    /// The in-flight slot.
-    pub guard: LoadGuard,
+    /// The worker's in-flight slot.
+    pub guard: LoadGuard<'a>,
+    /// The region's in-flight slot.
+    pub region_guard: LoadGuard<'a>,
 }
 
 /// Why a request cannot be routed.
@@ -114,6 +117,10 @@ pub struct Router {
     config: Arc<Config>,
     hash: KeyedHash,
     workers: Vec<Arc<WorkerState>>,
+    /// In-flight requests per region (this edge's), for region bounds and ring bounds.
+    region_in_flight: Vec<InFlight>,
+    /// Per region, load other edges put on it (from LOAD reports; see `record_load`).
+    region_extra: Vec<AtomicU64>,
     table: RcuCell<RoutingTable>,
     epoch: AtomicU64,
     changed: tokio::sync::watch::Sender<u64>,
@@ -131,12 +138,16 @@ impl Router {
             .iter()
             .map(|_| Arc::new(WorkerState::new()))
             .collect();
-        let table = RoutingTable::build(&config, hash, 0, |_| false);
+        let region_in_flight = config.regions.iter().map(|_| InFlight::new()).collect();
+        let region_extra = config.regions.iter().map(|_| AtomicU64::new(0)).collect();
+        let table = RoutingTable::build(&config, hash, 0, &workers);
         let (changed, _) = tokio::sync::watch::channel(0);
         Router {
             config,
             hash,
             workers,
+            region_in_flight,
+            region_extra,
             table: RcuCell::new(Arc::new(table)),
             epoch: AtomicU64::new(0),
             changed,
@@ -161,9 +172,7 @@ impl Router {
     /// Rebuilds the table from current worker health and publishes it.
     pub fn rebuild(&self) {
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let table = RoutingTable::build(&self.config, self.hash, epoch, |w| {
-            self.workers[w].is_healthy()
-        });
+        let table = RoutingTable::build(&self.config, self.hash, epoch, &self.workers);
         self.table.store(Arc::new(table));
         self.changed.send_replace(epoch);
     }
@@ -200,37 +209,51 @@ impl Router {
         }
     }
 
-    /// Regions `req` may use under its tenant's and its own residency policies.
-    fn allowed(&self, req: &RouteRequest<'_>) -> Result<(RegionSet, Option<String>), RouteError> {
+    /// Regions `req` may use under its tenant's and its own residency policies, and whether
+    /// any policy applies. No allocation.
+    fn allowed(
+        &self,
+        table: &RoutingTable,
+        req: &RouteRequest<'_>,
+    ) -> Result<(RegionSet, bool), RouteError> {
         let mut allowed = RegionSet::ALL;
-        let mut names = Vec::new();
+        let mut restricted = false;
         if let Some(t) = req.tenant {
-            let policy = self
-                .config
+            let set = table
                 .tenants
                 .get(t)
                 .ok_or_else(|| RouteError::UnknownTenant(t.to_owned()))?;
-            if let Some(p) = policy {
-                allowed = allowed.intersect(self.config.residency[p]);
-                names.push(p.as_str());
-            }
+            allowed = allowed.intersect(*set);
+            restricted |= *set != RegionSet::ALL;
         }
         if let Some(p) = req.residency {
-            let set = self
-                .config
+            let set = table
                 .residency
                 .get(p)
                 .ok_or_else(|| RouteError::UnknownResidency(p.to_owned()))?;
             allowed = allowed.intersect(*set);
-            if !names.contains(&p) {
-                names.push(p);
-            }
+            restricted = true;
         }
-        Ok((allowed, (!names.is_empty()).then(|| names.join("+"))))
+        Ok((allowed, restricted))
     }
 
-    /// Routes a request; lock-free.
-    pub fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
+    /// The effective policy's name for error messages (`tenant-policy+request-policy`).
+    fn policy_name(&self, req: &RouteRequest<'_>) -> String {
+        let tenant = req
+            .tenant
+            .and_then(|t| self.config.tenants.get(t))
+            .and_then(|p| p.as_deref());
+        let mut names: Vec<&str> = tenant.into_iter().collect();
+        if let Some(p) = req.residency.filter(|p| Some(*p) != tenant) {
+            names.push(p);
+        }
+        names.join("+")
+    }
+
+    /// Routes a request. Lock-free and allocation-free on success (one RCU read, a few
+    /// hash-map probes, bit masks, one binary search on the region's ring, two atomic
+    /// increments).
+    pub fn route(&self, req: &RouteRequest<'_>) -> Result<Decision<'_>, RouteError> {
         self.route_traced(req, &mut ())
     }
 
@@ -239,43 +262,46 @@ impl Router {
         &self,
         req: &RouteRequest<'_>,
         trace: &mut impl Trace,
-    ) -> Result<Decision, RouteError> {
-        let (allowed, policy) = self.allowed(req)?;
-        let table = self.table.load();
-        let serving = *table
-            .model_regions
+    ) -> Result<Decision<'_>, RouteError> {
+        self.table.read(|table| self.route_in(table, req, trace))
+    }
+
+    fn route_in(
+        &self,
+        table: &RoutingTable,
+        req: &RouteRequest<'_>,
+        trace: &mut impl Trace,
+    ) -> Result<Decision<'_>, RouteError> {
+        let (allowed, restricted) = self.allowed(table, req)?;
+        let model = *table
+            .models
             .get(req.model)
             .ok_or_else(|| RouteError::ModelNotFound(req.model.to_owned()))?;
+        let model_bit = 1u64 << model.index;
         let order = table.order(req.area);
         trace.order(order);
-        let mut any_candidate = false;
         let mut any_over_bound = false;
-        let eligible = |w: WorkerId| {
-            !req.exclude.contains(&w)
-                && self.config.workers[w].models.iter().any(|m| m == req.model)
-        };
+        let eligible =
+            |w: WorkerId| table.worker_models[w] & model_bit != 0 && !req.exclude.contains(&w);
         for &r in order {
             if !allowed.contains(r) {
                 trace.region(r, RegionVerdict::NotAllowed);
                 continue;
             }
-            if !serving.contains(r) {
+            if !model.regions.contains(r) {
                 trace.region(r, RegionVerdict::NoModel);
                 continue;
             }
-            any_candidate = true;
             let region = &table.regions[r];
-            let (ring, live) = match &region.ring {
-                Some(ring) if region.healthy.iter().any(|w| eligible(*w)) => {
-                    (ring, &region.healthy)
-                }
-                _ => {
-                    trace.region(r, RegionVerdict::Unhealthy);
-                    continue;
-                }
+            let live = region.healthy_models & model_bit != 0
+                && (req.exclude.is_empty() || region.healthy.iter().any(|w| eligible(*w)));
+            let Some(ring) = region.ring.as_ref().filter(|_| live) else {
+                trace.region(r, RegionVerdict::Unhealthy);
+                continue;
             };
-            let load: u64 = live.iter().map(|w| self.workers[*w].load()).sum();
-            let capacity: u64 = live.iter().map(|w| self.workers[*w].capacity()).sum();
+            let load =
+                self.region_in_flight[r].current() + self.region_extra[r].load(Ordering::Relaxed);
+            let capacity = region.capacity;
             if load >= capacity {
                 any_over_bound = true;
                 trace.region(r, RegionVerdict::OverBound { load, capacity });
@@ -285,28 +311,42 @@ impl Router {
                 .place(
                     req.shard_key,
                     self.config.routing.load_factor,
+                    self.region_in_flight[r].current(),
                     |w| self.workers[w].local_in_flight(),
                     eligible,
                 )
                 .expect("the region has an eligible healthy worker");
             trace.region(r, RegionVerdict::Chosen { load, capacity });
             trace.worker(placement.worker, placement.skipped);
-            let guard = InFlight::acquire(&self.workers[placement.worker].in_flight);
             return Ok(Decision {
                 region: r,
                 worker: placement.worker,
-                guard,
+                guard: self.workers[placement.worker].in_flight.acquire(),
+                region_guard: self.region_in_flight[r].acquire(),
             });
         }
-        Err(match policy {
-            Some(policy) if !any_over_bound => RouteError::ResidencyUnavailable {
-                policy,
+        Err(if any_over_bound {
+            RouteError::Overloaded
+        } else if restricted {
+            RouteError::ResidencyUnavailable {
+                policy: self.policy_name(req),
                 allowed: self.region_names(allowed),
-            },
-            _ if any_over_bound => RouteError::Overloaded,
-            _ if !any_candidate => RouteError::ModelNotFound(req.model.to_owned()),
-            _ => RouteError::Unavailable(req.model.to_owned()),
+            }
+        } else {
+            RouteError::Unavailable(req.model.to_owned())
         })
+    }
+
+    /// Records worker `w`'s LOAD report and refreshes its region's share of load from other
+    /// edges (off the hot path: once per report interval per worker).
+    pub fn record_load(&self, w: WorkerId, in_flight: u64, queue_depth: u64) {
+        self.workers[w].set_reported(in_flight, queue_depth);
+        let r = self.config.workers[w].region;
+        let extra = (0..self.workers.len())
+            .filter(|i| self.config.workers[*i].region == r)
+            .map(|i| self.workers[i].reported_extra())
+            .sum();
+        self.region_extra[r].store(extra, Ordering::Relaxed);
     }
 
     fn region_names(&self, set: RegionSet) -> String {

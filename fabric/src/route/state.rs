@@ -5,7 +5,6 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Release};
-use std::sync::Arc;
 
 use crate::config::DEFAULT_MAX_CONCURRENT;
 use crate::sync::InFlight;
@@ -14,7 +13,7 @@ use crate::sync::InFlight;
 #[derive(Debug, Default)]
 pub struct WorkerState {
     /// Requests this edge has in flight on the worker.
-    pub in_flight: Arc<InFlight>,
+    pub in_flight: InFlight,
     healthy: AtomicBool,
     capacity: AtomicU64,
     reported_in_flight: AtomicU64,
@@ -63,6 +62,13 @@ impl WorkerState {
             .current()
             .max(self.reported_in_flight.load(Acquire))
             + self.reported_queue.load(Acquire)
+    }
+
+    /// How much the worker's own report exceeds this edge's count (other edges' load and
+    /// its queue).
+    pub fn reported_extra(&self) -> u64 {
+        let reported = self.reported_in_flight.load(Acquire) + self.reported_queue.load(Acquire);
+        reported.saturating_sub(self.in_flight.current())
     }
 
     /// This edge's in-flight count.

@@ -1,22 +1,38 @@
 //! The routing table: a compiled, immutable view of the topology plus which workers were
 //! healthy when it was built. Rebuilt off the hot path and published through an
-//! [`RcuCell`](crate::sync::RcuCell).
+//! [`RcuCell`](crate::sync::RcuCell). Everything the request path needs is precomputed
+//! here: name lookups resolve to indices and bit masks, region capacities are summed, and
+//! each region's ring carries its candidate table.
 
-use std::collections::HashMap;
-
+use super::fastmap::FastMap;
 use super::hash::KeyedHash;
 use super::ring::WorkerRing;
+use super::state::WorkerState;
 use crate::config::{Config, RegionId, RegionSet, WorkerId};
+
+/// Most models a topology may serve (model sets are 64-bit masks).
+pub const MAX_MODELS: usize = 64;
 
 /// One region's compiled state.
 #[derive(Debug)]
 pub struct RegionTable {
     /// Ring over the region's healthy workers; `None` if none is healthy.
     pub ring: Option<WorkerRing>,
-    /// Models any configured worker of the region serves (static).
-    pub models: Vec<String>,
     /// Healthy workers of the region.
     pub healthy: Vec<WorkerId>,
+    /// Models (bit per model index) served by at least one healthy worker.
+    pub healthy_models: u64,
+    /// Sum of the healthy workers' advertised capacities.
+    pub capacity: u64,
+}
+
+/// A model's index and where it is served.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelEntry {
+    /// Bit index in model masks.
+    pub index: u32,
+    /// Regions with a configured worker (healthy or not) serving it.
+    pub regions: RegionSet,
 }
 
 /// An immutable routing table.
@@ -27,20 +43,26 @@ pub struct RoutingTable {
     /// Per region, indexed by [`RegionId`].
     pub regions: Vec<RegionTable>,
     /// Area → full candidate order (preferred regions, then every other in config order).
-    pub area_order: HashMap<String, Vec<RegionId>>,
+    pub area_order: FastMap<String, Vec<RegionId>>,
     /// Order for areas with no preference list: config order.
     pub default_order: Vec<RegionId>,
-    /// Model → regions with a worker (healthy or not) serving it.
-    pub model_regions: HashMap<String, RegionSet>,
+    /// Model → index and regions.
+    pub models: FastMap<String, ModelEntry>,
+    /// Per worker, the models it serves (bit per model index).
+    pub worker_models: Vec<u64>,
+    /// Tenant → allowed regions of its residency policy (`ALL` if it has none).
+    pub tenants: FastMap<String, RegionSet>,
+    /// Residency policy → allowed regions.
+    pub residency: FastMap<String, RegionSet>,
 }
 
 impl RoutingTable {
-    /// Compiles `config` with `healthy(w)` telling which workers are up.
+    /// Compiles `config` with the live `workers` state (health, capacity).
     pub fn build(
         config: &Config,
         hash: KeyedHash,
         epoch: u64,
-        healthy: impl Fn(WorkerId) -> bool,
+        workers: &[std::sync::Arc<WorkerState>],
     ) -> Self {
         let default_order: Vec<RegionId> = (0..config.regions.len()).collect();
         let full_order = |preferred: &[RegionId]| {
@@ -48,7 +70,7 @@ impl RoutingTable {
             order.extend(default_order.iter().filter(|r| !preferred.contains(r)));
             order
         };
-        let mut area_order: HashMap<String, Vec<RegionId>> = config
+        let mut area_order: FastMap<String, Vec<RegionId>> = config
             .areas
             .iter()
             .map(|(a, pref)| (a.clone(), full_order(pref)))
@@ -62,32 +84,30 @@ impl RoutingTable {
                 area_order.insert(country.clone(), full_order(pref));
             }
         }
-        let mut model_regions: HashMap<String, RegionSet> = HashMap::new();
+        let mut models: FastMap<String, ModelEntry> = FastMap::default();
+        let mut worker_models = Vec::with_capacity(config.workers.len());
+        for w in &config.workers {
+            let mut mask = 0u64;
+            for m in &w.models {
+                let next = models.len() as u32;
+                let e = models.entry(m.clone()).or_insert(ModelEntry {
+                    index: next,
+                    regions: RegionSet::default(),
+                });
+                e.regions.insert(w.region);
+                mask |= 1 << e.index;
+            }
+            worker_models.push(mask);
+        }
+        let healthy = |w: WorkerId| workers[w].is_healthy();
         let regions = (0..config.regions.len())
             .map(|r| {
-                let members: Vec<_> = config
-                    .workers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, w)| w.region == r)
-                    .collect();
-                let mut models = Vec::new();
-                for (_, w) in &members {
-                    for m in &w.models {
-                        model_regions.entry(m.clone()).or_default().insert(r);
-                        if !models.contains(m) {
-                            models.push(m.clone());
-                        }
-                    }
-                }
-                let healthy: Vec<WorkerId> = members
-                    .iter()
-                    .map(|(id, _)| *id)
-                    .filter(|id| healthy(*id))
+                let live: Vec<WorkerId> = (0..config.workers.len())
+                    .filter(|w| config.workers[*w].region == r && healthy(*w))
                     .collect();
                 let ring = WorkerRing::new(
                     hash,
-                    healthy.iter().map(|id| {
+                    live.iter().map(|id| {
                         (
                             *id,
                             config.workers[*id].name.as_str(),
@@ -98,9 +118,25 @@ impl RoutingTable {
                 );
                 RegionTable {
                     ring,
-                    models,
-                    healthy,
+                    healthy_models: live.iter().fold(0, |m, w| m | worker_models[*w]),
+                    capacity: live.iter().map(|w| workers[*w].capacity()).sum(),
+                    healthy: live,
                 }
+            })
+            .collect();
+        let residency: FastMap<String, RegionSet> = config
+            .residency
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let tenants = config
+            .tenants
+            .iter()
+            .map(|(t, p)| {
+                (
+                    t.clone(),
+                    p.as_ref().map_or(RegionSet::ALL, |p| residency[p]),
+                )
             })
             .collect();
         RoutingTable {
@@ -108,7 +144,10 @@ impl RoutingTable {
             regions,
             area_order,
             default_order,
-            model_regions,
+            models,
+            worker_models,
+            tenants,
+            residency,
         }
     }
 

@@ -122,9 +122,12 @@ fn spills_to_next_allowed_region_at_load_bound() {
     for (w, e) in r.config().workers.iter().enumerate() {
         if e.region == seoul {
             r.worker(w).set_capacity(1);
-            held.push(InFlight::acquire(&r.worker(w).in_flight));
         }
     }
+    r.rebuild();
+    // Two requests fill seoul's capacity of 2; the third spills to tokyo.
+    held.push(r.route(&req(Some("jp"), None)).unwrap());
+    held.push(r.route(&req(Some("jp"), None)).unwrap());
     assert_eq!(region_of(&r, &req(Some("jp"), None)).unwrap(), "tokyo");
     let e = r.explain(&req(Some("jp"), None));
     assert!(
@@ -197,14 +200,17 @@ proptest! {
         key in any::<u64>(),
     ) {
         let r = router();
+        let cfg0 = r.config().clone();
         let mut held = Vec::new();
         for w in 0..10 {
             r.set_healthy(w, health & (1 << w) != 0);
             if saturated & (1 << w) != 0 {
                 r.worker(w).set_capacity(1);
-                held.push(InFlight::acquire(&r.worker(w).in_flight));
+                held.push(r.worker(w).in_flight.acquire());
+                held.push(r.region_in_flight[cfg0.workers[w].region].acquire());
             }
         }
+        r.rebuild();
         let key = key.to_le_bytes();
         let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &exclude };
         let cfg = r.config().clone();
@@ -214,11 +220,12 @@ proptest! {
         let usable = |w: usize| health & (1 << w) != 0 && !exclude.contains(&w);
         let region_open = |reg: usize| {
             let live: Vec<usize> = (0..10).filter(|w| cfg.workers[*w].region == reg && health & (1 << *w) != 0).collect();
-            let load: u64 = live.iter().map(|w| r.worker(*w).load()).sum();
+            let load = r.region_in_flight[reg].current();
             let cap: u64 = live.iter().map(|w| r.worker(*w).capacity()).sum();
             live.iter().any(|w| usable(*w)) && load < cap
         };
-        match r.route(&q) {
+        let result = r.route(&q);
+        match result {
             Ok(d) => {
                 prop_assert!(allowed.contains(d.region), "routed outside residency: {}", cfg.regions[d.region].name);
                 prop_assert!(usable(d.worker));
@@ -231,6 +238,6 @@ proptest! {
                     prop_assert!(matches!(e.code(), ErrorCode::RESIDENCY_UNAVAILABLE | ErrorCode::OVERLOADED), "{e}");
                 }
             }
-        }
+        };
     }
 }

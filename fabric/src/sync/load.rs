@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 
 use crossbeam::utils::CachePadded;
 
-use super::{Arc, AtomicU64};
+use super::AtomicU64;
 
 /// In-flight request count of one worker as seen by this edge.
 #[derive(Debug, Default)]
@@ -30,31 +30,28 @@ impl InFlight {
     }
 
     /// Takes a slot if fewer than `bound` are in use.
-    pub fn try_acquire(this: &Arc<Self>, bound: u64) -> Option<LoadGuard> {
-        this.count
+    pub fn try_acquire(&self, bound: u64) -> Option<LoadGuard<'_>> {
+        self.count
             .fetch_update(AcqRel, Acquire, |n| (n < bound).then_some(n + 1))
             .ok()
-            .map(|_| LoadGuard {
-                counter: this.clone(),
-            })
+            .map(|_| LoadGuard { counter: self })
     }
 
     /// Takes a slot unconditionally.
-    pub fn acquire(this: &Arc<Self>) -> LoadGuard {
-        this.count.fetch_add(1, AcqRel);
-        LoadGuard {
-            counter: this.clone(),
-        }
+    pub fn acquire(&self) -> LoadGuard<'_> {
+        self.count.fetch_add(1, AcqRel);
+        LoadGuard { counter: self }
     }
 }
 
-/// One in-flight request; releases its slot when dropped.
+/// One in-flight request; releases its slot when dropped. Borrows the counter, so taking
+/// and releasing a slot is exactly one atomic read-modify-write each.
 #[derive(Debug)]
-pub struct LoadGuard {
-    counter: Arc<InFlight>,
+pub struct LoadGuard<'a> {
+    counter: &'a InFlight,
 }
 
-impl Drop for LoadGuard {
+impl Drop for LoadGuard<'_> {
     fn drop(&mut self) {
         let prev = self.counter.count.fetch_sub(1, Relaxed);
         debug_assert!(prev > 0, "in-flight counter underflow");
@@ -67,13 +64,13 @@ mod tests {
 
     #[test]
     fn bound_is_respected_and_released() {
-        let c = Arc::new(InFlight::new());
-        let a = InFlight::try_acquire(&c, 2).unwrap();
-        let _b = InFlight::try_acquire(&c, 2).unwrap();
-        assert!(InFlight::try_acquire(&c, 2).is_none());
+        let c = InFlight::new();
+        let a = c.try_acquire(2).unwrap();
+        let _b = c.try_acquire(2).unwrap();
+        assert!(c.try_acquire(2).is_none());
         drop(a);
         assert_eq!(c.current(), 1);
-        let _d = InFlight::acquire(&c);
+        let _d = c.acquire();
         assert_eq!(c.current(), 2);
     }
 }
@@ -82,6 +79,7 @@ mod tests {
 mod loom_tests {
     use super::*;
     use crate::sync::model;
+    use crate::sync::Arc;
 
     #[test]
     fn loom_in_flight_never_exceeds_bound_and_returns_to_zero() {
@@ -91,7 +89,7 @@ mod loom_tests {
                 .map(|_| {
                     let c = c.clone();
                     loom::thread::spawn(move || {
-                        let guard = InFlight::try_acquire(&c, 2);
+                        let guard = c.try_acquire(2);
                         assert!(c.current() <= 2, "bound overshot");
                         guard.is_some()
                     })
@@ -113,9 +111,9 @@ mod loom_tests {
             let c = Arc::new(InFlight::new());
             let t = {
                 let c = c.clone();
-                loom::thread::spawn(move || drop(InFlight::acquire(&c)))
+                loom::thread::spawn(move || drop(c.acquire()))
             };
-            let g = InFlight::acquire(&c);
+            let g = c.acquire();
             assert!(c.current() >= 1);
             drop(g);
             t.join().unwrap();

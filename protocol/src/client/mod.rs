@@ -35,6 +35,7 @@ use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 
 pub use generation::{ClientError, Event, Generation};
+pub use quinn::TransportConfig;
 pub use tls::{TlsError, Trust};
 
 use crate::{Frame, RequestHeaders, ALPN};

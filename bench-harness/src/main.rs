@@ -1,0 +1,154 @@
+//! `meridian-bench`: load harness for Meridian and for the gateways it is compared with.
+//!
+//! * `run` — open- or closed-loop load against an edge, a worker directly (the baseline),
+//!   or any OpenAI-compatible endpoint (SSE); HDR-histogram TTFT/ITL/e2e; JSON and SVG.
+//! * `mock-openai` — an OpenAI-compatible synthetic backend.
+//! * `impair` — a user-space UDP WAN impairment proxy.
+//! * `suite` — direct vs. via-edge at several concurrency levels, on its own topology.
+
+mod dist;
+mod http;
+mod impair;
+mod load;
+mod mock_openai;
+mod plot;
+mod procs;
+mod report;
+mod suite;
+mod target;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+/// Meridian's load harness.
+#[derive(Parser, Debug)]
+#[command(name = "meridian-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate load against one target and report latency and throughput.
+    Run(RunArgs),
+    /// Serve an OpenAI-compatible API with synthetic tokens.
+    MockOpenai(mock_openai::MockArgs),
+    /// Proxy UDP with delay, jitter, loss, reordering, a bandwidth cap and partitions.
+    Impair(impair::ImpairArgs),
+    /// Start a loopback topology and compare direct vs. via-edge at several concurrencies.
+    Suite(suite::SuiteArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Meridian edge address (native protocol).
+    #[arg(long, group = "target")]
+    edge: Option<SocketAddr>,
+    /// Worker address(es), straight to the worker: the baseline. Repeat for several.
+    #[arg(long, group = "target")]
+    direct: Vec<SocketAddr>,
+    /// OpenAI-compatible URL, e.g. http://127.0.0.1:8080/v1/chat/completions.
+    #[arg(long, group = "target")]
+    http: Option<String>,
+    /// Certificate to pin for native targets.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[command(flatten)]
+    load: load::LoadArgs,
+    /// Write the full report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw TTFT/ITL/e2e CDFs as SVG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run(a) => run(a).await,
+            Command::MockOpenai(a) => mock_openai::run(a).await,
+            Command::Impair(a) => impair::run(a).await,
+            Command::Suite(a) => {
+                let out = a.json.clone();
+                let report = suite::run(a).await?;
+                suite::print(&report);
+                if let Some(p) = out {
+                    std::fs::write(&p, serde_json::to_string_pretty(&report)?)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let cert = || {
+        a.cert
+            .clone()
+            .context("native targets need --cert <pinned cert.pem>")
+    };
+    let target = if let Some(addr) = a.edge {
+        target::Target::native(
+            format!("edge {addr}"),
+            &[addr],
+            &cert()?,
+            a.load.connections,
+        )
+        .await?
+    } else if !a.direct.is_empty() {
+        target::Target::native(
+            format!("direct {:?}", a.direct),
+            &a.direct,
+            &cert()?,
+            a.load.connections,
+        )
+        .await?
+    } else if let Some(url) = &a.http {
+        target::Target::Http(http::HttpTarget::new(url).await?)
+    } else {
+        bail!("give a target: --edge ADDR, --direct ADDR or --http URL");
+    };
+    let target = Arc::new(target);
+    let report = load::run(target.clone(), &a.load).await?;
+    report.print();
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.plot {
+        let hist = load::last_stats();
+        let svg = plot::cdf_svg(
+            &format!("{} — latency CDF", report.target),
+            &[
+                plot::Series {
+                    name: "TTFT",
+                    points: hist.ttft.cdf(),
+                },
+                plot::Series {
+                    name: "inter-token",
+                    points: hist.itl.cdf(),
+                },
+                plot::Series {
+                    name: "end to end",
+                    points: hist.e2e.cdf(),
+                },
+            ],
+        );
+        std::fs::write(p, svg).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Ok(t) = Arc::try_unwrap(target) {
+        t.close().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! `meridian-bench mock-openai`: an OpenAI-compatible server with synthetic tokens, so every
+//! gateway (and Meridian's OpenAI backend) is measured against the same backend.
+//!
+//! `POST /v1/chat/completions` and `POST /v1/completions` (streaming: SSE in the exact
+//! `chat.completion.chunk` / `text_completion` format, `stream_options.include_usage`,
+//! `data: [DONE]`; non-streaming: one JSON object), `GET /v1/models`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// `mock-openai` options.
+#[derive(Args, Debug, Clone)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Delay before the first token, milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub ttft_ms: u64,
+    /// Delay between tokens, milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub itl_ms: u64,
+    /// Tokens per response when the request sets no `max_tokens`.
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: u64,
+    /// Model name reported by `/v1/models`.
+    #[arg(long, default_value = "llama-3-8b")]
+    pub model: String,
+}
+
+/// Serves until the process is stopped. Prints `listening on ADDR` first.
+pub async fn run(args: MockArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "{}",
+        json!({ "mock_openai": listener.local_addr()?.to_string() })
+    );
+    serve(listener, Arc::new(args)).await
+}
+
+/// Accept loop on an already-bound listener.
+pub async fn serve(listener: tokio::net::TcpListener, args: Arc<MockArgs>) -> anyhow::Result<()> {
+    let ids = Arc::new(AtomicU64::new(0));
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let (args, ids) = (args.clone(), ids.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, args.clone(), ids.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+type Resp = Response<MockBody>;
+
+async fn handle(
+    req: Request<Incoming>,
+    args: Arc<MockArgs>,
+    ids: Arc<AtomicU64>,
+) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_owned();
+    Ok(match (req.method(), path.as_str()) {
+        (&Method::GET, "/v1/models") => json_response(
+            StatusCode::OK,
+            json!({"object": "list", "data": [{"id": args.model, "object": "model", "created": 0, "owned_by": "meridian-mock"}]}),
+        ),
+        (&Method::POST, "/v1/chat/completions" | "/v1/completions") => {
+            let chat = path.ends_with("chat/completions");
+            match Limited::new(req.into_body(), 1 << 20)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+            {
+                Ok(body) => match serde_json::from_slice::<Value>(&body) {
+                    Ok(v) => completion(v, chat, &args, ids.fetch_add(1, Ordering::Relaxed)),
+                    Err(e) => error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+                },
+                Err(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, &format!("no route for {path}")),
+    })
+}
+
+fn error(status: StatusCode, message: &str) -> Resp {
+    json_response(
+        status,
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}}),
+    )
+}
+
+fn json_response(status: StatusCode, v: Value) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(MockBody::Full(Full::new(Bytes::from(v.to_string()))))
+        .expect("valid response")
+}
+
+/// The synthetic text of token `i`.
+fn token(i: u64) -> String {
+    const WORDS: [&str; 8] = [
+        "mock", "tokens", "flow", "over", "sse", "to", "every", "gateway",
+    ];
+    format!("{} ", WORDS[(i % 8) as usize])
+}
+
+fn completion(req: Value, chat: bool, args: &MockArgs, n: u64) -> Resp {
+    let model = req["model"].as_str().unwrap_or(&args.model).to_owned();
+    let max = req["max_tokens"]
+        .as_u64()
+        .or(req["max_completion_tokens"].as_u64())
+        .unwrap_or(args.max_tokens);
+    let count = max;
+    let finish = if req["max_tokens"].is_u64() {
+        "length"
+    } else {
+        "stop"
+    };
+    let prompt_tokens = prompt_len(&req, chat).div_ceil(4);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let id = if chat {
+        format!("chatcmpl-mock-{n}")
+    } else {
+        format!("cmpl-mock-{n}")
+    };
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": count, "total_tokens": prompt_tokens + count});
+    if !req["stream"].as_bool().unwrap_or(false) {
+        let text: String = (0..count).map(token).collect();
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+        };
+        let object = if chat {
+            "chat.completion"
+        } else {
+            "text_completion"
+        };
+        return json_response(
+            StatusCode::OK,
+            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage}),
+        );
+    }
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let (ttft, itl) = (
+        Duration::from_millis(args.ttft_ms),
+        Duration::from_millis(args.itl_ms),
+    );
+    tokio::spawn(async move {
+        let object = if chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let chunk = |choice: Value, usage: Option<&Value>| {
+            let mut v = json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]});
+            if include_usage {
+                v["usage"] = usage.cloned().unwrap_or(Value::Null);
+            }
+            Bytes::from(format!("data: {v}\n\n"))
+        };
+        let delta = |content: Option<&str>, finish: Option<&str>, role: bool| {
+            if chat {
+                let mut d = json!({});
+                if role {
+                    d["role"] = "assistant".into();
+                }
+                if let Some(c) = content {
+                    d["content"] = c.into();
+                }
+                json!({"index": 0, "delta": d, "logprobs": null, "finish_reason": finish})
+            } else {
+                json!({"index": 0, "text": content.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+            }
+        };
+        if chat
+            && tx
+                .send(chunk(delta(Some(""), None, true), None))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(ttft).await;
+        for i in 0..count {
+            if i > 0 {
+                tokio::time::sleep(itl).await;
+            }
+            if tx
+                .send(chunk(delta(Some(&token(i)), None, false), None))
+                .await
+                .is_err()
+            {
+                return; // client went away: stop generating
+            }
+        }
+        let _ = tx.send(chunk(delta(None, Some(finish), false), None)).await;
+        if include_usage {
+            let mut v = json!({"id": id, "object": object, "created": created, "model": model, "choices": []});
+            v["usage"] = usage;
+            let _ = tx.send(Bytes::from(format!("data: {v}\n\n"))).await;
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(MockBody::Stream(rx))
+        .expect("valid response")
+}
+
+fn prompt_len(req: &Value, chat: bool) -> u64 {
+    if chat {
+        req["messages"].as_array().map_or(0, |m| {
+            m.iter()
+                .map(|m| m["content"].as_str().map_or(0, str::len) as u64)
+                .sum()
+        })
+    } else {
+        req["prompt"].as_str().map_or(0, |p| p.len() as u64)
+    }
+}
+
+/// A whole body or a channel of SSE chunks.
+pub enum MockBody {
+    /// Complete body.
+    Full(Full<Bytes>),
+    /// Streamed chunks.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            MockBody::Full(f) => Pin::new(f).poll_frame(cx),
+            MockBody::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}

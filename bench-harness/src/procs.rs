@@ -1,0 +1,96 @@
+//! Child processes for the suite: `meridian worker`/`meridian edge` started with `--json`,
+//! their startup lines parsed, their CPU time and RSS read from /proc.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// A running `meridian` process.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    /// Starts `meridian ARGS` with stdout piped.
+    pub fn start(bin: &Path, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("MERIDIAN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let lines = BufReader::new(child.stdout.take().context("stdout piped")?).lines();
+        Ok(Proc { child, lines })
+    }
+
+    /// The next stdout line, as JSON.
+    pub async fn json_line(&mut self) -> anyhow::Result<Value> {
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(60), self.lines.next_line()).await;
+        let Ok(Ok(Some(line))) = read else {
+            bail!("process exited or timed out before printing its startup line")
+        };
+        serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// User + system CPU time so far, microseconds (from /proc/PID/stat).
+    pub fn cpu_us(&self) -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14, 15.
+        let after = stat.rsplit_once(')').context("malformed stat")?.1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+        Ok(ticks * 1_000_000 / clock_ticks())
+    }
+
+    /// Resident set size, KiB (from /proc/PID/status).
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("malformed VmRSS")?
+            .parse()?)
+    }
+}
+
+/// Clock ticks per second for /proc times (USER_HZ; 100 on Linux).
+fn clock_ticks() -> u64 {
+    100
+}
+
+/// The `meridian` binary next to this one, or `MERIDIAN_BIN`.
+pub fn meridian_bin(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.clone());
+    }
+    if let Ok(p) = std::env::var("MERIDIAN_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("meridian");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it (cargo build -p meridian-edge) or pass --meridian PATH",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
