@@ -78,6 +78,9 @@ async fn handle(
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     Ok(match (req.method(), path.as_str()) {
+        (&Method::GET, "/health" | "/health_generate") => {
+            json_response(StatusCode::OK, json!({"status": "ok"}))
+        }
         (&Method::GET, "/v1/models") => json_response(
             StatusCode::OK,
             json!({"object": "list", "data": [{"id": args.model, "object": "model", "created": 0, "owned_by": "meridian-mock"}]}),

@@ -46,6 +46,12 @@ pub struct SuiteArgs {
     /// Idle client connections opened to measure RSS per connection.
     #[arg(long, default_value_t = 200)]
     pub idle_connections: u64,
+    /// Extra lines for the edge's `[edge]` table (tuning experiments), e.g. `send_fairness = false`.
+    #[arg(long)]
+    pub edge_config: Vec<String>,
+    /// Runtime threads for the edge process (`meridian --threads`).
+    #[arg(long)]
+    pub edge_threads: Option<usize>,
     /// The `meridian` binary (default: next to this one).
     #[arg(long)]
     pub meridian: Option<PathBuf>,
@@ -138,19 +144,22 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
     std::fs::write(
         &edge_cfg,
         format!(
-            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"bench\"\nmax_streams_per_connection = 1000\n\n\
-             [tls]\ndev_cert_dir = \"edge-certs\"\n\n[[region]]\nname = \"bench\"\n{entries}"
+            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"bench\"\nmax_streams_per_connection = 1000\n{}\n\n\
+             [tls]\ndev_cert_dir = \"edge-certs\"\n\n[[region]]\nname = \"bench\"\n{entries}",
+            a.edge_config.join("\n")
         ),
     )?;
-    let mut edge = Proc::start(
-        &bin,
-        &[
-            "edge",
-            "--json",
-            "--config",
-            edge_cfg.to_str().context("utf-8 path")?,
-        ],
-    )?;
+    let threads = a.edge_threads.map(|t| t.to_string());
+    let mut edge_args = vec![
+        "edge",
+        "--json",
+        "--config",
+        edge_cfg.to_str().context("utf-8 path")?,
+    ];
+    if let Some(t) = &threads {
+        edge_args.extend(["--threads", t.as_str()]);
+    }
+    let mut edge = Proc::start(&bin, &edge_args)?;
     let started = edge.json_line().await?;
     let ready = edge.json_line().await?;
     if ready["ready"] != true {

@@ -18,6 +18,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Runtime worker threads for edge, worker and demo (1 = a single-threaded runtime).
+    /// Default: one per CPU.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     /// Log level (error, warn, info, debug, trace). Default: warn for demo, route and
     /// check; info for edge and worker. `MERIDIAN_LOG` also sets it.
     #[arg(long, global = true)]
@@ -91,12 +95,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return cmd::check::run(&config),
         Command::Route(args) => return cmd::route::run(&args),
-        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(cmd::demo::run(args))),
+        Command::Demo(args) => {
+            runtime(cli.threads).and_then(|rt| rt.block_on(cmd::demo::run(args)))
+        }
         Command::Edge { config, json } => {
-            runtime().and_then(|rt| rt.block_on(cmd::serve::edge(&config, json)))
+            runtime(cli.threads).and_then(|rt| rt.block_on(cmd::serve::edge(&config, json)))
         }
         Command::Worker { config, json } => {
-            runtime().and_then(|rt| rt.block_on(cmd::serve::worker(&config, json)))
+            runtime(cli.threads).and_then(|rt| rt.block_on(cmd::serve::worker(&config, json)))
         }
     };
     match result {
@@ -108,8 +114,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = match threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    Ok(b.enable_all().build()?)
 }

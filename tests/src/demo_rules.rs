@@ -34,3 +34,15 @@ async fn demo_scenario_every_rule_holds() {
     client.close().await;
     demo.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_capacity_comes_from_worker_settings() {
+    // Workers advertise max_concurrent = 64 in SETTINGS; the edge must route on it (a
+    // worker is marked healthy only after its SETTINGS arrived).
+    let demo = topology("capacity", 5, 1, 4).await;
+    let table = demo.edge.router.table();
+    for (r, region) in demo.config.regions.iter().enumerate() {
+        assert_eq!(table.regions[r].capacity, 128, "region {}", region.name);
+    }
+    demo.shutdown().await;
+}

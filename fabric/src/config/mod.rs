@@ -156,6 +156,11 @@ pub struct EdgeSettings {
     pub max_prompt_bytes: usize,
     /// Certificate.
     pub tls: ServerTls,
+    /// quinn `send_fairness` on client connections: round-robin between streams with data
+    /// queued (true) or drain one before the next (false).
+    pub send_fairness: bool,
+    /// UDP generic segmentation offload on the client-facing endpoint.
+    pub gso: bool,
 }
 
 /// Routing parameters.

@@ -40,6 +40,8 @@ pub struct RawEdge {
     pub max_connections: Option<Spanned<u64>>,
     pub max_streams_per_connection: Option<Spanned<u64>>,
     pub max_prompt_bytes: Option<Spanned<u64>>,
+    pub send_fairness: Option<bool>,
+    pub gso: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

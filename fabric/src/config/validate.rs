@@ -424,6 +424,8 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES as u64,
         ) as usize,
         tls: cx.tls(raw.tls.as_ref()),
+        send_fairness: e.and_then(|e| e.send_fairness).unwrap_or(true),
+        gso: e.and_then(|e| e.gso).unwrap_or(true),
     };
     let u = raw.upstream.as_ref();
     let upstream = UpstreamSettings {

@@ -81,10 +81,11 @@ pub fn spawn(
     shutdown: Shutdown,
 ) -> Result<EdgeHandle, EdgeError> {
     let listen = config.edge.listen;
-    let server = identity.server_config(
-        &[meridian_protocol::ALPN],
-        transport::transport(config.edge.max_streams_per_connection),
-    )?;
+    let mut transport = transport::transport(config.edge.max_streams_per_connection);
+    transport
+        .send_fairness(config.edge.send_fairness)
+        .enable_segmentation_offload(config.edge.gso);
+    let server = identity.server_config(&[meridian_protocol::ALPN], transport)?;
     let endpoint =
         quinn::Endpoint::server(server, listen).map_err(|e| EdgeError::Bind(listen, e))?;
     let addr = endpoint

@@ -114,7 +114,7 @@ async fn maintain(
                 info!(worker = %entry.name, addr = %entry.address, "upstream connected");
                 backoff = settings.backoff_min;
                 ups.conns[w].store(SyncArc::new(Some(conn.clone())));
-                router.set_healthy(w, true);
+                // The worker becomes routable once its SETTINGS (capacity) arrived: see `control`.
                 let reason = tokio::select! {
                     r = control(w, &router, &conn) => r,
                     e = conn.closed() => e.to_string(),
@@ -147,7 +147,8 @@ async fn maintain(
     }
 }
 
-/// Reads the worker's control stream until it ends or says GOAWAY; returns why.
+/// Reads the worker's control stream until it ends or says GOAWAY; returns why. The worker
+/// is marked healthy when its SETTINGS arrive (PROTOCOL.md §5.2: they carry its capacity).
 async fn control(w: WorkerId, router: &Router, conn: &quinn::Connection) -> String {
     let recv = loop {
         let Ok(mut recv) = conn.accept_uni().await else {
@@ -180,6 +181,8 @@ async fn control(w: WorkerId, router: &Router, conn: &quinn::Connection) -> Stri
                 if let Some(c) = s.max_concurrent_requests {
                     router.worker(w).set_capacity(c);
                 }
+                // Healthy from here: the table rebuild this triggers includes the capacity.
+                router.set_healthy(w, true);
             }
             Ok(Some(Frame::Load(l))) if !first => router.record_load(w, l.in_flight, l.queue_depth),
             Ok(Some(Frame::GoAway(_))) if !first => return "worker sent GOAWAY (draining)".into(),
