@@ -49,6 +49,13 @@ pub struct SuiteArgs {
     /// Extra lines for the edge's `[edge]` table (tuning experiments), e.g. `send_fairness = false`.
     #[arg(long)]
     pub edge_config: Vec<String>,
+    /// Extra lines for each worker's `[worker]` table (tuning experiments).
+    #[arg(long)]
+    pub worker_config: Vec<String>,
+    /// The edge's `max_streams_per_connection` (quinn allocates state per permitted stream);
+    /// default: the edge's own default.
+    #[arg(long, default_value_t = 256)]
+    pub edge_streams: u32,
     /// Runtime threads for the edge process (`meridian --threads`).
     #[arg(long)]
     pub edge_threads: Option<usize>,
@@ -71,7 +78,7 @@ pub struct Row {
     pub edge: Report,
     /// Edge CPU time per relayed token, microseconds.
     pub edge_cpu_us_per_token: f64,
-    /// Edge RSS per idle client connection, KiB.
+    /// Edge RSS per idle client connection, KiB (measured once on the fresh edge).
     pub edge_rss_kib_per_conn: f64,
     /// Edge p50 TTFT minus direct p50 TTFT, ms.
     pub added_ttft_p50_ms: f64,
@@ -101,9 +108,11 @@ fn worker_config(dir: &std::path::Path, name: &str, a: &SuiteArgs) -> anyhow::Re
         &p,
         format!(
             "[worker]\nname = \"{name}\"\nregion = \"bench\"\nlisten = \"127.0.0.1:0\"\nmodels = [\"llama-3-8b\"]\n\
-             max_concurrent = 6000\nload_report_ms = 250\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
+             max_concurrent = 6000\nload_report_ms = 250\n{}\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
              [backend]\nkind = \"synthetic\"\nttft_ms = {}\nitl_ms = {itl}\nmax_tokens = {}\n",
-            a.ttft_ms, a.max_tokens
+            a.worker_config.join("\n"),
+            a.ttft_ms,
+            a.max_tokens
         ),
     )?;
     Ok(p)
@@ -144,8 +153,9 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
     std::fs::write(
         &edge_cfg,
         format!(
-            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"bench\"\nmax_streams_per_connection = 1000\n{}\n\n\
+            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"bench\"\nmax_streams_per_connection = {}\n{}\n\n\
              [tls]\ndev_cert_dir = \"edge-certs\"\n\n[[region]]\nname = \"bench\"\n{entries}",
+            a.edge_streams,
             a.edge_config.join("\n")
         ),
     )?;
@@ -175,6 +185,9 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
         true => (a.duration.unwrap_or(2.0), a.warmup.unwrap_or(1.0)),
         false => (a.duration.unwrap_or(10.0), a.warmup.unwrap_or(3.0)),
     };
+    // Idle-connection memory is measured once, on the fresh edge: after load the allocator
+    // reuses freed memory and the delta says little.
+    let rss = idle_rss_per_conn(&edge, edge_addr, &edge_cert, a.idle_connections).await?;
     let mut rows = Vec::new();
     for &level in &a.levels {
         let load = LoadArgs {
@@ -218,7 +231,6 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
         let edge_report = load::run(via.clone(), &load).await?;
         let cpu = edge.cpu_us()? - cpu_before;
         close(via).await;
-        let rss = idle_rss_per_conn(&edge, edge_addr, &edge_cert, a.idle_connections).await?;
         let total_tokens = edge_report.tokens.max(1) as f64;
         // CPU was sampled over warm-up plus measurement; scale tokens the same way.
         let tokens_in_window = total_tokens * (warmup + duration) / duration;

@@ -46,3 +46,14 @@ pub fn upstream_transport(idle_timeout: Duration) -> TransportConfig {
         ));
     t
 }
+
+/// Requests the peer to acknowledge only every `threshold` ack-eliciting packets (QUIC ACK
+/// frequency extension; quinn peers honour it). Fewer ACKs mean fewer packets to process per
+/// relayed token.
+pub fn ack_frequency(t: &mut TransportConfig, threshold: Option<u32>) {
+    if let Some(n) = threshold {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(n));
+        t.ack_frequency_config(Some(ack));
+    }
+}

@@ -161,6 +161,9 @@ pub struct EdgeSettings {
     pub send_fairness: bool,
     /// UDP generic segmentation offload on the client-facing endpoint.
     pub gso: bool,
+    /// Ask clients (QUIC ACK frequency extension) to acknowledge only every N ack-eliciting
+    /// packets; `None` keeps QUIC's default of every second packet.
+    pub ack_eliciting_threshold: Option<u32>,
 }
 
 /// Routing parameters.
@@ -268,6 +271,9 @@ pub struct WorkerConfig {
     pub max_prompt_bytes: usize,
     /// Interval between LOAD reports.
     pub load_report: Duration,
+    /// Ask edges to acknowledge only every N ack-eliciting packets (QUIC ACK frequency);
+    /// `None` keeps QUIC's default.
+    pub ack_eliciting_threshold: Option<u32>,
     /// Certificate.
     pub tls: ServerTls,
     /// The backend.

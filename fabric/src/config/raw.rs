@@ -42,6 +42,7 @@ pub struct RawEdge {
     pub max_prompt_bytes: Option<Spanned<u64>>,
     pub send_fairness: Option<bool>,
     pub gso: Option<bool>,
+    pub ack_eliciting_threshold: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +123,7 @@ pub struct RawWorker {
     pub max_concurrent: Option<Spanned<u64>>,
     pub max_prompt_bytes: Option<Spanned<u64>>,
     pub load_report_ms: Option<Spanned<u64>>,
+    pub ack_eliciting_threshold: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

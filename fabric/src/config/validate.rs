@@ -426,6 +426,9 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         tls: cx.tls(raw.tls.as_ref()),
         send_fairness: e.and_then(|e| e.send_fairness).unwrap_or(true),
         gso: e.and_then(|e| e.gso).unwrap_or(true),
+        ack_eliciting_threshold: e
+            .and_then(|e| e.ack_eliciting_threshold.as_ref())
+            .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
     };
     let u = raw.upstream.as_ref();
     let upstream = UpstreamSettings {
@@ -586,6 +589,10 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
             60_000,
             DEFAULT_LOAD_REPORT,
         ),
+        ack_eliciting_threshold: w
+            .ack_eliciting_threshold
+            .as_ref()
+            .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
         tls: cx.tls(raw.tls.as_ref()),
         backend,
     };

@@ -85,6 +85,7 @@ pub fn spawn(
     transport
         .send_fairness(config.edge.send_fairness)
         .enable_segmentation_offload(config.edge.gso);
+    transport::ack_frequency(&mut transport, config.edge.ack_eliciting_threshold);
     let server = identity.server_config(&[meridian_protocol::ALPN], transport)?;
     let endpoint =
         quinn::Endpoint::server(server, listen).map_err(|e| EdgeError::Bind(listen, e))?;

@@ -75,7 +75,8 @@ pub fn spawn(
     identity: &Identity,
     shutdown: Shutdown,
 ) -> Result<WorkerHandle, WorkerError> {
-    let transport = transport::transport(config.max_concurrent.saturating_mul(2).max(16));
+    let mut transport = transport::transport(config.max_concurrent.saturating_mul(2).max(16));
+    transport::ack_frequency(&mut transport, config.ack_eliciting_threshold);
     let server = identity.server_config(&[meridian_protocol::ALPN], transport)?;
     let endpoint = quinn::Endpoint::server(server, config.listen)
         .map_err(|e| WorkerError::Bind(config.listen, e))?;
