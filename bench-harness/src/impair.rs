@@ -99,13 +99,12 @@ impl Shaper {
 
 /// Runs the proxy until the process stops. Prints one JSON line with the listen address.
 pub async fn run(args: ImpairArgs) -> anyhow::Result<()> {
-    let front = Arc::new(UdpSocket::bind(args.listen).await?);
+    let front = UdpSocket::bind(args.listen).await?;
     println!(
         "{}",
         serde_json::json!({ "impair": front.local_addr()?.to_string(), "upstream": args.upstream.to_string() })
     );
     let partitioned = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(ImpairStats::default());
     // Partition control: stdin commands and the scripted window.
     {
         let p = partitioned.clone();
@@ -135,6 +134,17 @@ pub async fn run(args: ImpairArgs) -> anyhow::Result<()> {
             }
         });
     }
+    serve(front, args, partitioned, Arc::default()).await
+}
+
+/// The proxy loop on an already-bound socket; `partitioned` switches the link off.
+pub async fn serve(
+    front: UdpSocket,
+    args: ImpairArgs,
+    partitioned: Arc<AtomicBool>,
+    stats: Arc<ImpairStats>,
+) -> anyhow::Result<()> {
+    let front = Arc::new(front);
     let sessions: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
     let up_shaper = Arc::new(Mutex::new(Shaper {
         args: args.clone(),
@@ -221,5 +231,109 @@ where
                 send(data).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(upstream: SocketAddr) -> ImpairArgs {
+        ImpairArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            delay_ms: 0.0,
+            jitter_ms: 0.0,
+            loss: 0.0,
+            reorder: 0.0,
+            reorder_ms: 5.0,
+            rate_mbps: 0.0,
+            partition_after: None,
+            partition_for: None,
+            seed: 1,
+        }
+    }
+
+    /// An echo server, the proxy in front of it, and a client socket.
+    async fn setup(
+        a: impl FnOnce(SocketAddr) -> ImpairArgs,
+    ) -> (UdpSocket, Arc<AtomicBool>, Arc<ImpairStats>) {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                let _ = echo.send_to(&buf[..n], from).await;
+            }
+        });
+        let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let proxy = front.local_addr().unwrap();
+        let (p, stats) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(ImpairStats::default()),
+        );
+        tokio::spawn(serve(front, a(echo_addr), p.clone(), stats.clone()));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(proxy).await.unwrap();
+        (client, p, stats)
+    }
+
+    #[tokio::test]
+    async fn delays_both_directions() {
+        let (client, _, stats) = setup(|up| ImpairArgs {
+            delay_ms: 40.0,
+            ..args(up)
+        })
+        .await;
+        let start = std::time::Instant::now();
+        client.send(b"ping").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        // A lower bound only: the proxy never delivers early, however slow the machine.
+        assert!(
+            start.elapsed() >= Duration::from_millis(80),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(stats.forwarded.load(Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn loss_and_partition_drop_datagrams() {
+        let (client, _, stats) = setup(|up| ImpairArgs {
+            loss: 1.0,
+            ..args(up)
+        })
+        .await;
+        for _ in 0..20 {
+            client.send(b"x").await.unwrap();
+        }
+        while stats.dropped.load(Relaxed) < 20 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(stats.forwarded.load(Relaxed), 0);
+
+        let (client, partitioned, stats) = setup(args).await;
+        partitioned.store(true, Relaxed);
+        client.send(b"lost").await.unwrap();
+        while stats.dropped.load(Relaxed) < 1 {
+            tokio::task::yield_now().await;
+        }
+        partitioned.store(false, Relaxed);
+        client.send(b"back").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"back",
+            "only the datagram sent after the partition healed arrives"
+        );
     }
 }

@@ -270,3 +270,113 @@ impl Body for MockBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::http::HttpTarget;
+    use crate::target::Job;
+
+    async fn start() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let args = MockArgs {
+            listen: addr,
+            ttft_ms: 1,
+            itl_ms: 1,
+            max_tokens: 7,
+            model: "m".into(),
+        };
+        tokio::spawn(serve(listener, Arc::new(args)));
+        format!("http://{addr}")
+    }
+
+    fn job(max_tokens: Option<u64>) -> Job {
+        Job {
+            model: "m".into(),
+            prompt: Bytes::from_static(b"hi"),
+            max_tokens,
+            session: Some("s".into()),
+            area: None,
+            tenant: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_openai_chunks_to_the_sse_client() {
+        let base = start().await;
+        let target = HttpTarget::new(&format!("{base}/v1/chat/completions"))
+            .await
+            .unwrap();
+        let out = target.send(&job(Some(5)), Instant::now()).await;
+        assert_eq!(out.error, None);
+        assert_eq!(out.tokens, 5);
+        assert!(out.ttft.is_some());
+        assert_eq!(out.itls.len(), 4);
+        // Defaults apply without max_tokens, and the pooled connection is reused.
+        let out = target.send(&job(None), Instant::now()).await;
+        assert_eq!((out.error, out.tokens), (None, 7));
+        let out = HttpTarget::new(&format!("{base}/v1/completions"))
+            .await
+            .unwrap()
+            .send(&job(Some(3)), Instant::now())
+            .await;
+        assert_eq!((out.error, out.tokens), (None, 3));
+    }
+
+    #[tokio::test]
+    async fn exact_chunk_format_and_errors() {
+        let base = start().await;
+        let addr = base.trim_start_matches("http://");
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sr, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":2,"stream_options":{"include_usage":true}}"#;
+        let req = Request::post("/v1/chat/completions")
+            .header("host", addr)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = sr.send_request(req).await.unwrap();
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let text = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.last(), Some(&"data: [DONE]"));
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+            .collect();
+        assert!(chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "length");
+        let usage = &chunks.last().unwrap()["usage"];
+        assert_eq!(usage["completion_tokens"], 2);
+        assert_eq!(
+            chunks.last().unwrap()["choices"].as_array().unwrap().len(),
+            0
+        );
+
+        let req = Request::post("/v1/chat/completions")
+            .header("host", addr)
+            .body(Full::new(Bytes::from_static(b"{oops")))
+            .unwrap();
+        let resp = sr.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+}
