@@ -19,6 +19,8 @@ pub mod edge;
 #[cfg(not(loom))]
 pub mod route;
 #[cfg(not(loom))]
+mod server;
+#[cfg(not(loom))]
 pub mod shutdown;
 #[cfg(not(loom))]
 pub mod tls;

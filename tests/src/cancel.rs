@@ -1,7 +1,5 @@
 //! Cancellation end to end: a client dropping its stream stops the worker's generation.
 
-use meridian_protocol::client::Event;
-
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,14 +11,8 @@ async fn dropping_the_stream_stops_the_worker() {
         .generate(request("jp", "tell me a very long story"))
         .await
         .unwrap();
-    let worker = match within("routed", g.next()).await.unwrap() {
-        Some(Event::Routed(r)) => r.worker,
-        other => panic!("expected ROUTED, got {other:?}"),
-    };
-    assert!(matches!(
-        within("tokens", g.next()).await.unwrap(),
-        Some(Event::Tokens(_))
-    ));
+    let worker = routed(&mut g).await.worker;
+    tokens(&mut g).await;
     let stats = worker_stats(&demo, &worker);
     assert_eq!(stats.snapshot().in_flight, 1, "the worker is generating");
     drop(g);
@@ -66,10 +58,7 @@ async fn cancel_while_queued_before_first_token() {
     let demo = topology("cancel-ttft", 60_000, 5, 10).await;
     let client = client(&demo).await;
     let mut g = client.generate(request("jp", "slow start")).await.unwrap();
-    let worker = match within("routed", g.next()).await.unwrap() {
-        Some(Event::Routed(r)) => r.worker,
-        other => panic!("expected ROUTED, got {other:?}"),
-    };
+    let worker = routed(&mut g).await.worker;
     let stats = worker_stats(&demo, &worker);
     within(
         "request reached worker",

@@ -1,7 +1,7 @@
 //! Worker failures: retried before the first token (within residency), surfaced as an
 //! error after tokens flowed — never a silent clean end.
 
-use meridian_protocol::client::{ClientError, Event};
+use meridian_protocol::client::ClientError;
 use meridian_protocol::ErrorCode;
 
 use crate::support::*;
@@ -14,25 +14,10 @@ async fn worker_killed_mid_stream_gives_error_not_end() {
         .generate(request("jp", "stream for a while"))
         .await
         .unwrap();
-    let worker = match within("routed", g.next()).await.unwrap() {
-        Some(Event::Routed(r)) => r.worker,
-        other => panic!("expected ROUTED, got {other:?}"),
-    };
-    assert!(matches!(
-        within("tokens", g.next()).await.unwrap(),
-        Some(Event::Tokens(_))
-    ));
+    let worker = routed(&mut g).await.worker;
+    tokens(&mut g).await;
     kill_worker(&mut demo, &worker);
-    let err = within("failure", async {
-        loop {
-            match g.next().await {
-                Ok(Some(Event::Tokens(_))) => continue,
-                Ok(other) => panic!("expected an error after the worker died, got {other:?}"),
-                Err(e) => return e,
-            }
-        }
-    })
-    .await;
+    let err = error_after_tokens(&mut g).await;
     assert_eq!(err.code(), Some(ErrorCode::UPSTREAM_FAILED), "{err}");
     assert!(matches!(
         err,
@@ -51,10 +36,7 @@ async fn failure_before_first_token_retries_inside_residency() {
     let mut req = request("de", "Prüfe den Antrag.");
     req.headers.tenant = Some("bund".into());
     let mut g = client.generate(req).await.unwrap();
-    let first = match within("routed", g.next()).await.unwrap() {
-        Some(Event::Routed(r)) => r,
-        other => panic!("expected ROUTED, got {other:?}"),
-    };
+    let first = routed(&mut g).await;
     assert_eq!(
         (first.region.as_str(), first.attempt),
         ("frankfurt-sovereign", 1)
@@ -65,10 +47,7 @@ async fn failure_before_first_token_retries_inside_residency() {
     )
     .await;
     kill_worker(&mut demo, &first.worker);
-    let second = match within("second routed", g.next()).await.unwrap() {
-        Some(Event::Routed(r)) => r,
-        other => panic!("expected a second ROUTED after the retry, got {other:?}"),
-    };
+    let second = routed(&mut g).await; // the retry announces itself
     assert_eq!(second.region, "frankfurt-sovereign");
     assert_eq!(second.attempt, 2);
     assert_ne!(second.worker, first.worker);

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use meridian_protocol::client::{Client, ClientConfig, Event, Trust};
+use meridian_protocol::client::{Client, ClientConfig, Trust};
 use meridian_protocol::ErrorCode;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -113,52 +113,37 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
 
     let mut short = request("jp", "hello from another process");
     short.headers.max_tokens = Some(5);
-    let (routed, _, end) = within(
+    let (route, _, end) = within(
         "short request",
         client.generate(short).await.unwrap().collect(),
     )
     .await
     .unwrap();
-    assert_eq!(routed[0].region, "seoul");
+    assert_eq!(route[0].region, "seoul");
     assert_eq!(end.completion_tokens, 5);
 
     // SIGKILL the worker serving a long stream, mid-stream.
     let mut g = client.generate(request("jp", "a long one")).await.unwrap();
-    let serving = match within("routed", g.next()).await.unwrap() {
-        Some(Event::Routed(r)) => r.worker,
-        other => panic!("expected ROUTED, got {other:?}"),
-    };
-    assert!(matches!(
-        within("tokens", g.next()).await.unwrap(),
-        Some(Event::Tokens(_))
-    ));
+    let serving = routed(&mut g).await.worker;
+    tokens(&mut g).await;
     let (_, victim) = workers.iter_mut().find(|(n, _)| *n == serving).unwrap();
     victim.child.start_kill().unwrap();
     victim.child.wait().await.unwrap();
     // The killed process sends nothing more: the edge detects it by the upstream idle
     // timeout and must end the client's stream with an error, never a clean END.
-    let err = within("error after kill", async {
-        loop {
-            match g.next().await {
-                Ok(Some(Event::Tokens(_))) => continue,
-                Ok(other) => panic!("expected an error, got {other:?}"),
-                Err(e) => return e,
-            }
-        }
-    })
-    .await;
+    let err = error_after_tokens(&mut g).await;
     assert_eq!(err.code(), Some(ErrorCode::UPSTREAM_FAILED), "{err}");
 
     // The edge keeps serving: the next request goes to a live worker.
     let mut again = request("jp", "still there?");
     again.headers.max_tokens = Some(3);
-    let (routed, _, end) = within(
+    let (route, _, end) = within(
         "after kill",
         client.generate(again).await.unwrap().collect(),
     )
     .await
     .unwrap();
-    assert_ne!(routed.last().unwrap().worker, serving);
+    assert_ne!(route.last().unwrap().worker, serving);
     assert_eq!(end.completion_tokens, 3);
     client.close().await;
 

@@ -8,7 +8,10 @@ use std::time::Duration;
 use meridian_fabric::config::SyntheticBackend;
 use meridian_fabric::demo::Demo;
 use meridian_fabric::worker::WorkerStats;
-use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+use meridian_protocol::client::{
+    Client, ClientConfig, ClientError, Event, Generation, Request, Trust,
+};
+use meridian_protocol::Routed;
 
 /// Upper bound for any single wait: a hung test fails instead of hanging CI.
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -86,4 +89,35 @@ pub fn kill_worker(demo: &mut Demo, name: &str) {
         .position(|w| w.name == name)
         .expect("known worker");
     demo.workers[i].take().expect("worker running").kill();
+}
+
+/// The next event, which must be ROUTED.
+pub async fn routed(g: &mut Generation) -> Routed {
+    match within("routed", g.next()).await.unwrap() {
+        Some(Event::Routed(r)) => r,
+        other => panic!("expected ROUTED, got {other:?}"),
+    }
+}
+
+/// The next event, which must be TOKENS.
+pub async fn tokens(g: &mut Generation) {
+    let ev = within("tokens", g.next()).await.unwrap();
+    assert!(
+        matches!(ev, Some(Event::Tokens(_))),
+        "expected TOKENS, got {ev:?}"
+    );
+}
+
+/// Reads past any further tokens to the error that must end the generation.
+pub async fn error_after_tokens(g: &mut Generation) -> ClientError {
+    within("error after tokens", async {
+        loop {
+            match g.next().await {
+                Ok(Some(Event::Tokens(_))) => continue,
+                Ok(other) => panic!("expected an error, got {other:?}"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
 }

@@ -12,12 +12,9 @@ pub mod upstream;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::BytesMut;
-use meridian_protocol::{varint, Frame, GoAway, Settings, CONTROL_STREAM_TYPE};
-use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use meridian_protocol::Settings;
+use tracing::info;
 
 pub use stats::EdgeStats;
 pub use track::{ResponseTracker, UpstreamViolation};
@@ -25,12 +22,12 @@ pub use upstream::Upstreams;
 
 use crate::config::Config;
 use crate::route::Router;
+use crate::server::{self, ControlStream};
 use crate::shutdown::Shutdown;
 use crate::tls::{Identity, IdentityError};
 use crate::transport;
 
-/// How long a draining edge lets in-flight requests finish.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::server::DRAIN_TIMEOUT;
 
 /// State shared by every connection and request of an edge.
 #[derive(Debug)]
@@ -124,81 +121,49 @@ async fn serve(
     shutdown: Shutdown,
 ) {
     let max = shared.router.config().edge.max_connections as usize;
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                if endpoint.open_connections() >= max {
-                    shared.stats.refused_connections.fetch_add(1, Relaxed);
-                    incoming.refuse();
-                    continue;
-                }
-                conns.spawn(connection(incoming, shared.clone(), shutdown.clone()));
-            }
-            _ = shutdown.wait() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+    let admit = |ep: &quinn::Endpoint| {
+        let ok = ep.open_connections() < max;
+        if !ok {
+            shared.stats.refused_connections.fetch_add(1, Relaxed);
         }
-    }
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!("edge drain timed out; closing with requests in flight");
-    }
-    endpoint.close(0u32.into(), b"edge shutting down");
+        ok
+    };
+    let accept = |incoming| connection(incoming, shared.clone(), shutdown.clone());
+    server::accept_loop(&endpoint, &shutdown, "edge", admit, accept).await;
     shared.upstreams.close_all();
     upstream_ep.close(0u32.into(), b"edge shutting down");
     endpoint.wait_idle().await;
 }
 
 async fn connection(incoming: quinn::Incoming, shared: Arc<EdgeShared>, shutdown: Shutdown) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            debug!("client handshake failed: {e}");
-            return;
-        }
+    let mut control = None;
+    let on_connected = |conn: &quinn::Connection| {
+        shared.stats.connections.fetch_add(1, Relaxed);
+        control = Some(tokio::spawn(control_stream(
+            conn.clone(),
+            shared.clone(),
+            shutdown.clone(),
+        )));
     };
-    shared.stats.connections.fetch_add(1, Relaxed);
-    let control = tokio::spawn(control(conn.clone(), shared.clone(), shutdown.clone()));
-    let mut requests = JoinSet::new();
-    loop {
-        tokio::select! {
-            stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => { requests.spawn(relay::serve(send, recv, shared.clone())); }
-                Err(e) => { debug!("client connection ended: {e}"); break; }
-            },
-            _ = shutdown.wait() => break,
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
-        }
+    let request = |send, recv| relay::serve(send, recv, shared.clone());
+    server::serve_streams(incoming, &shutdown, on_connected, request).await;
+    if let Some(c) = control {
+        c.abort();
     }
-    while requests.join_next().await.is_some() {}
-    control.abort();
 }
 
 /// The edge's control stream to a client: SETTINGS, then GOAWAY on shutdown.
-async fn control(conn: quinn::Connection, shared: Arc<EdgeShared>, shutdown: Shutdown) {
-    let Ok(mut send) = conn.open_uni().await else {
-        return;
-    };
+async fn control_stream(conn: quinn::Connection, shared: Arc<EdgeShared>, shutdown: Shutdown) {
     let cfg = shared.router.config();
-    let mut buf = BytesMut::new();
-    varint::encode(CONTROL_STREAM_TYPE, &mut buf);
-    Frame::Settings(Settings {
+    let settings = Settings {
         max_concurrent_requests: Some(cfg.edge.max_streams_per_connection.into()),
         max_prompt_bytes: Some(cfg.edge.max_prompt_bytes as u64),
-    })
-    .encode(&mut buf);
-    if send.write_chunk(buf.split().freeze()).await.is_err() {
+    };
+    let Some(control) = ControlStream::open(&conn, settings).await else {
         return;
-    }
+    };
     tokio::select! {
-        _ = shutdown.wait() => {
-            Frame::GoAway(GoAway).encode(&mut buf);
-            let _ = send.write_chunk(buf.split().freeze()).await;
-        }
+        _ = shutdown.wait() => control.goaway().await,
         _ = conn.closed() => {}
     }
 }

@@ -8,23 +8,20 @@ pub mod synthetic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::BytesMut;
-use meridian_protocol::{varint, Frame, GoAway, Load, Settings, CONTROL_STREAM_TYPE};
+use meridian_protocol::{Frame, Load, Settings};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 pub use stats::{StatsSnapshot, WorkerStats};
 
 use crate::config::WorkerConfig;
+use crate::server::{self, ControlStream};
 use crate::shutdown::Shutdown;
 use crate::tls::{Identity, IdentityError};
 use crate::transport;
 
-/// How long a draining worker lets in-flight requests finish.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::server::DRAIN_TIMEOUT;
 
 /// State shared by a worker's connections.
 #[derive(Debug)]
@@ -113,70 +110,38 @@ pub enum WorkerError {
 }
 
 async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Shutdown) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                conns.spawn(connection(incoming, shared.clone(), shutdown.clone()));
-            }
-            _ = shutdown.wait() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    // Drain: connections saw the signal, sent GOAWAY, and finish their requests.
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(worker = %shared.config.name, "drain timed out; closing with requests in flight");
-    }
-    endpoint.close(0u32.into(), b"worker shutting down");
+    let accept = |incoming| connection(incoming, shared.clone(), shutdown.clone());
+    server::accept_loop(&endpoint, &shutdown, &shared.config.name, |_| true, accept).await;
     endpoint.wait_idle().await;
 }
 
 async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Shutdown) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            debug!("handshake failed: {e}");
-            return;
-        }
+    let mut control = None;
+    let on_connected = |conn: &quinn::Connection| {
+        debug!(peer = %conn.remote_address(), "edge connected");
+        control = Some(tokio::spawn(control_stream(
+            conn.clone(),
+            shared.clone(),
+            shutdown.clone(),
+        )));
     };
-    debug!(peer = %conn.remote_address(), "edge connected");
-    let control = tokio::spawn(control(conn.clone(), shared.clone(), shutdown.clone()));
-    let mut requests = JoinSet::new();
-    loop {
-        tokio::select! {
-            stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => { requests.spawn(request::serve(send, recv, shared.clone())); }
-                Err(e) => { debug!("connection ended: {e}"); break; }
-            },
-            _ = shutdown.wait() => break,
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
-        }
+    let request = |send, recv| request::serve(send, recv, shared.clone());
+    server::serve_streams(incoming, &shutdown, on_connected, request).await;
+    if let Some(c) = control {
+        let _ = c.await;
     }
-    while requests.join_next().await.is_some() {}
-    let _ = control.await;
 }
 
 /// The worker's control stream: SETTINGS, then LOAD whenever load changed (at most once per
 /// report interval), then GOAWAY on shutdown. PROTOCOL.md §5.
-async fn control(conn: quinn::Connection, shared: Arc<Shared>, shutdown: Shutdown) {
-    let Ok(mut send) = conn.open_uni().await else {
-        return;
-    };
-    let mut buf = BytesMut::new();
-    varint::encode(CONTROL_STREAM_TYPE, &mut buf);
-    Frame::Settings(Settings {
+async fn control_stream(conn: quinn::Connection, shared: Arc<Shared>, shutdown: Shutdown) {
+    let settings = Settings {
         max_concurrent_requests: Some(shared.config.max_concurrent.into()),
         max_prompt_bytes: Some(shared.config.max_prompt_bytes as u64),
-    })
-    .encode(&mut buf);
-    if send.write_chunk(buf.split().freeze()).await.is_err() {
+    };
+    let Some(mut control) = ControlStream::open(&conn, settings).await else {
         return;
-    }
+    };
     let mut tick = tokio::time::interval(shared.config.load_report);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Load::default();
@@ -192,16 +157,11 @@ async fn control(conn: quinn::Connection, shared: Arc<Shared>, shutdown: Shutdow
                     continue;
                 }
                 last = load;
-                Frame::Load(load).encode(&mut buf);
-                if send.write_chunk(buf.split().freeze()).await.is_err() {
+                if !control.send(&Frame::Load(load)).await {
                     return;
                 }
             }
-            _ = shutdown.wait() => {
-                Frame::GoAway(GoAway).encode(&mut buf);
-                let _ = send.write_chunk(buf.split().freeze()).await;
-                return;
-            }
+            _ = shutdown.wait() => return control.goaway().await,
             _ = conn.closed() => return,
         }
     }
