@@ -96,7 +96,7 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
     std::fs::write(
         &edge_cfg,
         format!(
-            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"test-pop\"\n\n[tls]\ndev_cert_dir = \"edge-cert\"\n\n\
+            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"test-pop\"\nintake_timeout_ms = 300\n\n[tls]\ndev_cert_dir = \"edge-cert\"\n\n\
              [[region]]\nname = \"seoul\"\n\n[[region]]\nname = \"tokyo\"\n\n[areas]\njp = [\"seoul\", \"tokyo\"]\n{entries}"
         ),
     )
@@ -145,6 +145,19 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
     .unwrap();
     assert_ne!(route.last().unwrap().worker, serving);
     assert_eq!(end.completion_tokens, 3);
+
+    // A request whose sender never finishes is failed after the intake timeout, alone.
+    let (mut send, recv) = client.connection().open_bi().await.unwrap();
+    let headers =
+        meridian_protocol::Frame::Headers(meridian_protocol::RequestHeaders::new("llama-3-8b"));
+    send.write_chunk(headers.to_bytes()).await.unwrap();
+    let mut reader = meridian_protocol::io::FrameReader::new(recv);
+    match within("intake timeout", reader.next()).await {
+        Ok(Some(meridian_protocol::Frame::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::DEADLINE_EXCEEDED)
+        }
+        other => panic!("expected ERROR DEADLINE_EXCEEDED, got {other:?}"),
+    }
     client.close().await;
 
     // SIGTERM drains and exits cleanly.

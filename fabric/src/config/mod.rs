@@ -35,6 +35,8 @@ pub const DEFAULT_DEV_CERT_DIR: &str = "meridian-dev";
 pub const DEFAULT_MAX_CONCURRENT: u32 = 256;
 /// Default interval between a worker's LOAD reports.
 pub const DEFAULT_LOAD_REPORT: Duration = Duration::from_millis(250);
+/// Default longest time a client may take to send a whole request.
+pub const DEFAULT_INTAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default first reconnect delay.
@@ -161,6 +163,8 @@ pub struct EdgeSettings {
     pub send_fairness: bool,
     /// UDP generic segmentation offload on the client-facing endpoint.
     pub gso: bool,
+    /// Longest a client may take to send a whole request (HEADERS, BODY, FIN).
+    pub intake_timeout: Duration,
     /// Ask clients (QUIC ACK frequency extension) to acknowledge only every N ack-eliciting
     /// packets; `None` keeps QUIC's default of every second packet.
     pub ack_eliciting_threshold: Option<u32>,

@@ -42,6 +42,7 @@ pub struct RawEdge {
     pub max_prompt_bytes: Option<Spanned<u64>>,
     pub send_fairness: Option<bool>,
     pub gso: Option<bool>,
+    pub intake_timeout_ms: Option<Spanned<u64>>,
     pub ack_eliciting_threshold: Option<Spanned<u64>>,
 }
 

@@ -426,6 +426,14 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         tls: cx.tls(raw.tls.as_ref()),
         send_fairness: e.and_then(|e| e.send_fairness).unwrap_or(true),
         gso: e.and_then(|e| e.gso).unwrap_or(true),
+        intake_timeout: cx
+            .millis(
+                e.and_then(|e| e.intake_timeout_ms.as_ref()),
+                "intake_timeout_ms",
+                600_000,
+                DEFAULT_INTAKE_TIMEOUT,
+            )
+            .max(Duration::from_millis(10)),
         ack_eliciting_threshold: e
             .and_then(|e| e.ack_eliciting_threshold.as_ref())
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),

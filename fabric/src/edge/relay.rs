@@ -50,6 +50,11 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
     let intake = tokio::select! {
         r = intake::read(&mut recv, cfg.edge.max_prompt_bytes, cfg.routing.prefix_bytes) => r,
         _ = &mut stopped => Err(IntakeError::Gone),
+        // A client that never finishes sending must not hold a stream and its buffers.
+        _ = tokio::time::sleep(cfg.edge.intake_timeout) => Err(IntakeError::Reject(ErrorFrame::new(
+            ErrorCode::DEADLINE_EXCEEDED,
+            format!("request not received completely within {:?}", cfg.edge.intake_timeout),
+        ))),
     };
     let intake = match intake {
         Ok(i) => i,
