@@ -4,6 +4,7 @@
 //! transport and relay logic lives in `meridian-fabric`.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cmd;
 
 use std::path::PathBuf;

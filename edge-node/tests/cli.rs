@@ -159,3 +159,107 @@ fn demo_json_runs_the_scenario() {
     }
     assert_eq!(lines[6]["error"], "RESIDENCY_UNAVAILABLE");
 }
+
+/// A plain HTTP/1.1 GET: (status, body).
+fn http_get(base: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(addr).expect("admin listener reachable");
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn demo_serve_exposes_admin_endpoints_and_metrics() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("meridian-cli-serve-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "demo",
+            "--serve",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft-ms",
+            "2",
+            "--itl-ms",
+            "1",
+        ])
+        .args(["--cert-dir", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let started: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let admin = started["admin_url"].as_str().unwrap().to_owned();
+
+    assert_eq!(http_get(&admin, "/healthz").0, 200);
+    let (status, ready) = http_get(&admin, "/readyz");
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ready).unwrap()["healthy_workers"],
+        10
+    );
+
+    // One request from Tokyo through the edge, then its traces in /metrics and /routes.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (region, tokens) = rt.block_on(async {
+        use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+        let trust = Trust::pin_file(started["cert"].as_str().unwrap()).unwrap();
+        let client = Client::connect(
+            started["edge_addr"].as_str().unwrap().parse().unwrap(),
+            ClientConfig::new(trust),
+        )
+        .await
+        .unwrap();
+        let mut req = Request::new("llama-3-8b", "hello");
+        req.headers.area = Some("jp".into());
+        let (routed, _, end) = client.generate(req).await.unwrap().collect().await.unwrap();
+        client.close().await;
+        (routed[0].region.clone(), end.completion_tokens)
+    });
+    assert_eq!(region, "seoul");
+    let (status, metrics) = http_get(&admin, "/metrics");
+    assert_eq!(status, 200);
+    for expect in [
+        "meridian_requests_total 1".to_string(),
+        format!("meridian_tokens_relayed_total {tokens}"),
+        "meridian_routes_total{region=\"seoul\"} 1".into(),
+        "meridian_ttft_seconds_count{region=\"seoul\",model=\"llama-3-8b\"} 1".into(),
+        "meridian_e2e_seconds_count{region=\"seoul\",model=\"llama-3-8b\"} 1".into(),
+        "meridian_worker_healthy{worker=\"tokyo-1\",region=\"tokyo\"} 1".into(),
+        "meridian_errors_total{code=\"RESIDENCY_UNAVAILABLE\"} 0".into(),
+    ] {
+        assert!(
+            metrics.contains(&expect),
+            "missing `{expect}` in /metrics:\n{metrics}"
+        );
+    }
+    let (_, routes) = http_get(&admin, "/routes");
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    assert_eq!(routes["regions"].as_array().unwrap().len(), 5);
+    assert_eq!(routes["areas"]["fr"][0], "frankfurt");
+    assert!(routes["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["healthy"] == true));
+    assert_eq!(http_get(&admin, "/nope").0, 404);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

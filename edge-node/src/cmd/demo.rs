@@ -21,6 +21,9 @@ pub struct DemoArgs {
     /// Edge address (default: 127.0.0.1:4433 with --serve, any free port otherwise).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Admin listener (metrics, health, routes) with --serve.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    admin: SocketAddr,
     /// Where to write the demo certificate (default: a fresh temporary directory).
     #[arg(long)]
     cert_dir: Option<PathBuf>,
@@ -57,7 +60,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut demo = Demo::start(&cert_dir, listen, backend).await?;
     let cert = std::fs::canonicalize(&demo.cert_path)?;
     let code = if args.serve {
-        serve(&demo, &cert, args.json).await;
+        let admin = crate::admin::Admin {
+            router: demo.edge.router.clone(),
+            stats: demo.edge.stats.clone(),
+        };
+        let admin_url = format!("http://{}", crate::admin::spawn(args.admin, admin).await?);
+        serve(&demo, &cert, &admin_url, args.json).await;
         ExitCode::SUCCESS
     } else {
         scenario(&mut demo, &cert, args.json).await?
@@ -69,12 +77,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn serve(demo: &Demo, cert: &std::path::Path, json: bool) {
+async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, json: bool) {
     let addr = demo.edge.addr;
     if json {
         println!(
             "{}",
-            serde_json::json!({ "edge_addr": addr.to_string(), "cert": cert.display().to_string(), "model": meridian_fabric::demo::MODEL })
+            serde_json::json!({
+                "edge_addr": addr.to_string(),
+                "cert": cert.display().to_string(),
+                "model": meridian_fabric::demo::MODEL,
+                "admin_url": admin_url,
+            })
         );
     } else {
         println!(
@@ -84,6 +97,7 @@ async fn serve(demo: &Demo, cert: &std::path::Path, json: bool) {
         );
         println!("  certificate to pin: {}", cert.display());
         println!("  try: cargo run --example generate -p meridian-protocol -- --edge {addr} --cert {} --area jp \"Hello\"", cert.display());
+        println!("  admin: {admin_url}/metrics {admin_url}/healthz {admin_url}/readyz {admin_url}/routes");
         println!("Ctrl-C to stop.");
     }
     super::terminated().await;

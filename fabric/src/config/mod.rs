@@ -165,6 +165,8 @@ pub struct EdgeSettings {
     pub gso: bool,
     /// Longest a client may take to send a whole request (HEADERS, BODY, FIN).
     pub intake_timeout: Duration,
+    /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/routes`); `None`: off.
+    pub admin: Option<SocketAddr>,
     /// Ask clients (QUIC ACK frequency extension) to acknowledge only every N ack-eliciting
     /// packets; `None` keeps QUIC's default of every second packet.
     pub ack_eliciting_threshold: Option<u32>,

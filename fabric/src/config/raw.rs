@@ -43,6 +43,7 @@ pub struct RawEdge {
     pub send_fairness: Option<bool>,
     pub gso: Option<bool>,
     pub intake_timeout_ms: Option<Spanned<u64>>,
+    pub admin: Option<Spanned<String>>,
     pub ack_eliciting_threshold: Option<Spanned<u64>>,
 }
 

@@ -426,6 +426,9 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         tls: cx.tls(raw.tls.as_ref()),
         send_fairness: e.and_then(|e| e.send_fairness).unwrap_or(true),
         gso: e.and_then(|e| e.gso).unwrap_or(true),
+        admin: e
+            .and_then(|e| e.admin.as_ref())
+            .map(|a| cx.addr(Some(a), "127.0.0.1:9090")),
         intake_timeout: cx
             .millis(
                 e.and_then(|e| e.intake_timeout_ms.as_ref()),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use meridian_protocol::Settings;
 use tracing::info;
 
-pub use stats::EdgeStats;
+pub use stats::{EdgeStats, Histogram, Latencies};
 pub use track::{ResponseTracker, UpstreamViolation};
 pub use upstream::Upstreams;
 
@@ -97,7 +97,7 @@ pub fn spawn(
     let upstream_ep = quinn::Endpoint::client(bind).map_err(|e| EdgeError::Bind(bind, e))?;
     let router = Arc::new(Router::new(config.clone()));
     let upstreams = Upstreams::spawn(router.clone(), upstream_ep.clone(), shutdown.clone());
-    let stats = Arc::new(EdgeStats::default());
+    let stats = Arc::new(EdgeStats::new(&config));
     let shared = Arc::new(EdgeShared {
         router: router.clone(),
         upstreams,
@@ -139,6 +139,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<EdgeShared>, shutdown
     let mut control = None;
     let on_connected = |conn: &quinn::Connection| {
         shared.stats.connections.fetch_add(1, Relaxed);
+        shared.stats.active_connections.fetch_add(1, Relaxed);
         control = Some(tokio::spawn(control_stream(
             conn.clone(),
             shared.clone(),
@@ -148,6 +149,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<EdgeShared>, shutdown
     let request = |send, recv| relay::serve(send, recv, shared.clone());
     server::serve_streams(incoming, &shutdown, on_connected, request).await;
     if let Some(c) = control {
+        shared.stats.active_connections.fetch_sub(1, Relaxed);
         c.abort();
     }
 }

@@ -25,6 +25,33 @@ fn code(c: ErrorCode) -> VarInt {
     VarInt::from_u64(c.0).expect("error codes are small")
 }
 
+/// Where a request's latencies are recorded.
+struct Timing<'a> {
+    arrived: Instant,
+    latencies: Option<&'a super::Latencies>,
+}
+
+impl Timing<'_> {
+    /// A chunk carrying tokens is being relayed: first one → TTFT, later ones → ITL.
+    fn tokens(&self, last: &mut Option<Instant>) {
+        let Some(l) = self.latencies else { return };
+        let now = Instant::now();
+        match last.replace(now) {
+            None => l.ttft.observe(now - self.arrived),
+            Some(prev) => l.itl.observe(now - prev),
+        }
+    }
+}
+
+/// Decrements the active-stream gauge however the request ends.
+struct ActiveStream<'a>(&'a super::EdgeStats);
+
+impl Drop for ActiveStream<'_> {
+    fn drop(&mut self) {
+        self.0.active_streams.fetch_sub(1, Relaxed);
+    }
+}
+
 /// How one upstream attempt ended.
 enum Attempt {
     /// END or ERROR relayed; the client stream is finished.
@@ -42,6 +69,8 @@ enum Attempt {
 /// Serves one client request stream to completion.
 pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<EdgeShared>) {
     edge.stats.requests.fetch_add(1, Relaxed);
+    edge.stats.active_streams.fetch_add(1, Relaxed);
+    let _active = ActiveStream(&edge.stats);
     // PROTOCOL.md §4.7: the deadline counts from the stream's arrival (≤ HEADERS receipt).
     let arrived = Instant::now();
     let stopped = send.stopped();
@@ -111,8 +140,24 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
             edge.stats.cancelled.fetch_add(1, Relaxed);
             return;
         }
+        edge.stats.routed(decision.region);
+        let timing = Timing {
+            arrived,
+            latencies: edge.stats.latencies(decision.region, &intake.headers.model),
+        };
         let outcome = match edge.upstreams.connection(decision.worker) {
-            Some(conn) => forward(&conn, &intake, &mut send, &mut stopped, deadline, &edge).await,
+            Some(conn) => {
+                forward(
+                    &conn,
+                    &intake,
+                    &mut send,
+                    &mut stopped,
+                    deadline,
+                    &timing,
+                    &edge,
+                )
+                .await
+            }
             None => Attempt::FailedClean("no connection".into()),
         };
         drop(decision);
@@ -155,8 +200,10 @@ async fn forward(
     send: &mut SendStream,
     stopped: &mut std::pin::Pin<&mut impl std::future::Future>,
     deadline: Option<Instant>,
+    timing: &Timing<'_>,
     edge: &EdgeShared,
 ) -> Attempt {
+    let mut last_tokens: Option<Instant> = None;
     let (mut up_send, mut up_recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => return Attempt::FailedClean(e.to_string()),
@@ -180,7 +227,11 @@ async fn forward(
             chunk = up_recv.read_chunk(usize::MAX, true) => match chunk {
                 Ok(Some(chunk)) => {
                     match tracker.on_chunk(&chunk.bytes) {
-                        Ok(tokens) => edge.stats.tokens.fetch_add(tokens, Relaxed),
+                        Ok(0) => 0,
+                        Ok(tokens) => {
+                            timing.tokens(&mut last_tokens);
+                            edge.stats.tokens.fetch_add(tokens, Relaxed)
+                        }
                         Err(e) => {
                             cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::PROTOCOL_ERROR);
                             break e.to_string();
@@ -194,6 +245,9 @@ async fn forward(
                 }
                 Ok(None) if tracker.complete() => {
                     let _ = send.finish();
+                    if let Some(l) = timing.latencies {
+                        l.e2e.observe(timing.arrived.elapsed());
+                    }
                     return Attempt::Done;
                 }
                 Ok(None) => break "worker finished the stream without END".into(),

@@ -1,18 +1,85 @@
-//! Edge counters (atomics; the admin `/metrics` endpoint of a later issue exports them).
+//! Edge counters and latency histograms (atomics only: the request path never locks), and
+//! their Prometheus text exposition for the admin `/metrics` endpoint.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use meridian_protocol::ErrorCode;
 
-/// Edge-wide counters.
+use crate::config::Config;
+use crate::route::Router;
+
+/// Histogram bucket upper bounds, seconds (Prometheus `le`).
+pub const BUCKETS_S: [f64; 15] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
+/// A fixed-bucket latency histogram.
 #[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_S.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS_S
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(BUCKETS_S.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut acc = 0;
+        for (i, le) in BUCKETS_S.iter().enumerate() {
+            acc += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {acc}");
+        }
+        acc += self.buckets[BUCKETS_S.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {acc}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {acc}");
+    }
+}
+
+/// Latency histograms of one (region, model).
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// Time to first token, from the stream's arrival at the edge.
+    pub ttft: Histogram,
+    /// Gaps between chunks of tokens relayed.
+    pub itl: Histogram,
+    /// Stream arrival to END.
+    pub e2e: Histogram,
+}
+
+/// Edge-wide counters.
+#[derive(Debug)]
 pub struct EdgeStats {
     /// Client connections accepted.
     pub connections: AtomicU64,
+    /// Client connections open now.
+    pub active_connections: AtomicI64,
     /// Client connections refused at the connection limit.
     pub refused_connections: AtomicU64,
     /// Request streams accepted.
     pub requests: AtomicU64,
+    /// Request streams open now.
+    pub active_streams: AtomicI64,
     /// TOKENS frames relayed.
     pub tokens: AtomicU64,
     /// Upstream attempts retried on another worker.
@@ -22,9 +89,42 @@ pub struct EdgeStats {
     /// Requests refused for residency.
     pub residency_rejections: AtomicU64,
     errors: [AtomicU64; 16],
+    /// Requests routed, per region.
+    routes: Box<[AtomicU64]>,
+    /// Model names, in index order.
+    models: Vec<String>,
+    /// Per region × model.
+    latencies: Box<[Latencies]>,
 }
 
 impl EdgeStats {
+    /// Counters for `config`'s regions and models.
+    pub fn new(config: &Config) -> Self {
+        let mut models: Vec<String> = Vec::new();
+        for m in config.workers.iter().flat_map(|w| &w.models) {
+            if !models.contains(m) {
+                models.push(m.clone());
+            }
+        }
+        EdgeStats {
+            connections: AtomicU64::new(0),
+            active_connections: AtomicI64::new(0),
+            refused_connections: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            active_streams: AtomicI64::new(0),
+            tokens: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            residency_rejections: AtomicU64::new(0),
+            errors: Default::default(),
+            routes: config.regions.iter().map(|_| AtomicU64::new(0)).collect(),
+            latencies: (0..config.regions.len() * models.len().max(1))
+                .map(|_| Latencies::default())
+                .collect(),
+            models,
+        }
+    }
+
     pub(crate) fn error(&self, code: ErrorCode) {
         let i = (code.0 as usize).min(self.errors.len() - 1);
         self.errors[i].fetch_add(1, Relaxed);
@@ -33,5 +133,174 @@ impl EdgeStats {
     /// Errors sent to clients with `code` (codes ≥ 15 share the last slot).
     pub fn errors(&self, code: ErrorCode) -> u64 {
         self.errors[(code.0 as usize).min(self.errors.len() - 1)].load(Relaxed)
+    }
+
+    pub(crate) fn routed(&self, region: usize) {
+        self.routes[region].fetch_add(1, Relaxed);
+    }
+
+    /// The histograms of `(region, model)`; `None` for a model the topology does not serve.
+    pub fn latencies(&self, region: usize, model: &str) -> Option<&Latencies> {
+        let m = self.models.iter().position(|x| x == model)?;
+        self.latencies.get(region * self.models.len() + m)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    pub fn render(&self, router: &Router) -> String {
+        let cfg = router.config();
+        let mut out = String::with_capacity(16 * 1024);
+        let mut counter = |name: &str, help: &str, kind: &str, v: i64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        counter(
+            "meridian_requests_total",
+            "Request streams accepted.",
+            "counter",
+            self.requests.load(Relaxed) as i64,
+        );
+        counter(
+            "meridian_tokens_relayed_total",
+            "TOKENS frames relayed to clients.",
+            "counter",
+            self.tokens.load(Relaxed) as i64,
+        );
+        counter(
+            "meridian_connections_total",
+            "Client connections accepted.",
+            "counter",
+            self.connections.load(Relaxed) as i64,
+        );
+        counter(
+            "meridian_refused_connections_total",
+            "Client connections refused at the limit.",
+            "counter",
+            self.refused_connections.load(Relaxed) as i64,
+        );
+        counter(
+            "meridian_active_connections",
+            "Client connections open now.",
+            "gauge",
+            self.active_connections.load(Relaxed),
+        );
+        counter(
+            "meridian_active_streams",
+            "Request streams open now.",
+            "gauge",
+            self.active_streams.load(Relaxed),
+        );
+        counter(
+            "meridian_retries_total",
+            "Upstream attempts retried before the first token.",
+            "counter",
+            self.retries.load(Relaxed) as i64,
+        );
+        counter(
+            "meridian_cancelled_total",
+            "Requests cancelled by their client.",
+            "counter",
+            self.cancelled.load(Relaxed) as i64,
+        );
+        counter(
+            "meridian_residency_rejections_total",
+            "Requests refused with RESIDENCY_UNAVAILABLE.",
+            "counter",
+            self.residency_rejections.load(Relaxed) as i64,
+        );
+        let _ = writeln!(out, "# HELP meridian_errors_total Errors sent to clients, by wire code.\n# TYPE meridian_errors_total counter");
+        for code in ErrorCode::ALL.iter().skip(1) {
+            let _ = writeln!(
+                out,
+                "meridian_errors_total{{code=\"{code}\"}} {}",
+                self.errors(*code)
+            );
+        }
+        let _ = writeln!(out, "# HELP meridian_routes_total Requests routed, by region.\n# TYPE meridian_routes_total counter");
+        for (r, region) in cfg.regions.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "meridian_routes_total{{region=\"{}\"}} {}",
+                region.name,
+                self.routes[r].load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP meridian_worker_healthy Whether the worker is connected and not draining.\n# TYPE meridian_worker_healthy gauge");
+        for (w, worker) in cfg.workers.iter().enumerate() {
+            let labels = format!(
+                "worker=\"{}\",region=\"{}\"",
+                worker.name, cfg.regions[worker.region].name
+            );
+            let _ = writeln!(
+                out,
+                "meridian_worker_healthy{{{labels}}} {}",
+                u8::from(router.worker(w).is_healthy())
+            );
+        }
+        let _ = writeln!(out, "# HELP meridian_worker_in_flight Requests this edge has in flight on the worker.\n# TYPE meridian_worker_in_flight gauge");
+        for (w, worker) in cfg.workers.iter().enumerate() {
+            let labels = format!(
+                "worker=\"{}\",region=\"{}\"",
+                worker.name, cfg.regions[worker.region].name
+            );
+            let _ = writeln!(
+                out,
+                "meridian_worker_in_flight{{{labels}}} {}",
+                router.worker(w).local_in_flight()
+            );
+        }
+        for (name, help, pick) in [
+            (
+                "meridian_ttft_seconds",
+                "Time to first token at the edge, by region and model.",
+                0,
+            ),
+            (
+                "meridian_itl_seconds",
+                "Gaps between relayed token chunks, by region and model.",
+                1,
+            ),
+            (
+                "meridian_e2e_seconds",
+                "Request duration at the edge, by region and model.",
+                2,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (r, region) in cfg.regions.iter().enumerate() {
+                for (m, model) in self.models.iter().enumerate() {
+                    let l = &self.latencies[r * self.models.len() + m];
+                    let h = [&l.ttft, &l.itl, &l.e2e][pick];
+                    h.render(
+                        &mut out,
+                        name,
+                        &format!("region=\"{}\",model=\"{model}\"", region.name),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(15));
+        h.observe(Duration::from_secs(100));
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\"");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.02\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"30\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+        assert_eq!(h.count(), 3);
     }
 }

@@ -197,6 +197,11 @@ impl Router {
             .all(|(i, _)| !self.workers[i].is_healthy())
     }
 
+    /// Requests this edge has in flight in region `r`.
+    pub fn region_in_flight(&self, r: RegionId) -> u64 {
+        self.region_in_flight[r].current()
+    }
+
     /// Number of healthy workers.
     pub fn healthy_workers(&self) -> usize {
         self.workers.iter().filter(|w| w.is_healthy()).count()
