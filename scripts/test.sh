@@ -30,6 +30,11 @@ report="$(mktemp -d)/suite.json"
 target/debug/meridian-bench suite --quick --json "$report"
 python3 scripts/check_suite.py "$report"
 
+step "official openai Python SDK against the HTTP front door"
+python3 -m venv target/openai-venv
+target/openai-venv/bin/pip install -q --disable-pip-version-check "openai>=1.40"
+target/openai-venv/bin/python scripts/openai_sdk_test.py target/debug/meridian
+
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-Dwarnings" cargo doc -j "$jobs" --workspace --no-deps --locked
 

@@ -6,6 +6,7 @@
 
 mod admin;
 mod cmd;
+mod http;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

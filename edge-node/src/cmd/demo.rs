@@ -21,6 +21,9 @@ pub struct DemoArgs {
     /// Edge address (default: 127.0.0.1:4433 with --serve, any free port otherwise).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// OpenAI-compatible HTTP front door with --serve.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http: SocketAddr,
     /// Admin listener (metrics, health, routes) with --serve.
     #[arg(long, default_value = "127.0.0.1:0")]
     admin: SocketAddr,
@@ -65,7 +68,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             stats: demo.edge.stats.clone(),
         };
         let admin_url = format!("http://{}", crate::admin::spawn(args.admin, admin).await?);
-        serve(&demo, &cert, &admin_url, args.json).await;
+        let front = crate::http::Front {
+            submitter: demo.edge.submitter(),
+            tenant: None,
+            max_body: meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES,
+        };
+        let http_url = format!("http://{}", crate::http::spawn(args.http, front).await?);
+        serve(&demo, &cert, &admin_url, &http_url, args.json).await;
         ExitCode::SUCCESS
     } else {
         scenario(&mut demo, &cert, args.json).await?
@@ -77,7 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, json: bool) {
+async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, http_url: &str, json: bool) {
     let addr = demo.edge.addr;
     if json {
         println!(
@@ -87,6 +96,7 @@ async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, json: bool)
                 "cert": cert.display().to_string(),
                 "model": meridian_fabric::demo::MODEL,
                 "admin_url": admin_url,
+                "http_url": http_url,
             })
         );
     } else {
@@ -97,6 +107,7 @@ async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, json: bool)
         );
         println!("  certificate to pin: {}", cert.display());
         println!("  try: cargo run --example generate -p meridian-protocol -- --edge {addr} --cert {} --area jp \"Hello\"", cert.display());
+        println!("  OpenAI-compatible HTTP: {http_url}/v1  (curl {http_url}/v1/chat/completions -H 'content-type: application/json' -H 'x-meridian-area: jp' -d '{{\"model\":\"llama-3-8b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}],\"stream\":true}}')");
         println!("  admin: {admin_url}/metrics {admin_url}/healthz {admin_url}/readyz {admin_url}/routes");
         println!("Ctrl-C to stop.");
     }

@@ -167,6 +167,10 @@ pub struct EdgeSettings {
     pub intake_timeout: Duration,
     /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/routes`); `None`: off.
     pub admin: Option<SocketAddr>,
+    /// OpenAI-compatible HTTP front door (HTTP/1.1 and HTTP/2 over TCP); `None`: off.
+    pub http: Option<SocketAddr>,
+    /// Tenant applied to HTTP front-door requests (until authentication exists).
+    pub http_tenant: Option<String>,
     /// Ask clients (QUIC ACK frequency extension) to acknowledge only every N ack-eliciting
     /// packets; `None` keeps QUIC's default of every second packet.
     pub ack_eliciting_threshold: Option<u32>,

@@ -44,6 +44,8 @@ pub struct RawEdge {
     pub gso: Option<bool>,
     pub intake_timeout_ms: Option<Spanned<u64>>,
     pub admin: Option<Spanned<String>>,
+    pub http: Option<Spanned<String>>,
+    pub http_tenant: Option<Spanned<String>>,
     pub ack_eliciting_threshold: Option<Spanned<u64>>,
 }
 

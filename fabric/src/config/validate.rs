@@ -429,6 +429,18 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         admin: e
             .and_then(|e| e.admin.as_ref())
             .map(|a| cx.addr(Some(a), "127.0.0.1:9090")),
+        http: e
+            .and_then(|e| e.http.as_ref())
+            .map(|a| cx.addr(Some(a), "127.0.0.1:8080")),
+        http_tenant: e.and_then(|e| e.http_tenant.as_ref()).map(|t| {
+            if !raw.tenants.contains_key(t.get_ref()) {
+                cx.err(
+                    Some(t.span()),
+                    format!("http_tenant `{}` is not a configured tenant", t.get_ref()),
+                );
+            }
+            t.get_ref().clone()
+        }),
         intake_timeout: cx
             .millis(
                 e.and_then(|e| e.intake_timeout_ms.as_ref()),

@@ -5,7 +5,9 @@
 
 mod intake;
 mod relay;
+mod sink;
 mod stats;
+mod submit;
 pub mod track;
 pub mod upstream;
 
@@ -16,7 +18,9 @@ use std::sync::Arc;
 use meridian_protocol::Settings;
 use tracing::info;
 
+pub use sink::Delivery;
 pub use stats::{EdgeStats, Histogram, Latencies};
+pub use submit::{as_error, Submission, SubmitError, Submitter};
 pub use track::{ResponseTracker, UpstreamViolation};
 pub use upstream::Upstreams;
 
@@ -48,9 +52,17 @@ pub struct EdgeHandle {
     pub stats: Arc<EdgeStats>,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<()>,
+    shared: Arc<EdgeShared>,
 }
 
 impl EdgeHandle {
+    /// A handle to submit requests in process (the HTTP front door).
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Drains gracefully: GOAWAY to clients, in-flight requests finish (up to
     /// [`DRAIN_TIMEOUT`]), upstream connections close.
     pub async fn stop(self) {
@@ -104,13 +116,19 @@ pub fn spawn(
         stats: stats.clone(),
     });
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
-    let task = tokio::spawn(serve(endpoint, upstream_ep, shared, shutdown.clone()));
+    let task = tokio::spawn(serve(
+        endpoint,
+        upstream_ep,
+        shared.clone(),
+        shutdown.clone(),
+    ));
     Ok(EdgeHandle {
         addr,
         router,
         stats,
         shutdown,
         task,
+        shared,
     })
 }
 

@@ -10,20 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_protocol::{ErrorCode, ErrorFrame, Frame, Routed};
-use quinn::{RecvStream, SendStream, VarInt};
+use meridian_protocol::{ErrorCode, ErrorFrame, Routed};
+use quinn::{RecvStream, SendStream};
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::intake::{self, Intake, IntakeError};
+use super::sink::{code, QuicSink, Sink};
 use super::track::ResponseTracker;
 use super::EdgeShared;
 use crate::config::WorkerId;
 use crate::route::RouteRequest;
-
-fn code(c: ErrorCode) -> VarInt {
-    VarInt::from_u64(c.0).expect("error codes are small")
-}
 
 /// Where a request's latencies are recorded.
 struct Timing<'a> {
@@ -66,36 +63,53 @@ enum Attempt {
     FailedDirty,
 }
 
-/// Serves one client request stream to completion.
-pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<EdgeShared>) {
-    edge.stats.requests.fetch_add(1, Relaxed);
-    edge.stats.active_streams.fetch_add(1, Relaxed);
-    let _active = ActiveStream(&edge.stats);
+/// Serves one client QUIC request stream to completion.
+pub(crate) async fn serve(send: SendStream, mut recv: RecvStream, edge: Arc<EdgeShared>) {
     // PROTOCOL.md §4.7: the deadline counts from the stream's arrival (≤ HEADERS receipt).
     let arrived = Instant::now();
-    let stopped = send.stopped();
-    tokio::pin!(stopped);
+    let mut sink = QuicSink::new(send);
     let cfg = edge.router.config();
     let intake = tokio::select! {
         r = intake::read(&mut recv, cfg.edge.max_prompt_bytes, cfg.routing.prefix_bytes) => r,
-        _ = &mut stopped => Err(IntakeError::Gone),
+        _ = sink.gone() => Err(IntakeError::Gone),
         // A client that never finishes sending must not hold a stream and its buffers.
         _ = tokio::time::sleep(cfg.edge.intake_timeout) => Err(IntakeError::Reject(ErrorFrame::new(
             ErrorCode::DEADLINE_EXCEEDED,
             format!("request not received completely within {:?}", cfg.edge.intake_timeout),
         ))),
     };
-    let intake = match intake {
-        Ok(i) => i,
+    match intake {
+        Ok(i) => dispatch(&i, arrived, &mut sink, &edge).await,
         Err(IntakeError::Gone) => {
+            edge.stats.requests.fetch_add(1, Relaxed);
             edge.stats.cancelled.fetch_add(1, Relaxed);
-            return;
         }
         Err(IntakeError::Reject(e)) => {
+            edge.stats.requests.fetch_add(1, Relaxed);
             let _ = recv.stop(code(e.code));
-            return fail(&mut send, &edge, e).await;
+            fail(&mut sink, &edge, e).await;
         }
-    };
+    }
+}
+
+/// Answers the client with `e` and ends the response.
+async fn fail(sink: &mut impl Sink, edge: &EdgeShared, e: ErrorFrame) {
+    edge.stats.error(e.code);
+    sink.fail(e, true).await;
+}
+
+/// Routes a received request and relays the chosen worker's answer into `sink`, retrying on
+/// the next candidate (same residency rules) while no worker byte has reached the client.
+pub(crate) async fn dispatch(
+    intake: &Intake,
+    arrived: Instant,
+    sink: &mut impl Sink,
+    edge: &EdgeShared,
+) {
+    edge.stats.requests.fetch_add(1, Relaxed);
+    edge.stats.active_streams.fetch_add(1, Relaxed);
+    let _active = ActiveStream(&edge.stats);
+    let cfg = edge.router.config();
     let deadline = intake
         .headers
         .deadline_ms
@@ -126,17 +140,17 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
                 if e.code() == ErrorCode::RESIDENCY_UNAVAILABLE {
                     edge.stats.residency_rejections.fetch_add(1, Relaxed);
                 }
-                return fail(&mut send, &edge, ErrorFrame::new(e.code(), e.to_string())).await;
+                return fail(sink, edge, ErrorFrame::new(e.code(), e.to_string())).await;
             }
         };
         let worker_id = decision.worker;
         let worker = &cfg.workers[worker_id];
-        let routed = Frame::Routed(Routed {
+        let routed = Routed {
             region: cfg.regions[decision.region].name.clone(),
             worker: worker.name.clone(),
             attempt,
-        });
-        if send.write_chunk(routed.to_bytes()).await.is_err() {
+        };
+        if !sink.routed(routed).await {
             edge.stats.cancelled.fetch_add(1, Relaxed);
             return;
         }
@@ -146,18 +160,7 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
             latencies: edge.stats.latencies(decision.region, &intake.headers.model),
         };
         let outcome = match edge.upstreams.connection(decision.worker) {
-            Some(conn) => {
-                forward(
-                    &conn,
-                    &intake,
-                    &mut send,
-                    &mut stopped,
-                    deadline,
-                    &timing,
-                    &edge,
-                )
-                .await
-            }
+            Some(conn) => forward(&conn, intake, sink, deadline, &timing, edge).await,
             None => Attempt::FailedClean("no connection".into()),
         };
         drop(decision);
@@ -178,27 +181,14 @@ pub(crate) async fn serve(mut send: SendStream, mut recv: RecvStream, edge: Arc<
         "{} attempts failed before the first token",
         cfg.routing.max_attempts
     );
-    fail(
-        &mut send,
-        &edge,
-        ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg),
-    )
-    .await;
-}
-
-/// Answers the client with `e` and finishes the stream.
-async fn fail(send: &mut SendStream, edge: &EdgeShared, e: ErrorFrame) {
-    edge.stats.error(e.code);
-    let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
-    let _ = send.finish();
+    fail(sink, edge, ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg)).await;
 }
 
 /// Sends the request to one worker and relays its answer.
 async fn forward(
     conn: &quinn::Connection,
     intake: &Intake,
-    send: &mut SendStream,
-    stopped: &mut std::pin::Pin<&mut impl std::future::Future>,
+    sink: &mut impl Sink,
     deadline: Option<Instant>,
     timing: &Timing<'_>,
     edge: &EdgeShared,
@@ -237,14 +227,13 @@ async fn forward(
                             break e.to_string();
                         }
                     };
-                    // Zero-copy: the received `Bytes` is what goes out.
-                    if send.write_chunk(chunk.bytes).await.is_err() {
+                    if !sink.chunk(chunk.bytes).await {
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
                         return Attempt::ClientGone;
                     }
                 }
                 Ok(None) if tracker.complete() => {
-                    let _ = send.finish();
+                    sink.finish();
                     if let Some(l) = timing.latencies {
                         l.e2e.observe(timing.arrived.elapsed());
                     }
@@ -253,20 +242,15 @@ async fn forward(
                 Ok(None) => break "worker finished the stream without END".into(),
                 Err(e) => break e.to_string(),
             },
-            _ = stopped.as_mut() => {
+            _ = sink.gone() => {
                 cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
                 return Attempt::ClientGone;
             }
             _ = &mut sleep, if deadline.is_some() => {
                 cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
                 edge.stats.error(ErrorCode::DEADLINE_EXCEEDED);
-                if tracker.at_boundary() {
-                    let e = ErrorFrame::new(ErrorCode::DEADLINE_EXCEEDED, "the request's deadline passed");
-                    let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
-                    let _ = send.finish();
-                } else {
-                    let _ = send.reset(code(ErrorCode::DEADLINE_EXCEEDED));
-                }
+                let e = ErrorFrame::new(ErrorCode::DEADLINE_EXCEEDED, "the request's deadline passed");
+                sink.fail(e, tracker.at_boundary()).await;
                 return Attempt::Deadline;
             }
         }
@@ -276,15 +260,10 @@ async fn forward(
     }
     // Tokens already reached the client: never a silent clean end.
     edge.stats.error(ErrorCode::UPSTREAM_FAILED);
-    if tracker.at_boundary() {
-        let e = ErrorFrame::new(
-            ErrorCode::UPSTREAM_FAILED,
-            format!("worker failed mid-stream: {failure}"),
-        );
-        let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
-        let _ = send.finish();
-    } else {
-        let _ = send.reset(code(ErrorCode::UPSTREAM_FAILED));
-    }
+    let e = ErrorFrame::new(
+        ErrorCode::UPSTREAM_FAILED,
+        format!("worker failed mid-stream: {failure}"),
+    );
+    sink.fail(e, tracker.at_boundary()).await;
     Attempt::FailedDirty
 }

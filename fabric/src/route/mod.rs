@@ -124,6 +124,9 @@ pub struct Router {
     table: RcuCell<RoutingTable>,
     epoch: AtomicU64,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Serialises rebuilds (off the hot path), so a slower rebuild that read older health
+    /// can never overwrite a newer table.
+    rebuilding: std::sync::Mutex<()>,
 }
 
 impl Router {
@@ -151,6 +154,7 @@ impl Router {
             table: RcuCell::new(Arc::new(table)),
             epoch: AtomicU64::new(0),
             changed,
+            rebuilding: std::sync::Mutex::new(()),
         }
     }
 
@@ -171,6 +175,7 @@ impl Router {
 
     /// Rebuilds the table from current worker health and publishes it.
     pub fn rebuild(&self) {
+        let _serial = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let table = RoutingTable::build(&self.config, self.hash, epoch, &self.workers);
         self.table.store(Arc::new(table));
@@ -187,14 +192,9 @@ impl Router {
         }
     }
 
-    /// Whether every worker of `region` is marked unhealthy.
+    /// Whether the current table has no healthy worker in `region`.
     pub fn region_down(&self, region: RegionId) -> bool {
-        self.config
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.region == region)
-            .all(|(i, _)| !self.workers[i].is_healthy())
+        self.table.read(|t| t.regions[region].healthy.is_empty())
     }
 
     /// Requests this edge has in flight in region `r`.
@@ -202,9 +202,10 @@ impl Router {
         self.region_in_flight[r].current()
     }
 
-    /// Number of healthy workers.
+    /// Healthy workers in the current table (what routing sees, not just the flags).
     pub fn healthy_workers(&self) -> usize {
-        self.workers.iter().filter(|w| w.is_healthy()).count()
+        self.table
+            .read(|t| t.regions.iter().map(|r| r.healthy.len()).sum())
     }
 
     /// Marks worker `w` healthy or not, rebuilding the table if that changed.

@@ -26,6 +26,18 @@ pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Sh
             return;
         }
     };
+    if headers
+        .body_format
+        .is_some_and(|f| f > meridian_protocol::body_format::OPENAI_COMPLETIONS)
+    {
+        shared.stats.record(Event::Rejected);
+        let msg = format!(
+            "unknown body_format {}",
+            headers.body_format.unwrap_or_default()
+        );
+        reject(&mut send, ErrorFrame::new(ErrorCode::BAD_REQUEST, msg)).await;
+        return;
+    }
     if !shared.config.models.contains(&headers.model) {
         shared.stats.record(Event::Rejected);
         let msg = format!(

@@ -27,6 +27,17 @@ mod id {
     pub const MAX_TOKENS: u64 = 0x07;
     pub const PRIORITY: u64 = 0x08;
     pub const TRACE_CONTEXT: u64 = 0x09;
+    pub const BODY_FORMAT: u64 = 0x0a;
+}
+
+/// What the BODY bytes are (HEADERS field `body_format`, PROTOCOL.md §4.1).
+pub mod body_format {
+    /// The prompt as plain UTF-8 text (the default).
+    pub const PROMPT: u64 = 0;
+    /// An OpenAI `/v1/chat/completions` request body (JSON), forwarded unchanged.
+    pub const OPENAI_CHAT: u64 = 1;
+    /// An OpenAI `/v1/completions` request body (JSON), forwarded unchanged.
+    pub const OPENAI_COMPLETIONS: u64 = 2;
 }
 
 /// Routing metadata of one request. Only `model` is required.
@@ -51,6 +62,8 @@ pub struct RequestHeaders {
     pub priority: Option<u64>,
     /// W3C `traceparent` value, carried edge → worker so one trace spans both hops.
     pub trace_context: Option<String>,
+    /// What the BODY bytes are ([`body_format`]); absent means plain prompt text.
+    pub body_format: Option<u64>,
 }
 
 impl RequestHeaders {
@@ -120,6 +133,7 @@ impl RequestHeaders {
                     }
                     h.priority = Some(prio);
                 }
+                id::BODY_FORMAT => h.body_format = Some(int(value, "body_format")?),
                 id::TRACE_CONTEXT => {
                     h.trace_context = Some(string(value, "trace_context", MAX_TRACE_CONTEXT_LEN)?)
                 }
@@ -160,6 +174,7 @@ impl RequestHeaders {
             self.trace_context
                 .as_deref()
                 .map(|v| (id::TRACE_CONTEXT, Field::Bytes(v.as_bytes()))),
+            self.body_format.map(|v| (id::BODY_FORMAT, Field::Int(v))),
         ]
         .into_iter()
         .flatten()

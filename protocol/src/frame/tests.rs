@@ -18,10 +18,23 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
         proptest::option::of(0..=varint::MAX),
         proptest::option::of(0..=varint::MAX),
         proptest::option::of(0..=MAX_PRIORITY),
-        proptest::option::of(".{0,40}"),
+        (
+            proptest::option::of(".{0,40}"),
+            proptest::option::of(0..=varint::MAX),
+        ),
     )
         .prop_map(
-            |(model, tenant, key, residency, area, deadline, max_tokens, prio, trace)| {
+            |(
+                model,
+                tenant,
+                key,
+                residency,
+                area,
+                deadline,
+                max_tokens,
+                prio,
+                (trace, body_format),
+            )| {
                 RequestHeaders {
                     model,
                     tenant,
@@ -32,6 +45,7 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
                     max_tokens,
                     priority: prio,
                     trace_context: trace,
+                    body_format,
                 }
             },
         )

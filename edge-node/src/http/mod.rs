@@ -1,0 +1,337 @@
+//! The edge's OpenAI-compatible HTTP front door (HTTP/1.1 and HTTP/2 over TCP):
+//! `POST /v1/chat/completions`, `POST /v1/completions` (streaming SSE and whole responses)
+//! and `GET /v1/models`. The edge reads only `model`, `stream`, `stream_options` and
+//! `max_tokens` from the body and forwards the body unchanged to the worker; routing inputs
+//! come from headers (`x-meridian-area`, `x-meridian-session`) and the configured tenant.
+//! Responses name the serving region and worker (`x-meridian-region`, `x-meridian-worker`).
+//! A client that disconnects cancels the request end to end.
+
+mod openai;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame as HttpFrame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meridian_fabric::edge::{Delivery, Submission, Submitter};
+use meridian_protocol::{body_format, ErrorCode, Frame, RequestHeaders};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use openai::{error_body, status_of, usage, Kind, Meta, Peek};
+
+/// What the front door needs.
+#[derive(Clone)]
+pub struct Front {
+    pub submitter: Submitter,
+    pub tenant: Option<String>,
+    pub max_body: usize,
+}
+
+/// Binds `addr` and serves the front door in the background; returns the bound address.
+pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let front = Arc::new(front);
+    let ids = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            let (front, ids) = (front.clone(), ids.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let (front, ids) = (front.clone(), ids.clone());
+                    async move { Ok::<_, Infallible>(handle(req, &front, &ids).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+type Resp = Response<FrontBody>;
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(FrontBody::Full(Full::new(Bytes::from(v.to_string()))))
+        .expect("valid response")
+}
+
+fn error(code: ErrorCode, message: &str) -> Resp {
+    json_response(status_of(code).0, error_body(code, message))
+}
+
+async fn handle(req: Request<Incoming>, front: &Front, ids: &AtomicU64) -> Resp {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/v1/models") => {
+            let data: Vec<_> = front
+                .submitter
+                .models()
+                .into_iter()
+                .map(
+                    |m| json!({ "id": m, "object": "model", "created": 0, "owned_by": "meridian" }),
+                )
+                .collect();
+            json_response(StatusCode::OK, json!({ "object": "list", "data": data }))
+        }
+        (&Method::POST, "/v1/chat/completions") => completion(req, front, ids, Kind::Chat).await,
+        (&Method::POST, "/v1/completions") => completion(req, front, ids, Kind::Completions).await,
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            error_body(
+                ErrorCode::BAD_REQUEST,
+                &format!("no route for {} {path}", req.method()),
+            ),
+        ),
+    }
+}
+
+fn routing_headers(req: &Request<Incoming>) -> Result<(Option<String>, Option<Bytes>), String> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().map(str::to_owned))
+    };
+    let area = match header("x-meridian-area") {
+        Some(Ok(a))
+            if !a.is_empty()
+                && a.len() <= 16
+                && a.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Some(a)
+        }
+        Some(_) => {
+            return Err("x-meridian-area must be a lowercase area code like `jp` or `eu`".into())
+        }
+        None => None,
+    };
+    let session = match header("x-meridian-session") {
+        Some(Ok(s)) if s.len() <= meridian_protocol::limits::MAX_SHARD_KEY_LEN => {
+            Some(Bytes::from(s))
+        }
+        Some(_) => {
+            return Err("x-meridian-session must be visible ASCII of at most 256 bytes".into())
+        }
+        None => None,
+    };
+    Ok((area, session))
+}
+
+async fn completion(req: Request<Incoming>, front: &Front, ids: &AtomicU64, kind: Kind) -> Resp {
+    let (area, session) = match routing_headers(&req) {
+        Ok(h) => h,
+        Err(m) => return error(ErrorCode::BAD_REQUEST, &m),
+    };
+    let body = match Limited::new(req.into_body(), front.max_body)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                ErrorCode::TOO_LARGE,
+                &format!("request body exceeds {} bytes", front.max_body),
+            )
+        }
+    };
+    let peek: Peek = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                ErrorCode::BAD_REQUEST,
+                &format!("invalid request body: {e}"),
+            )
+        }
+    };
+    if peek.model.is_empty() || peek.model.len() > meridian_protocol::limits::MAX_MODEL_LEN {
+        return error(ErrorCode::BAD_REQUEST, "`model` must be 1-128 bytes");
+    }
+    let mut headers = RequestHeaders::new(peek.model.clone());
+    headers.area = area;
+    headers.shard_key = session;
+    headers.tenant = front.tenant.clone();
+    headers.max_tokens = peek.max_tokens.or(peek.max_completion_tokens);
+    headers.body_format = Some(match kind {
+        Kind::Chat => body_format::OPENAI_CHAT,
+        Kind::Completions => body_format::OPENAI_COMPLETIONS,
+    });
+    let mut sub = match front.submitter.submit(headers, body) {
+        Ok(s) => s,
+        Err(e) => return error(e.code(), &e.to_string()),
+    };
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let prefix = if kind == Kind::Chat {
+        "chatcmpl"
+    } else {
+        "cmpl"
+    };
+    let n = ids.fetch_add(1, Ordering::Relaxed);
+    let meta = Meta {
+        kind,
+        id: format!("{prefix}-{created:x}{n:08x}"),
+        created,
+        model: peek.model,
+    };
+    // Wait for the first answer, so errors before any token get their HTTP status.
+    let mut route = None;
+    let first = loop {
+        match sub.next().await {
+            Some(Delivery::Routed(r)) => route = Some(r),
+            Some(Delivery::Frame(Frame::Error(e)) | Delivery::Failed(e)) => {
+                return error(e.code, &e.message)
+            }
+            Some(Delivery::Frame(f)) => break f,
+            None => {
+                return error(
+                    ErrorCode::UPSTREAM_FAILED,
+                    "the request ended without an answer",
+                )
+            }
+        }
+    };
+    let (region, worker) = route.map_or_else(Default::default, |r| (r.region, r.worker));
+    let include_usage = peek.stream_options.is_some_and(|o| o.include_usage);
+    let response = Response::builder()
+        .header("x-meridian-region", region)
+        .header("x-meridian-worker", worker);
+    if peek.stream {
+        let (tx, rx) = mpsc::channel::<Bytes>(32);
+        tokio::spawn(stream(sub, first, meta, include_usage, tx));
+        response
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(FrontBody::Stream(rx))
+            .expect("valid response")
+    } else {
+        match whole(sub, first, &meta).await {
+            Ok(v) => response
+                .header("content-type", "application/json")
+                .body(FrontBody::Full(Full::new(Bytes::from(v.to_string()))))
+                .expect("valid response"),
+            Err(resp) => resp,
+        }
+    }
+}
+
+/// Relays deliveries as SSE until END (or an error event). Returns when the client is gone:
+/// dropping `sub` cancels the request upstream.
+async fn stream(
+    mut sub: Submission,
+    first: Frame,
+    meta: Meta,
+    include_usage: bool,
+    tx: mpsc::Sender<Bytes>,
+) {
+    if let Some(start) = meta.sse_start() {
+        if tx.send(Bytes::from(start)).await.is_err() {
+            return;
+        }
+    }
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take() {
+            Some(f) => f,
+            None => match sub.next().await {
+                Some(Delivery::Frame(f)) => f,
+                Some(Delivery::Routed(_)) => continue,
+                Some(Delivery::Failed(e)) => Frame::Error(e),
+                None => return,
+            },
+        };
+        let event = match frame {
+            Frame::Tokens(t) => meta.sse_text(&String::from_utf8_lossy(&t)),
+            Frame::End(end) => {
+                let u = include_usage.then(|| usage(end.prompt_tokens, end.completion_tokens));
+                let _ = tx
+                    .send(Bytes::from(meta.sse_end(end.finish_reason, u)))
+                    .await;
+                return;
+            }
+            Frame::Error(e) => {
+                let _ = tx
+                    .send(Bytes::from(format!(
+                        "data: {}\n\n",
+                        error_body(e.code, &e.message)
+                    )))
+                    .await;
+                return;
+            }
+            _ => continue,
+        };
+        if tx.send(Bytes::from(event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Collects a whole response.
+async fn whole(mut sub: Submission, first: Frame, meta: &Meta) -> Result<serde_json::Value, Resp> {
+    let mut text = String::new();
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take() {
+            Some(f) => f,
+            None => match sub.next().await {
+                Some(Delivery::Frame(f)) => f,
+                Some(Delivery::Routed(_)) => continue,
+                Some(Delivery::Failed(e)) => Frame::Error(e),
+                None => {
+                    return Err(error(
+                        ErrorCode::UPSTREAM_FAILED,
+                        "the request ended without END",
+                    ))
+                }
+            },
+        };
+        match frame {
+            Frame::Tokens(t) => text.push_str(&String::from_utf8_lossy(&t)),
+            Frame::End(end) => {
+                return Ok(meta.whole(
+                    &text,
+                    end.finish_reason,
+                    usage(end.prompt_tokens, end.completion_tokens),
+                ))
+            }
+            Frame::Error(e) => return Err(error(e.code, &e.message)),
+            _ => {}
+        }
+    }
+}
+
+/// A whole body or a channel of SSE events.
+pub enum FrontBody {
+    Full(Full<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body for FrontBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<HttpFrame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            FrontBody::Full(f) => Pin::new(f).poll_frame(cx),
+            FrontBody::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(HttpFrame::data(b)))),
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The OpenAI-compatible HTTP front door of `meridian demo --serve`, as an HTTP client sees
+//! it (plain HTTP/1.1 over TCP; a real process).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+struct Serve {
+    child: Child,
+    http: String,
+    admin: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn serve(itl_ms: &str, max_tokens: &str) -> Serve {
+    let dir = std::env::temp_dir().join(format!("meridian-http-{}-{itl_ms}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "demo",
+            "--serve",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft-ms",
+            "2",
+            "--itl-ms",
+            itl_ms,
+        ])
+        .args([
+            "--max-tokens",
+            max_tokens,
+            "--cert-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = |k: &str| {
+        v[k].as_str()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_owned()
+    };
+    Serve {
+        http: url("http_url"),
+        admin: url("admin_url"),
+        child,
+        dir,
+    }
+}
+
+/// One HTTP/1.1 exchange: (status, headers, body). Chunked bodies are de-chunked.
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    tcp.write_all(req.as_bytes()).unwrap();
+    tcp.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let body = if head.to_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    (status, head.to_lowercase(), body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out += &rest[..n];
+        s = &rest[n + 2..];
+    }
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// `(path, headers, body, expected status, expected error code)`.
+type ErrorCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+
+#[test]
+fn streaming_chat_is_exact_openai_sse() {
+    let s = serve("1", "5");
+    let body = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+    let (status, head, sse) = exchange(
+        &s.http,
+        "POST",
+        "/v1/chat/completions",
+        &[JSON, ("x-meridian-area", "jp")],
+        body,
+    );
+    assert_eq!(status, 200, "{sse}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("x-meridian-region: seoul"), "{head}");
+    let events: Vec<&str> = sse.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"));
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text.split_whitespace().count(), 5, "{text}");
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
+}
+
+#[test]
+fn whole_responses_models_and_errors() {
+    let s = serve("1", "4");
+    let (status, head, body) = exchange(
+        &s.http,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            JSON,
+            ("x-meridian-area", "fr"),
+            ("x-meridian-session", "abc"),
+        ],
+        r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"bonjour"}],"max_tokens":2}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("x-meridian-region: frankfurt"), "{head}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+
+    let (status, _, body) = exchange(
+        &s.http,
+        "POST",
+        "/v1/completions",
+        &[JSON],
+        r#"{"model":"llama-3-8b","prompt":"x"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert!(!v["choices"][0]["text"].as_str().unwrap().is_empty());
+
+    let (status, _, body) = exchange(&s.http, "GET", "/v1/models", &[], "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["data"][0]["id"],
+        "llama-3-8b"
+    );
+
+    let cases: [ErrorCase<'_>; 5] = [
+        (
+            "/v1/chat/completions",
+            &[JSON],
+            r#"{"model":"gpt-9","messages":[]}"#,
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/chat/completions",
+            &[JSON],
+            r#"{"messages":[]}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/chat/completions",
+            &[JSON],
+            "{not json",
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/chat/completions",
+            &[JSON, ("x-meridian-area", "JAPAN")],
+            r#"{"model":"llama-3-8b"}"#,
+            400,
+            "bad_request",
+        ),
+        ("/v1/embeddings", &[JSON], "{}", 404, "bad_request"),
+    ];
+    for (path, headers, body, want, code) in cases {
+        let (status, _, resp) = exchange(&s.http, "POST", path, headers, body);
+        assert_eq!(status, want, "{path} {body}: {resp}");
+        let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+        assert_eq!(v["error"]["code"], code, "{resp}");
+        assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string());
+    }
+    let big = format!(
+        r#"{{"model":"llama-3-8b","prompt":"{}"}}"#,
+        "a".repeat(1 << 20)
+    );
+    let (status, _, _) = exchange(&s.http, "POST", "/v1/completions", &[JSON], &big);
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn client_disconnect_cancels_upstream() {
+    // Long generations: 100k tokens at 5 ms each.
+    let s = serve("5", "100000");
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    let body =
+        r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"go on"}],"stream":true}"#;
+    write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut seen = String::new();
+    while !seen.contains("\"content\":\"") || seen.matches("data: ").count() < 3 {
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early: {seen}");
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    drop(tcp);
+    // Observe the edge's own state (its metrics), not a timer: the request is cancelled and
+    // no stream stays open. Bounded so a regression fails instead of hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut tcp = TcpStream::connect(&s.admin).unwrap();
+        write!(
+            tcp,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut m = String::new();
+        tcp.read_to_string(&mut m).unwrap();
+        if m.contains("meridian_cancelled_total 1\n") && m.contains("meridian_active_streams 0\n") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cancellation seen:\n{m}"
+        );
+        std::thread::yield_now();
+    }
+}

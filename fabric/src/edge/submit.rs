@@ -1,0 +1,118 @@
+//! Requests handed to the edge in process — by the HTTP front door, which translates an
+//! OpenAI-compatible request into HEADERS plus the unchanged body — routed and relayed
+//! exactly like a QUIC client's (same routing, residency, retries, deadlines, metrics).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use meridian_protocol::{ErrorCode, ErrorFrame, Frame, RequestHeaders};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::intake::Intake;
+use super::relay;
+use super::sink::{ChannelSink, Delivery};
+use super::EdgeShared;
+
+/// Deliveries buffered per request before the relay waits for the consumer.
+const CHANNEL: usize = 64;
+
+/// A handle that submits requests to a running edge. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Submitter {
+    pub(crate) shared: Arc<EdgeShared>,
+}
+
+/// One submitted request's deliveries: `Routed`, then frames (TOKENS…, END or ERROR), or
+/// `Failed`. Dropping it cancels the request end to end.
+#[derive(Debug)]
+pub struct Submission {
+    rx: mpsc::Receiver<Delivery>,
+}
+
+impl Submission {
+    /// The next delivery; `None` when the request is over.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+}
+
+/// Why a request could not be submitted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The prompt exceeds the edge's limit: answer TOO_LARGE.
+    #[error("prompt of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// The prompt's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl SubmitError {
+    /// The wire code.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::TOO_LARGE
+    }
+}
+
+impl Submitter {
+    /// Submits a request whose prompt is `body` (forwarded unchanged to the worker).
+    pub fn submit(&self, headers: RequestHeaders, body: Bytes) -> Result<Submission, SubmitError> {
+        let cfg = self.shared.router.config();
+        let max = cfg.edge.max_prompt_bytes;
+        if body.len() > max {
+            self.shared.stats.error(ErrorCode::TOO_LARGE);
+            return Err(SubmitError::TooLarge {
+                len: body.len(),
+                max,
+            });
+        }
+        let prefix = body[..body.len().min(cfg.routing.prefix_bytes)].to_vec();
+        let mut chunks = vec![Frame::Headers(headers.clone()).to_bytes()];
+        for part in body.chunks(16 * 1024) {
+            chunks.push(Frame::Body(body.slice_ref(part)).to_bytes());
+        }
+        let intake = Intake {
+            headers,
+            chunks,
+            prefix,
+        };
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let shared = self.shared.clone();
+        let arrived = Instant::now();
+        tokio::spawn(async move {
+            let mut sink = ChannelSink::new(tx);
+            relay::dispatch(&intake, arrived, &mut sink, &shared).await;
+        });
+        Ok(Submission { rx })
+    }
+
+    /// Models the edge can route to.
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = Vec::new();
+        for m in self
+            .shared
+            .router
+            .config()
+            .workers
+            .iter()
+            .flat_map(|w| &w.models)
+        {
+            if !models.contains(m) {
+                models.push(m.clone());
+            }
+        }
+        models
+    }
+}
+
+/// The error a submission ended with, as an ERROR frame, for consumers that want one shape.
+pub fn as_error(d: &Delivery) -> Option<&ErrorFrame> {
+    match d {
+        Delivery::Failed(e) | Delivery::Frame(Frame::Error(e)) => Some(e),
+        _ => None,
+    }
+}
