@@ -14,6 +14,8 @@ mod failure;
 #[cfg(test)]
 mod malformed;
 #[cfg(test)]
+mod openai_backend;
+#[cfg(test)]
 mod process;
 #[cfg(test)]
 mod request_errors;

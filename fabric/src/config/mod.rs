@@ -256,12 +256,40 @@ impl Default for SyntheticBackend {
     }
 }
 
+/// An OpenAI-compatible server the worker proxies to (vLLM, llama.cpp, TGI, Ollama…).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OpenAiBackend {
+    /// `host:port` of the server (plain HTTP).
+    pub authority: String,
+    /// Path prefix of the API, e.g. `/v1` (requests go to `{prefix}/chat/completions`).
+    pub path_prefix: String,
+    /// Bearer token sent upstream, if any.
+    pub api_key: Option<String>,
+    /// Meridian model name → the server's model name.
+    pub model_map: std::collections::BTreeMap<String, String>,
+    /// Connect-and-first-byte timeout.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for OpenAiBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiBackend")
+            .field("authority", &self.authority)
+            .field("path_prefix", &self.path_prefix)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<secret>"))
+            .field("model_map", &self.model_map)
+            .finish()
+    }
+}
+
 /// A worker's backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Backend {
     /// Built-in deterministic generator.
     Synthetic(SyntheticBackend),
+    /// Proxy to an OpenAI-compatible server.
+    OpenAi(OpenAiBackend),
 }
 
 /// A validated worker configuration.

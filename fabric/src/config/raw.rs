@@ -134,6 +134,12 @@ pub struct RawWorker {
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub kind: Spanned<String>,
+    pub base_url: Option<Spanned<String>>,
+    pub api_key: Option<String>,
+    pub api_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub model_map: BTreeMap<String, String>,
+    pub timeout_ms: Option<Spanned<u64>>,
     pub ttft_ms: Option<Spanned<u64>>,
     pub itl_ms: Option<Spanned<u64>>,
     pub max_tokens: Option<Spanned<u64>>,

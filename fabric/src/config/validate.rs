@@ -566,12 +566,13 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
     cx.name(&w.region, "region name");
     let backend = match raw.backend.as_ref().map(|b| b.get_ref()) {
         None => Backend::Synthetic(SyntheticBackend::default()),
+        Some(b) if b.kind.get_ref() == "openai" => Backend::OpenAi(openai_backend(&mut cx, b)),
         Some(b) => {
             if b.kind.get_ref() != "synthetic" {
                 cx.err(
                     Some(b.kind.span()),
                     format!(
-                        "unknown backend kind `{}`: expected `synthetic`",
+                        "unknown backend kind `{}`: expected `synthetic` or `openai`",
                         b.kind.get_ref()
                     ),
                 );
@@ -620,4 +621,60 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
         backend,
     };
     cx.finish(config)
+}
+
+fn openai_backend(cx: &mut Ctx<'_>, b: &RawBackend) -> OpenAiBackend {
+    let (authority, path_prefix) = match &b.base_url {
+        None => {
+            cx.err(
+                Some(b.kind.span()),
+                "backend `openai` needs `base_url`, e.g. \"http://127.0.0.1:8000/v1\"",
+            );
+            (String::new(), String::new())
+        }
+        Some(u) => match u.get_ref().strip_prefix("http://") {
+            Some(rest) => {
+                let (auth, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+                if auth.is_empty() {
+                    cx.err(Some(u.span()), "base_url has no host");
+                }
+                (
+                    auth.to_owned(),
+                    format!("/{}", path.trim_end_matches('/'))
+                        .trim_end_matches('/')
+                        .to_owned(),
+                )
+            }
+            None => {
+                cx.err(Some(u.span()), "base_url must start with http:// (TLS to the backend is not supported yet; run the worker beside the server)");
+                (String::new(), String::new())
+            }
+        },
+    };
+    let api_key = match (&b.api_key, &b.api_key_env) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(var)) => match std::env::var(var.get_ref()) {
+            Ok(k) => Some(k),
+            Err(_) => {
+                cx.err(
+                    Some(var.span()),
+                    format!("environment variable `{}` is not set", var.get_ref()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    OpenAiBackend {
+        authority,
+        path_prefix,
+        api_key,
+        model_map: b.model_map.clone(),
+        timeout: cx.millis(
+            b.timeout_ms.as_ref(),
+            "timeout_ms",
+            600_000,
+            Duration::from_secs(30),
+        ),
+    }
 }

@@ -2,6 +2,8 @@
 //! connection carries one request per bidirectional stream and the worker's control stream
 //! (SETTINGS, LOAD reports, GOAWAY when draining).
 
+mod emit;
+mod openai;
 mod request;
 mod stats;
 pub mod synthetic;
@@ -29,6 +31,8 @@ pub(crate) struct Shared {
     pub config: WorkerConfig,
     pub stats: Arc<WorkerStats>,
     pub slots: Semaphore,
+    /// The OpenAI-compatible upstream, for `Backend::OpenAi`.
+    pub openai: Option<openai::OpenAiClient>,
 }
 
 /// A running worker.
@@ -81,10 +85,15 @@ pub fn spawn(
         .local_addr()
         .map_err(|e| WorkerError::Bind(config.listen, e))?;
     let stats = Arc::new(WorkerStats::default());
+    let openai = match &config.backend {
+        crate::config::Backend::OpenAi(b) => Some(openai::OpenAiClient::new(b.clone())),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         slots: Semaphore::new(config.max_concurrent as usize),
         config,
         stats: stats.clone(),
+        openai,
     });
     info!(worker = %shared.config.name, region = %shared.config.region, %addr, "worker listening");
     let task = tokio::spawn(serve(endpoint.clone(), shared, shutdown.clone()));

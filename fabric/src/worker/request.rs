@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use meridian_protocol::io::{FrameReader, ReadFrameError};
-use meridian_protocol::{End, ErrorCode, ErrorFrame, FinishReason, Frame, RequestHeaders};
+use meridian_protocol::{ErrorCode, ErrorFrame, Frame, RequestHeaders};
 use quinn::{RecvStream, SendStream};
 use tracing::debug;
 
+use super::emit::{Emitter, GenError};
 use super::stats::Event;
-use super::synthetic::Plan;
+use super::synthetic;
 use super::{varint_code, Shared};
 use crate::config::Backend;
 
@@ -62,15 +63,22 @@ pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Sh
     let Ok(_permit) = permit else { return };
     shared.stats.record(Event::Started);
     let outcome = tokio::select! {
-        r = generate(&mut send, &headers, &prompt, &shared, received) => r,
-        _ = &mut stopped => Err(()),
+        r = generate(&mut send, &headers, prompt, &shared, received) => r,
+        _ = &mut stopped => Err(GenError::Cancelled),
     };
     match outcome {
         Ok(()) => {
             let _ = send.finish();
             shared.stats.record(Event::Completed);
         }
-        Err(()) => {
+        Err(GenError::Failed(e)) => {
+            debug!(worker = %shared.config.name, code = %e.code, "backend failed: {}", e.message);
+            // Counted as completed: the request ended with an answer (an ERROR).
+            let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
+            let _ = send.finish();
+            shared.stats.record(Event::Completed);
+        }
+        Err(GenError::Cancelled) => {
             debug!(worker = %shared.config.name, "request cancelled; generation stopped");
             let _ = send.reset(varint_code(ErrorCode::CANCELLED));
             shared.stats.record(Event::Cancelled);
@@ -134,38 +142,19 @@ async fn read_request(
 async fn generate(
     send: &mut SendStream,
     headers: &RequestHeaders,
-    prompt: &[u8],
+    prompt: Bytes,
     shared: &Shared,
     received: Instant,
-) -> Result<(), ()> {
-    let Backend::Synthetic(cfg) = &shared.config.backend;
-    let plan = Plan::new(cfg, prompt, headers.max_tokens);
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut first = None;
-    tokio::time::sleep(plan.ttft).await;
-    for i in 0..plan.count {
-        if i > 0 {
-            tokio::time::sleep(plan.itl).await;
+) -> Result<(), GenError> {
+    let emit = Emitter::new(send, &shared.stats, received);
+    match &shared.config.backend {
+        Backend::Synthetic(cfg) => synthetic::run(cfg, headers, &prompt, emit).await,
+        Backend::OpenAi(_) => {
+            let client = shared
+                .openai
+                .as_ref()
+                .expect("an openai backend has a client");
+            client.run(headers, prompt, emit).await
         }
-        let token = plan.token(i);
-        Frame::Tokens(Bytes::from(token)).encode(&mut buf);
-        send.write_chunk(buf.split().freeze())
-            .await
-            .map_err(|_| ())?;
-        shared.stats.record(Event::Token);
-        first.get_or_insert_with(|| received.elapsed());
     }
-    let end = End {
-        finish_reason: if plan.truncated {
-            FinishReason::Length
-        } else {
-            FinishReason::Stop
-        },
-        prompt_tokens: Plan::prompt_tokens(prompt),
-        completion_tokens: plan.count,
-        ttft_us: first.unwrap_or_default().as_micros() as u64,
-        total_us: received.elapsed().as_micros() as u64,
-    };
-    Frame::End(end).encode(&mut buf);
-    send.write_chunk(buf.split().freeze()).await.map_err(|_| ())
 }

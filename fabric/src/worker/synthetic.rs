@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use meridian_protocol::{FinishReason, RequestHeaders};
+
+use super::emit::{Emitter, GenError};
 use crate::config::SyntheticBackend;
 
 const WORDS: &[&str] = &[
@@ -124,6 +127,30 @@ impl Plan {
     pub fn prompt_tokens(prompt: &[u8]) -> u64 {
         (prompt.len() as u64).div_ceil(4)
     }
+}
+
+/// Generates the planned tokens with the configured timing.
+pub(crate) async fn run(
+    cfg: &SyntheticBackend,
+    headers: &RequestHeaders,
+    prompt: &[u8],
+    mut emit: Emitter<'_>,
+) -> Result<(), GenError> {
+    let plan = Plan::new(cfg, prompt, headers.max_tokens);
+    tokio::time::sleep(plan.ttft).await;
+    for i in 0..plan.count {
+        if i > 0 {
+            tokio::time::sleep(plan.itl).await;
+        }
+        emit.token(plan.token(i).as_bytes()).await?;
+    }
+    let reason = if plan.truncated {
+        FinishReason::Length
+    } else {
+        FinishReason::Stop
+    };
+    emit.end(reason, Plan::prompt_tokens(prompt), plan.count)
+        .await
 }
 
 #[cfg(test)]

@@ -1,0 +1,348 @@
+//! The `openai` backend: the worker proxies each request to an OpenAI-compatible server
+//! (vLLM, llama.cpp, TGI, Ollama…) over kept-alive HTTP/1.1 connections, streaming (SSE),
+//! and turns the stream into TOKENS/END. Upstream failures map to wire codes; when the edge
+//! cancels, the in-flight upstream request is dropped, which closes its connection.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use meridian_protocol::{body_format, ErrorCode, ErrorFrame, FinishReason, RequestHeaders};
+use serde_json::{json, Value};
+
+use super::emit::{Emitter, GenError};
+use crate::config::OpenAiBackend;
+
+/// Most idle upstream connections kept.
+const MAX_IDLE: usize = 256;
+
+/// A pooled client for one upstream server.
+pub(crate) struct OpenAiClient {
+    cfg: OpenAiBackend,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+impl std::fmt::Debug for OpenAiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiClient")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+fn failed(code: ErrorCode, message: impl Into<String>) -> GenError {
+    GenError::Failed(ErrorFrame::new(code, message))
+}
+
+/// The wire code for an upstream HTTP status.
+fn code_of(status: u16) -> ErrorCode {
+    match status {
+        400 | 422 => ErrorCode::BAD_REQUEST,
+        401 | 403 => ErrorCode::UNAUTHORIZED,
+        404 => ErrorCode::MODEL_NOT_FOUND,
+        413 => ErrorCode::TOO_LARGE,
+        429 => ErrorCode::RATE_LIMITED,
+        503 => ErrorCode::OVERLOADED,
+        504 => ErrorCode::DEADLINE_EXCEEDED,
+        _ => ErrorCode::UPSTREAM_FAILED,
+    }
+}
+
+impl OpenAiClient {
+    pub(crate) fn new(cfg: OpenAiBackend) -> Self {
+        OpenAiClient {
+            cfg,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, GenError> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match idle {
+                Some(mut sr) => {
+                    if sr.ready().await.is_ok() {
+                        return Ok(sr);
+                    }
+                }
+                None => break,
+            }
+        }
+        let unreachable = |e: &dyn std::fmt::Display| {
+            failed(
+                ErrorCode::UPSTREAM_FAILED,
+                format!("backend {}: {e}", self.cfg.authority),
+            )
+        };
+        let tcp = tokio::net::TcpStream::connect(&self.cfg.authority)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let (sr, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(conn);
+        Ok(sr)
+    }
+
+    fn release(&self, sr: SendRequest<Full<Bytes>>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sr);
+        }
+    }
+
+    /// The upstream path and body for a request (the model mapped, streaming forced on).
+    fn upstream_request(
+        &self,
+        h: &RequestHeaders,
+        prompt: &[u8],
+    ) -> Result<(String, Vec<u8>), GenError> {
+        let model = self
+            .cfg
+            .model_map
+            .get(&h.model)
+            .cloned()
+            .unwrap_or_else(|| h.model.clone());
+        let (endpoint, mut body) = match h.body_format.unwrap_or(body_format::PROMPT) {
+            body_format::PROMPT => {
+                let text = String::from_utf8_lossy(prompt);
+                (
+                    "chat/completions",
+                    json!({ "messages": [{ "role": "user", "content": text }] }),
+                )
+            }
+            f => {
+                let v: Value = serde_json::from_slice(prompt).map_err(|e| {
+                    failed(
+                        ErrorCode::BAD_REQUEST,
+                        format!("request body is not JSON: {e}"),
+                    )
+                })?;
+                if !v.is_object() {
+                    return Err(failed(
+                        ErrorCode::BAD_REQUEST,
+                        "request body must be a JSON object",
+                    ));
+                }
+                (
+                    if f == body_format::OPENAI_CHAT {
+                        "chat/completions"
+                    } else {
+                        "completions"
+                    },
+                    v,
+                )
+            }
+        };
+        body["model"] = model.into();
+        body["stream"] = true.into();
+        body["stream_options"] = json!({ "include_usage": true });
+        if let (Some(m), None) = (h.max_tokens, body.get("max_tokens")) {
+            body["max_tokens"] = m.into();
+        }
+        let body = serde_json::to_vec(&body).expect("JSON values serialise");
+        Ok((format!("{}/{endpoint}", self.cfg.path_prefix), body))
+    }
+
+    /// Runs one request upstream and emits its tokens.
+    pub(crate) async fn run(
+        &self,
+        h: &RequestHeaders,
+        prompt: Bytes,
+        mut emit: Emitter<'_>,
+    ) -> Result<(), GenError> {
+        let (path, body) = self.upstream_request(h, &prompt)?;
+        let mut req = hyper::Request::post(path)
+            .header("host", &self.cfg.authority)
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream");
+        if let Some(k) = &self.cfg.api_key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| failed(ErrorCode::INTERNAL, e.to_string()))?;
+        let start = Instant::now();
+        let mut sr = tokio::time::timeout(self.cfg.timeout, self.connection())
+            .await
+            .map_err(|_| failed(ErrorCode::UPSTREAM_FAILED, "backend connect timed out"))??;
+        let resp = tokio::time::timeout(
+            self.cfg.timeout.saturating_sub(start.elapsed()),
+            sr.send_request(req),
+        )
+        .await
+        .map_err(|_| {
+            failed(
+                ErrorCode::DEADLINE_EXCEEDED,
+                "backend did not answer in time",
+            )
+        })?
+        .map_err(|e| {
+            failed(
+                ErrorCode::UPSTREAM_FAILED,
+                format!("backend request failed: {e}"),
+            )
+        })?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status != 200 {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+            return Err(failed(
+                code_of(status),
+                format!("backend answered {status}: {message}"),
+            ));
+        }
+        let mut sse = SseState::default();
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                failed(
+                    ErrorCode::UPSTREAM_FAILED,
+                    format!("backend stream broke: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let event = buf.split_to(end + 2);
+                for text in sse.event(&event)? {
+                    emit.token(text.as_bytes()).await?;
+                }
+            }
+            if sse.done {
+                break;
+            }
+        }
+        if !sse.done {
+            return Err(failed(
+                ErrorCode::UPSTREAM_FAILED,
+                "backend stream ended without [DONE]",
+            ));
+        }
+        self.release(sr);
+        let completion = sse.completion_tokens.unwrap_or(emit.tokens);
+        let prompt_tokens = sse
+            .prompt_tokens
+            .unwrap_or((prompt.len() as u64).div_ceil(4));
+        emit.end(sse.finish, prompt_tokens, completion).await
+    }
+}
+
+/// What the SSE stream told us so far.
+#[derive(Debug)]
+struct SseState {
+    done: bool,
+    finish: FinishReason,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl Default for SseState {
+    fn default() -> Self {
+        SseState {
+            done: false,
+            finish: FinishReason::Stop,
+            prompt_tokens: None,
+            completion_tokens: None,
+        }
+    }
+}
+
+impl SseState {
+    /// Parses one SSE event; returns the text it carries.
+    fn event(&mut self, event: &[u8]) -> Result<Vec<String>, GenError> {
+        let mut out = Vec::new();
+        for line in event.split(|b| *b == b'\n') {
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            if data == b"[DONE]" {
+                self.done = true;
+                continue;
+            }
+            let v: Value = serde_json::from_slice(data).map_err(|e| {
+                failed(
+                    ErrorCode::UPSTREAM_FAILED,
+                    format!("backend sent a malformed chunk: {e}"),
+                )
+            })?;
+            if let Some(msg) = v["error"]["message"].as_str() {
+                return Err(failed(
+                    ErrorCode::UPSTREAM_FAILED,
+                    format!("backend error: {msg}"),
+                ));
+            }
+            let choice = &v["choices"][0];
+            let text = choice["delta"]["content"]
+                .as_str()
+                .or(choice["text"].as_str())
+                .unwrap_or("");
+            if !text.is_empty() {
+                out.push(text.to_owned());
+            }
+            match choice["finish_reason"].as_str() {
+                Some("length") => self.finish = FinishReason::Length,
+                Some(_) => self.finish = FinishReason::Stop,
+                None => {}
+            }
+            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                self.prompt_tokens = u["prompt_tokens"].as_u64();
+                self.completion_tokens = u["completion_tokens"].as_u64();
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_chat_and_completion_chunks() {
+        let mut s = SseState::default();
+        let chat =
+            br#"data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#;
+        assert_eq!(s.event(chat).unwrap(), ["Hel"]);
+        let fin = br#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#;
+        assert!(s.event(fin).unwrap().is_empty());
+        let usage = br#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+        s.event(usage).unwrap();
+        s.event(b"data: [DONE]").unwrap();
+        assert!(s.done);
+        assert_eq!(
+            (s.finish, s.prompt_tokens, s.completion_tokens),
+            (FinishReason::Length, Some(3), Some(1))
+        );
+        let text = br#"data: {"choices":[{"index":0,"text":"lo","finish_reason":null}]}"#;
+        assert_eq!(SseState::default().event(text).unwrap(), ["lo"]);
+        assert!(SseState::default().event(b"data: {nope").is_err());
+        assert!(SseState::default()
+            .event(br#"data: {"error":{"message":"boom"}}"#)
+            .is_err());
+    }
+
+    #[test]
+    fn statuses_map_to_wire_codes() {
+        assert_eq!(code_of(404), ErrorCode::MODEL_NOT_FOUND);
+        assert_eq!(code_of(429), ErrorCode::RATE_LIMITED);
+        assert_eq!(code_of(401), ErrorCode::UNAUTHORIZED);
+        assert_eq!(code_of(500), ErrorCode::UPSTREAM_FAILED);
+        assert_eq!(code_of(503), ErrorCode::OVERLOADED);
+    }
+}

@@ -1,0 +1,207 @@
+//! Workers with the `openai` backend in front of `meridian-bench mock-openai` (a real HTTP
+//! server process), through a real edge.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_fabric::config::{parse_config, Backend, OpenAiBackend, ServerTls, WorkerConfig};
+use meridian_fabric::edge::{self, EdgeHandle};
+use meridian_fabric::shutdown::Shutdown;
+use meridian_fabric::tls::Identity;
+use meridian_fabric::worker::{self, WorkerHandle};
+use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+use meridian_protocol::{body_format, ErrorCode};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+fn bench_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("meridian-bench");
+    assert!(
+        bin.exists(),
+        "{} missing: cargo test --workspace builds it",
+        bin.display()
+    );
+    bin
+}
+
+async fn mock(itl_ms: u64, max_tokens: u64) -> (Child, String) {
+    let mut child = Command::new(bench_bin())
+        .args([
+            "mock-openai",
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft-ms",
+            "1",
+            "--itl-ms",
+            &itl_ms.to_string(),
+        ])
+        .args(["--max-tokens", &max_tokens.to_string()])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("mock start", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    (child, v["mock_openai"].as_str().unwrap().to_owned())
+}
+
+struct Topo {
+    edge: EdgeHandle,
+    workers: Vec<WorkerHandle>,
+    client: Client,
+}
+
+/// One edge and one `openai`-backed worker per upstream authority.
+async fn topology(name: &str, upstreams: &[&str]) -> Topo {
+    let dir = scratch(name);
+    let mut id = Identity::self_signed().unwrap();
+    id.write(&dir).unwrap();
+    let cert = id.cert_path.clone().unwrap();
+    let mut toml = String::from("[edge]\nlisten = \"127.0.0.1:0\"\n[[region]]\nname = \"r\"\n");
+    let mut workers = Vec::new();
+    for (i, authority) in upstreams.iter().enumerate() {
+        let backend = OpenAiBackend {
+            authority: (*authority).to_owned(),
+            path_prefix: "/v1".into(),
+            api_key: Some("sk-test".into()),
+            model_map: BTreeMap::from([("llama-3-8b".to_owned(), "mock-model".to_owned())]),
+            timeout: Duration::from_secs(10),
+        };
+        let wc = WorkerConfig {
+            name: format!("w{i}"),
+            region: "r".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            models: vec!["llama-3-8b".into()],
+            max_concurrent: 16,
+            max_prompt_bytes: 1 << 20,
+            load_report: Duration::from_millis(100),
+            ack_eliciting_threshold: None,
+            tls: ServerTls::Dev { dir: dir.clone() },
+            backend: Backend::OpenAi(backend),
+        };
+        let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
+        toml += &format!(
+            "[[worker]]\nname = \"w{i}\"\nregion = \"r\"\naddress = \"{}\"\nmodels = [\"llama-3-8b\"]\npin = \"{}\"\n",
+            w.addr,
+            cert.display()
+        );
+        workers.push(w);
+    }
+    let config = Arc::new(parse_config(&toml, Path::new("openai-test.toml")).unwrap());
+    let edge = edge::spawn(config, &id, Shutdown::new()).unwrap();
+    let n = upstreams.len();
+    within(
+        "workers up",
+        edge.router.wait_until(|r| r.healthy_workers() == n),
+    )
+    .await;
+    let client = within(
+        "connect",
+        Client::connect(
+            edge.addr,
+            ClientConfig::new(Trust::pin_file(&cert).unwrap()),
+        ),
+    )
+    .await
+    .unwrap();
+    Topo {
+        edge,
+        workers,
+        client,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_backend_streams_tokens_from_an_openai_server() {
+    let (_mock, addr) = mock(1, 6).await;
+    let t = topology("openai", &[&addr]).await;
+    // A plain prompt from the native SDK becomes a chat completion upstream.
+    let (_, text, end) = within(
+        "prompt",
+        t.client
+            .generate(Request::new("llama-3-8b", "hello"))
+            .await
+            .unwrap()
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(text, "mock tokens flow over sse to ");
+    assert_eq!(
+        end.completion_tokens, 6,
+        "usage from the upstream's include_usage chunk"
+    );
+    // An OpenAI body (what the HTTP front door forwards) keeps its own fields.
+    let mut req = Request::new(
+        "llama-3-8b",
+        Bytes::from_static(br#"{"model":"x","prompt":"hi","max_tokens":3}"#),
+    );
+    req.headers.body_format = Some(body_format::OPENAI_COMPLETIONS);
+    let (_, text, end) = within(
+        "completions",
+        t.client.generate(req).await.unwrap().collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (text.as_str(), end.completion_tokens),
+        ("mock tokens flow ", 3)
+    );
+    // A body that is not JSON is the client's error.
+    let mut req = Request::new("llama-3-8b", "not json");
+    req.headers.body_format = Some(body_format::OPENAI_CHAT);
+    let err = within("bad body", t.client.generate(req).await.unwrap().collect())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BAD_REQUEST));
+    let _ = t.edge.router.healthy_workers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backend_is_upstream_failed_and_cancel_stops_upstream() {
+    // Port 9 on loopback: nothing listens, the connection is refused.
+    let t = topology("openai-down", &["127.0.0.1:9"]).await;
+    let err = within(
+        "down",
+        t.client
+            .generate(Request::new("llama-3-8b", "x"))
+            .await
+            .unwrap()
+            .collect(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UPSTREAM_FAILED), "{err}");
+
+    let (_mock, addr) = mock(5, 100_000).await;
+    let t = topology("openai-cancel", &[&addr]).await;
+    let mut g = t
+        .client
+        .generate(Request::new("llama-3-8b", "long"))
+        .await
+        .unwrap();
+    routed(&mut g).await;
+    tokens(&mut g).await;
+    drop(g);
+    let stats = &t.workers[0].stats;
+    within(
+        "worker cancelled",
+        stats.wait_until(|s| s.cancelled == 1 && s.in_flight == 0),
+    )
+    .await;
+}
