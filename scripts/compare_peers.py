@@ -3,7 +3,8 @@
 
 Starts `meridian-bench mock-openai` (the shared backend), Envoy (HTTP/1.1 listener, ring
 hash on `x-session-id`) and vllm-router (`--policy consistent_hash`) in front of it, and a
-Meridian worker + edge with the same synthetic timing; drives each with `meridian-bench
+Meridian worker + edge with the same synthetic timing (native QUIC path and the edge's
+OpenAI-compatible HTTP front door); drives each with `meridian-bench
 run` (same concurrency, tokens/s per stream and tokens per response), reads each gateway's
 CPU time from /proc, and prints gateway CPU per token and added TTFT against the direct
 baseline, as ratios. Not part of CI: it pip-installs the peers into a venv.
@@ -160,7 +161,7 @@ def main():
         procs.append(worker)
         ecfg = os.path.join(tmp, "edge.toml")
         with open(ecfg, "w") as f:
-            f.write(f'[edge]\nlisten = "127.0.0.1:0"\nmax_streams_per_connection = 1000\n[tls]\ndev_cert_dir = "ecert"\n'
+            f.write(f'[edge]\nlisten = "127.0.0.1:0"\nhttp = "127.0.0.1:0"\nmax_streams_per_connection = 1000\n[tls]\ndev_cert_dir = "ecert"\n'
                     f'[[region]]\nname = "r"\n[[worker]]\nname = "w1"\nregion = "r"\naddress = "{wl["addr"]}"\n'
                     f'models = ["llama-3-8b"]\npin = "{wl["cert"]}"\n')
         edge, el = start([os.path.join(BIN, "meridian"), "edge", "--json", "--config", ecfg])
@@ -175,6 +176,7 @@ def main():
             r["vllm_router"] = measured(vllm, http(vllm_port), conc, a, tmp, "vllm")
             r["meridian_direct"] = measured(None, ["--direct", wl["addr"], "--cert", wl["cert"]], conc, a, tmp, "mdirect")
             r["meridian_edge"] = measured(edge, ["--edge", el["edge_addr"], "--cert", el["cert"]], conc, a, tmp, "medge")
+            r["meridian_http"] = measured(edge, ["--http", el["http_url"] + "/v1/chat/completions"], conc, a, tmp, "mhttp")
             rows.append(r)
             print_row(r)
         if a.json:
@@ -192,7 +194,8 @@ def print_row(r):
     m = r["meridian_edge"]["cpu_us_per_token"]
     print(f"\nconcurrency {r['concurrency']}")
     print(f"{'gateway':<14} {'cpu µs/token':>12} {'vs meridian':>11} {'+ttft p50':>10} {'+ttft p99':>10} {'tok/s':>9} {'errors':>8}")
-    for side, base in [("meridian_edge", "meridian_direct"), ("envoy", "mock_direct"), ("vllm_router", "mock_direct")]:
+    for side, base in [("meridian_edge", "meridian_direct"), ("meridian_http", "mock_direct"),
+                       ("envoy", "mock_direct"), ("vllm_router", "mock_direct")]:
         s = r[side]
         c = s["cpu_us_per_token"]
         print(f"{side:<14} {c:>12.2f} {c / m:>10.2f}x {added(side, base, 'p50'):>10.2f} {added(side, base, 'p99'):>10.2f} "
