@@ -1,5 +1,7 @@
 //! The `meridian` command line as a user runs it (a real process per test).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -162,21 +164,8 @@ fn demo_json_runs_the_scenario() {
 
 /// A plain HTTP/1.1 GET: (status, body).
 fn http_get(base: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let addr = base.trim_start_matches("http://");
-    let mut tcp = std::net::TcpStream::connect(addr).expect("admin listener reachable");
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (status, _, body) =
+        common::exchange(base.trim_start_matches("http://"), "GET", path, &[], "");
     (status, body)
 }
 

@@ -246,14 +246,11 @@ async fn stream(
     }
     let mut next = Some(first);
     loop {
-        let frame = match next.take() {
-            Some(f) => f,
-            None => match sub.next().await {
-                Some(Delivery::Frame(f)) => f,
-                Some(Delivery::Routed(_)) => continue,
-                Some(Delivery::Failed(e)) => Frame::Error(e),
-                None => return,
-            },
+        let Some(frame) = (match next.take() {
+            Some(f) => Some(f),
+            None => sub.next_frame().await,
+        }) else {
+            return;
         };
         let event = match frame {
             Frame::Tokens(t) => meta.sse_text(&String::from_utf8_lossy(&t)),
@@ -286,19 +283,14 @@ async fn whole(mut sub: Submission, first: Frame, meta: &Meta) -> Result<serde_j
     let mut text = String::new();
     let mut next = Some(first);
     loop {
-        let frame = match next.take() {
-            Some(f) => f,
-            None => match sub.next().await {
-                Some(Delivery::Frame(f)) => f,
-                Some(Delivery::Routed(_)) => continue,
-                Some(Delivery::Failed(e)) => Frame::Error(e),
-                None => {
-                    return Err(error(
-                        ErrorCode::UPSTREAM_FAILED,
-                        "the request ended without END",
-                    ))
-                }
-            },
+        let Some(frame) = (match next.take() {
+            Some(f) => Some(f),
+            None => sub.next_frame().await,
+        }) else {
+            return Err(error(
+                ErrorCode::UPSTREAM_FAILED,
+                "the request ended without END",
+            ));
         };
         match frame {
             Frame::Tokens(t) => text.push_str(&String::from_utf8_lossy(&t)),

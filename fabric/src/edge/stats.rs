@@ -149,66 +149,68 @@ impl EdgeStats {
     pub fn render(&self, router: &Router) -> String {
         let cfg = router.config();
         let mut out = String::with_capacity(16 * 1024);
-        let mut counter = |name: &str, help: &str, kind: &str, v: i64| {
+        let scalars: [(&str, &str, &str, i64); 9] = [
+            (
+                "meridian_requests_total",
+                "Request streams accepted.",
+                "counter",
+                self.requests.load(Relaxed) as i64,
+            ),
+            (
+                "meridian_tokens_relayed_total",
+                "TOKENS frames relayed to clients.",
+                "counter",
+                self.tokens.load(Relaxed) as i64,
+            ),
+            (
+                "meridian_connections_total",
+                "Client connections accepted.",
+                "counter",
+                self.connections.load(Relaxed) as i64,
+            ),
+            (
+                "meridian_refused_connections_total",
+                "Client connections refused at the limit.",
+                "counter",
+                self.refused_connections.load(Relaxed) as i64,
+            ),
+            (
+                "meridian_active_connections",
+                "Client connections open now.",
+                "gauge",
+                self.active_connections.load(Relaxed),
+            ),
+            (
+                "meridian_active_streams",
+                "Request streams open now.",
+                "gauge",
+                self.active_streams.load(Relaxed),
+            ),
+            (
+                "meridian_retries_total",
+                "Upstream attempts retried before the first token.",
+                "counter",
+                self.retries.load(Relaxed) as i64,
+            ),
+            (
+                "meridian_cancelled_total",
+                "Requests cancelled by their client.",
+                "counter",
+                self.cancelled.load(Relaxed) as i64,
+            ),
+            (
+                "meridian_residency_rejections_total",
+                "Requests refused with RESIDENCY_UNAVAILABLE.",
+                "counter",
+                self.residency_rejections.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, help, kind, v) in scalars {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
-        };
-        counter(
-            "meridian_requests_total",
-            "Request streams accepted.",
-            "counter",
-            self.requests.load(Relaxed) as i64,
-        );
-        counter(
-            "meridian_tokens_relayed_total",
-            "TOKENS frames relayed to clients.",
-            "counter",
-            self.tokens.load(Relaxed) as i64,
-        );
-        counter(
-            "meridian_connections_total",
-            "Client connections accepted.",
-            "counter",
-            self.connections.load(Relaxed) as i64,
-        );
-        counter(
-            "meridian_refused_connections_total",
-            "Client connections refused at the limit.",
-            "counter",
-            self.refused_connections.load(Relaxed) as i64,
-        );
-        counter(
-            "meridian_active_connections",
-            "Client connections open now.",
-            "gauge",
-            self.active_connections.load(Relaxed),
-        );
-        counter(
-            "meridian_active_streams",
-            "Request streams open now.",
-            "gauge",
-            self.active_streams.load(Relaxed),
-        );
-        counter(
-            "meridian_retries_total",
-            "Upstream attempts retried before the first token.",
-            "counter",
-            self.retries.load(Relaxed) as i64,
-        );
-        counter(
-            "meridian_cancelled_total",
-            "Requests cancelled by their client.",
-            "counter",
-            self.cancelled.load(Relaxed) as i64,
-        );
-        counter(
-            "meridian_residency_rejections_total",
-            "Requests refused with RESIDENCY_UNAVAILABLE.",
-            "counter",
-            self.residency_rejections.load(Relaxed) as i64,
-        );
+        }
         let _ = writeln!(out, "# HELP meridian_errors_total Errors sent to clients, by wire code.\n# TYPE meridian_errors_total counter");
         for code in ErrorCode::ALL.iter().skip(1) {
             let _ = writeln!(

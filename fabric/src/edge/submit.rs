@@ -35,6 +35,18 @@ impl Submission {
     pub async fn next(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }
+
+    /// The next frame from the worker, skipping route announcements; an edge-side failure
+    /// comes as an ERROR frame. `None` when the request is over.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            match self.rx.recv().await? {
+                Delivery::Routed(_) => continue,
+                Delivery::Frame(f) => return Some(f),
+                Delivery::Failed(e) => return Some(Frame::Error(e)),
+            }
+        }
+    }
 }
 
 /// Why a request could not be submitted.
