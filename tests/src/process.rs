@@ -96,7 +96,7 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
     std::fs::write(
         &edge_cfg,
         format!(
-            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"test-pop\"\nintake_timeout_ms = 300\n\n[tls]\ndev_cert_dir = \"edge-cert\"\n\n\
+            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"test-pop\"\nintake_timeout_ms = 300\nadmin = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n[tls]\ndev_cert_dir = \"edge-cert\"\n\n\
              [[region]]\nname = \"seoul\"\n\n[[region]]\nname = \"tokyo\"\n\n[areas]\njp = [\"seoul\", \"tokyo\"]\n{entries}"
         ),
     )
@@ -106,6 +106,20 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
     let ready = edge.json_line().await;
     assert_eq!(ready["ready"], true, "{ready}");
     let addr = started["edge_addr"].as_str().unwrap().parse().unwrap();
+    assert!(
+        started["admin_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{started}"
+    );
+    assert!(
+        started["http_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{started}"
+    );
     let trust = Trust::pin_file(started["cert"].as_str().unwrap()).unwrap();
     let client = within("connect", Client::connect(addr, ClientConfig::new(trust)))
         .await

@@ -29,18 +29,61 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let identity = Identity::load(&config.edge.tls).context("setting up the edge certificate")?;
     let pop = config.edge.pop.clone();
     let workers = config.workers.len();
+    let (admin_addr, http_addr) = (config.edge.admin, config.edge.http);
+    let (http_tenant, max_body) = (
+        config.edge.http_tenant.clone(),
+        config.edge.max_prompt_bytes,
+    );
     let handle = edge::spawn(Arc::new(config), &identity, Shutdown::new())?;
     let cert = cert_display(&identity);
+    let admin_url = match admin_addr {
+        Some(a) => {
+            let admin = crate::admin::Admin {
+                router: handle.router.clone(),
+                stats: handle.stats.clone(),
+            };
+            let bound = crate::admin::spawn(a, admin)
+                .await
+                .with_context(|| format!("binding the admin listener {a}"))?;
+            Some(format!("http://{bound}"))
+        }
+        None => None,
+    };
+    let http_url = match http_addr {
+        Some(a) => {
+            let front = crate::http::Front {
+                submitter: handle.submitter(),
+                tenant: http_tenant,
+                max_body,
+            };
+            let bound = crate::http::spawn(a, front)
+                .await
+                .with_context(|| format!("binding the HTTP front door {a}"))?;
+            Some(format!("http://{bound}"))
+        }
+        None => None,
+    };
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "role": "edge", "pop": pop, "edge_addr": handle.addr.to_string(), "cert": cert })
-        );
+        let line = serde_json::json!({
+            "role": "edge",
+            "pop": pop,
+            "edge_addr": handle.addr.to_string(),
+            "cert": cert,
+            "admin_url": admin_url,
+            "http_url": http_url,
+        });
+        println!("{line}");
     } else {
         println!(
             "meridian edge `{pop}` listening on {} (QUIC, ALPN meridian/1); certificate: {cert}",
             handle.addr
         );
+        if let Some(u) = &http_url {
+            println!("OpenAI-compatible HTTP front door: {u}/v1");
+        }
+        if let Some(u) = &admin_url {
+            println!("admin: {u}/metrics {u}/healthz {u}/readyz {u}/routes");
+        }
     }
     // A second line once every upstream is connected (scripts and tests wait for it).
     let router = handle.router.clone();
