@@ -25,7 +25,9 @@ impl Drop for Serve {
 }
 
 fn serve(itl_ms: &str, max_tokens: &str) -> Serve {
-    let dir = std::env::temp_dir().join(format!("meridian-http-{}-{itl_ms}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("meridian-http-{}-{n}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args([
             "demo",

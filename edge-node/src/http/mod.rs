@@ -244,6 +244,7 @@ async fn stream(
             return;
         }
     }
+    let text_chunk = openai::TextChunk::new(&meta);
     let mut next = Some(first);
     loop {
         let Some(frame) = (match next.take() {
@@ -253,7 +254,7 @@ async fn stream(
             return;
         };
         let event = match frame {
-            Frame::Tokens(t) => meta.sse_text(&String::from_utf8_lossy(&t)),
+            Frame::Tokens(t) => text_chunk.render(&String::from_utf8_lossy(&t)),
             Frame::End(end) => {
                 let u = include_usage.then(|| usage(end.prompt_tokens, end.completion_tokens));
                 let _ = tx

@@ -78,11 +78,6 @@ impl Meta {
             .then(|| sse(&self.envelope(json!([self.choice(Some(""), None, true)]))))
     }
 
-    /// An SSE event carrying `text`.
-    pub fn sse_text(&self, text: &str) -> String {
-        sse(&self.envelope(json!([self.choice(Some(text), None, false)])))
-    }
-
     /// The closing SSE events: the finish reason, the usage chunk if asked for, `[DONE]`.
     pub fn sse_end(&self, finish: FinishReason, usage: Option<Value>) -> String {
         let mut out = sse(&self.envelope(json!([self.choice(None, Some(finish.as_str()), false)])));
@@ -116,6 +111,59 @@ impl Meta {
             "usage": usage,
         })
     }
+}
+
+/// The constant parts of a response's text chunks, rendered once: per token only the text
+/// is JSON-escaped and spliced in (no `Value` tree, one allocation).
+#[derive(Clone, Debug)]
+pub struct TextChunk {
+    prefix: String,
+    suffix: String,
+}
+
+impl TextChunk {
+    /// Renders the parts for `meta`'s response.
+    pub fn new(meta: &Meta) -> Self {
+        const MARK: &str = "\u{1}MERIDIAN-TEXT\u{1}";
+        let whole = sse(&meta.envelope(json!([meta.choice(Some(MARK), None, false)])));
+        let quoted = Value::from(MARK).to_string();
+        let (prefix, suffix) = whole
+            .split_once(&quoted)
+            .expect("the marker is in the rendered chunk");
+        TextChunk {
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        }
+    }
+
+    /// The SSE event for `text`.
+    pub fn render(&self, text: &str) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + self.suffix.len() + text.len() + 8);
+        out.push_str(&self.prefix);
+        escape_into(&mut out, text);
+        out.push_str(&self.suffix);
+        out
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn escape_into(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn sse(v: &Value) -> String {
@@ -184,6 +232,23 @@ mod tests {
     }
 
     #[test]
+    fn fast_text_chunks_equal_the_generic_rendering() {
+        for kind in [Kind::Chat, Kind::Completions] {
+            let m = Meta {
+                kind,
+                id: "x-1".into(),
+                created: 9,
+                model: "m\"q".into(),
+            };
+            let fast = TextChunk::new(&m);
+            for text in ["plain ", "quote \" back \\ nl \n tab \t bell \u{7} é 日本"] {
+                let generic = sse(&m.envelope(json!([m.choice(Some(text), None, false)])));
+                assert_eq!(fast.render(text), generic, "{kind:?} {text:?}");
+            }
+        }
+    }
+
+    #[test]
     fn chunks_have_the_openai_shape() {
         let m = Meta {
             kind: Kind::Chat,
@@ -195,9 +260,13 @@ mod tests {
             serde_json::from_str(m.sse_start().unwrap().trim_start_matches("data: ").trim())
                 .unwrap();
         assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-        let t: Value =
-            serde_json::from_str(m.sse_text("hé \"x\"").trim_start_matches("data: ").trim())
-                .unwrap();
+        let t: Value = serde_json::from_str(
+            TextChunk::new(&m)
+                .render("hé \"x\"")
+                .trim_start_matches("data: ")
+                .trim(),
+        )
+        .unwrap();
         assert_eq!(t["object"], "chat.completion.chunk");
         assert_eq!(t["choices"][0]["delta"]["content"], "hé \"x\"");
         let end = m.sse_end(FinishReason::Length, Some(usage(3, 2)));
