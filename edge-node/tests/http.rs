@@ -13,6 +13,8 @@ struct Serve {
     child: Child,
     http: String,
     admin: String,
+    edge: String,
+    cert: String,
     dir: std::path::PathBuf,
 }
 
@@ -63,6 +65,8 @@ fn serve(itl_ms: &str, max_tokens: &str) -> Serve {
     Serve {
         http: url("http_url"),
         admin: url("admin_url"),
+        edge: v["edge_addr"].as_str().unwrap().to_owned(),
+        cert: v["cert"].as_str().unwrap().to_owned(),
         child,
         dir,
     }
@@ -233,4 +237,41 @@ fn client_disconnect_cancels_upstream() {
         );
         std::thread::yield_now();
     }
+}
+
+#[test]
+fn http3_front_door_on_the_edge_udp_port() {
+    use bytes::{Buf, Bytes};
+    let s = serve("1", "4");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, region, text) = rt.block_on(async {
+        let trust = meridian_protocol::client::Trust::pin_file(&s.cert).unwrap();
+        let crypto = meridian_protocol::client::tls::client_crypto(&trust, &[b"h3"]).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+        let conn = ep.connect(s.edge.parse().unwrap(), "localhost").unwrap().await.unwrap();
+        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let req = hyper::Request::post("https://localhost/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("x-meridian-area", "jp")
+            .body(())
+            .unwrap();
+        let mut stream = send.send_request(req).await.unwrap();
+        let body = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"over h3"}],"stream":true}"#;
+        stream.send_data(Bytes::from_static(body.as_bytes())).await.unwrap();
+        stream.finish().await.unwrap();
+        let resp = stream.recv_response().await.unwrap();
+        let region = resp.headers()["x-meridian-region"].to_str().unwrap().to_owned();
+        let mut text = String::new();
+        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+            let bytes = chunk.copy_to_bytes(chunk.remaining());
+            text += std::str::from_utf8(&bytes).unwrap();
+        }
+        (resp.status().as_u16(), region, text)
+    });
+    assert_eq!((status, region.as_str()), (200, "seoul"));
+    assert!(text.contains("chat.completion.chunk"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
 }

@@ -53,25 +53,34 @@ pub(crate) async fn accept_loop<Fut>(
     endpoint.close(0u32.into(), b"shutting down");
 }
 
-/// Completes the handshake, then serves request streams with `request` until the peer goes
-/// away or `shutdown` fires; in-flight requests always finish. `None` if the handshake failed.
-pub(crate) async fn serve_streams<Fut>(
-    incoming: Incoming,
-    shutdown: &Shutdown,
-    on_connected: impl FnOnce(&quinn::Connection),
-    mut request: impl FnMut(SendStream, RecvStream) -> Fut,
-) -> Option<quinn::Connection>
-where
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let conn = match incoming.await {
-        Ok(c) => c,
+/// Completes a connection's handshake; `None` (logged) if it failed.
+pub(crate) async fn handshake(incoming: Incoming) -> Option<quinn::Connection> {
+    match incoming.await {
+        Ok(c) => Some(c),
         Err(e) => {
             debug!("handshake failed: {e}");
-            return None;
+            None
         }
-    };
-    on_connected(&conn);
+    }
+}
+
+/// The ALPN protocol a connection negotiated.
+pub(crate) fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Serves request streams with `request` until the peer goes away or `shutdown` fires;
+/// in-flight requests always finish.
+pub(crate) async fn serve_streams<Fut>(
+    conn: &quinn::Connection,
+    shutdown: &Shutdown,
+    mut request: impl FnMut(SendStream, RecvStream) -> Fut,
+) where
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
@@ -84,7 +93,6 @@ where
         }
     }
     while requests.join_next().await.is_some() {}
-    Some(conn)
 }
 
 /// A server's control stream (PROTOCOL.md §5.1): opened with SETTINGS first.

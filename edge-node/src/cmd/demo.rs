@@ -60,7 +60,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         itl: Duration::from_millis(args.itl_ms),
         max_tokens: args.max_tokens,
     };
-    let mut demo = Demo::start(&cert_dir, listen, backend).await?;
+    // With --serve the edge's UDP port also speaks HTTP/3 (the OpenAI front door).
+    let h3 = args.serve.then(|| {
+        crate::http::h3::handler(None, meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES)
+    });
+    let mut demo = Demo::start_with_h3(&cert_dir, listen, backend, h3).await?;
     let cert = std::fs::canonicalize(&demo.cert_path)?;
     let code = if args.serve {
         let admin = crate::admin::Admin {

@@ -34,7 +34,9 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         config.edge.http_tenant.clone(),
         config.edge.max_prompt_bytes,
     );
-    let handle = edge::spawn(Arc::new(config), &identity, Shutdown::new())?;
+    // `[edge] http` also serves HTTP/3 on the edge's UDP port (ALPN h3 beside meridian/1).
+    let h3 = http_addr.map(|_| crate::http::h3::handler(http_tenant.clone(), max_body));
+    let handle = edge::spawn_with_h3(Arc::new(config), &identity, Shutdown::new(), h3)?;
     let cert = cert_display(&identity);
     let admin_url = match admin_addr {
         Some(a) => {

@@ -6,6 +6,7 @@
 //! Responses name the serving region and worker (`x-meridian-region`, `x-meridian-worker`).
 //! A client that disconnects cancels the request end to end.
 
+pub mod h3;
 mod openai;
 
 use std::convert::Infallible;
@@ -19,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame as HttpFrame, Incoming};
+use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meridian_fabric::edge::{Delivery, Submission, Submitter};
@@ -49,7 +51,7 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let (front, ids) = (front.clone(), ids.clone());
-                    async move { Ok::<_, Infallible>(handle(req, &front, &ids).await) }
+                    async move { Ok::<_, Infallible>(handle_hyper(req, &front, &ids).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -74,9 +76,39 @@ fn error(code: ErrorCode, message: &str) -> Resp {
     json_response(status_of(code).0, error_body(code, message))
 }
 
-async fn handle(req: Request<Incoming>, front: &Front, ids: &AtomicU64) -> Resp {
-    let path = req.uri().path().to_owned();
-    match (req.method(), path.as_str()) {
+/// The hyper (HTTP/1.1, HTTP/2) adapter: reads the body within the limit, then [`handle`].
+async fn handle_hyper(req: Request<Incoming>, front: &Front, ids: &AtomicU64) -> Resp {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, front.max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                ErrorCode::TOO_LARGE,
+                &format!("request body exceeds {} bytes", front.max_body),
+            )
+        }
+    };
+    handle(
+        &parts.method,
+        parts.uri.path(),
+        &parts.headers,
+        body,
+        front,
+        ids,
+    )
+    .await
+}
+
+/// The front door for any HTTP version: a request whose body was read.
+pub(crate) async fn handle(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    front: &Front,
+    ids: &AtomicU64,
+) -> Resp {
+    match (method, path) {
         (&Method::GET, "/v1/models") => {
             let data: Vec<_> = front
                 .submitter
@@ -88,24 +120,24 @@ async fn handle(req: Request<Incoming>, front: &Front, ids: &AtomicU64) -> Resp 
                 .collect();
             json_response(StatusCode::OK, json!({ "object": "list", "data": data }))
         }
-        (&Method::POST, "/v1/chat/completions") => completion(req, front, ids, Kind::Chat).await,
-        (&Method::POST, "/v1/completions") => completion(req, front, ids, Kind::Completions).await,
+        (&Method::POST, "/v1/chat/completions") => {
+            completion(headers, body, front, ids, Kind::Chat).await
+        }
+        (&Method::POST, "/v1/completions") => {
+            completion(headers, body, front, ids, Kind::Completions).await
+        }
         _ => json_response(
             StatusCode::NOT_FOUND,
             error_body(
                 ErrorCode::BAD_REQUEST,
-                &format!("no route for {} {path}", req.method()),
+                &format!("no route for {method} {path}"),
             ),
         ),
     }
 }
 
-fn routing_headers(req: &Request<Incoming>) -> Result<(Option<String>, Option<Bytes>), String> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .map(|v| v.to_str().map(str::to_owned))
-    };
+fn routing_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<Bytes>), String> {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().map(str::to_owned));
     let area = match header("x-meridian-area") {
         Some(Ok(a))
             if !a.is_empty()
@@ -132,22 +164,16 @@ fn routing_headers(req: &Request<Incoming>) -> Result<(Option<String>, Option<By
     Ok((area, session))
 }
 
-async fn completion(req: Request<Incoming>, front: &Front, ids: &AtomicU64, kind: Kind) -> Resp {
-    let (area, session) = match routing_headers(&req) {
+async fn completion(
+    headers: &HeaderMap,
+    body: Bytes,
+    front: &Front,
+    ids: &AtomicU64,
+    kind: Kind,
+) -> Resp {
+    let (area, session) = match routing_headers(headers) {
         Ok(h) => h,
         Err(m) => return error(ErrorCode::BAD_REQUEST, &m),
-    };
-    let body = match Limited::new(req.into_body(), front.max_body)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                ErrorCode::TOO_LARGE,
-                &format!("request body exceeds {} bytes", front.max_body),
-            )
-        }
     };
     let peek: Peek = match serde_json::from_slice(&body) {
         Ok(p) => p,

@@ -75,6 +75,16 @@ impl Demo {
         edge_listen: std::net::SocketAddr,
         backend: SyntheticBackend,
     ) -> Result<Demo, DemoError> {
+        Demo::start_with_h3(cert_dir, edge_listen, backend, None).await
+    }
+
+    /// [`Demo::start`], with the edge also serving HTTP/3 through `h3`.
+    pub async fn start_with_h3(
+        cert_dir: &Path,
+        edge_listen: std::net::SocketAddr,
+        backend: SyntheticBackend,
+        h3: Option<edge::H3Handler>,
+    ) -> Result<Demo, DemoError> {
         let mut config = parse_config(TOPOLOGY, Path::new("<embedded demo topology>"))?;
         let mut identity = Identity::self_signed()?;
         identity.write(cert_dir)?;
@@ -102,7 +112,7 @@ impl Demo {
         }
         config.edge.listen = edge_listen;
         let config = Arc::new(config);
-        let edge = edge::spawn(config.clone(), &identity, Shutdown::new())?;
+        let edge = edge::spawn_with_h3(config.clone(), &identity, Shutdown::new(), h3)?;
         let total = config.workers.len();
         let timeout = Duration::from_secs(10);
         let ready = tokio::time::timeout(

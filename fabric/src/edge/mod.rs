@@ -39,6 +39,32 @@ pub(crate) struct EdgeShared {
     pub router: Arc<Router>,
     pub upstreams: Arc<Upstreams>,
     pub stats: Arc<EdgeStats>,
+    pub h3: Option<H3Handler>,
+}
+
+/// ALPN of HTTP/3, served beside `meridian/1` on the same UDP port when an [`H3Handler`] is
+/// given.
+pub const H3_ALPN: &[u8] = b"h3";
+
+/// Serves one HTTP/3 connection (the front door lives in the binary); gets a [`Submitter`]
+/// to hand requests to this edge.
+#[derive(Clone)]
+pub struct H3Handler(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<
+        dyn Fn(
+                quinn::Connection,
+                Submitter,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for H3Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H3Handler")
+    }
 }
 
 /// A running edge.
@@ -89,13 +115,28 @@ pub fn spawn(
     identity: &Identity,
     shutdown: Shutdown,
 ) -> Result<EdgeHandle, EdgeError> {
+    spawn_with_h3(config, identity, shutdown, None)
+}
+
+/// [`spawn`], also serving HTTP/3 (ALPN `h3`) on the same UDP port through `h3`.
+pub fn spawn_with_h3(
+    config: Arc<Config>,
+    identity: &Identity,
+    shutdown: Shutdown,
+    h3: Option<H3Handler>,
+) -> Result<EdgeHandle, EdgeError> {
     let listen = config.edge.listen;
     let mut transport = transport::transport(config.edge.max_streams_per_connection);
     transport
         .send_fairness(config.edge.send_fairness)
         .enable_segmentation_offload(config.edge.gso);
     transport::ack_frequency(&mut transport, config.edge.ack_eliciting_threshold);
-    let server = identity.server_config(&[meridian_protocol::ALPN], transport)?;
+    let alpn: &[&[u8]] = if h3.is_some() {
+        &[meridian_protocol::ALPN, H3_ALPN]
+    } else {
+        &[meridian_protocol::ALPN]
+    };
+    let server = identity.server_config(alpn, transport)?;
     let endpoint =
         quinn::Endpoint::server(server, listen).map_err(|e| EdgeError::Bind(listen, e))?;
     let addr = endpoint
@@ -114,6 +155,7 @@ pub fn spawn(
         router: router.clone(),
         upstreams,
         stats: stats.clone(),
+        h3,
     });
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
     let task = tokio::spawn(serve(
@@ -154,22 +196,28 @@ async fn serve(
 }
 
 async fn connection(incoming: quinn::Incoming, shared: Arc<EdgeShared>, shutdown: Shutdown) {
-    let mut control = None;
-    let on_connected = |conn: &quinn::Connection| {
-        shared.stats.connections.fetch_add(1, Relaxed);
-        shared.stats.active_connections.fetch_add(1, Relaxed);
-        control = Some(tokio::spawn(control_stream(
-            conn.clone(),
-            shared.clone(),
-            shutdown.clone(),
-        )));
+    let Some(conn) = server::handshake(incoming).await else {
+        return;
     };
-    let request = |send, recv| relay::serve(send, recv, shared.clone());
-    server::serve_streams(incoming, &shutdown, on_connected, request).await;
-    if let Some(c) = control {
-        shared.stats.active_connections.fetch_sub(1, Relaxed);
-        c.abort();
+    if server::alpn(&conn).as_deref() == Some(H3_ALPN) {
+        if let Some(h3) = &shared.h3 {
+            let submitter = Submitter {
+                shared: shared.clone(),
+            };
+            return (h3.0)(conn, submitter).await;
+        }
     }
+    shared.stats.connections.fetch_add(1, Relaxed);
+    shared.stats.active_connections.fetch_add(1, Relaxed);
+    let control = tokio::spawn(control_stream(
+        conn.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    let request = |send, recv| relay::serve(send, recv, shared.clone());
+    server::serve_streams(&conn, &shutdown, request).await;
+    shared.stats.active_connections.fetch_sub(1, Relaxed);
+    control.abort();
 }
 
 /// The edge's control stream to a client: SETTINGS, then GOAWAY on shutdown.

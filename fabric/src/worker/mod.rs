@@ -125,20 +125,18 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Shutdow
 }
 
 async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Shutdown) {
-    let mut control = None;
-    let on_connected = |conn: &quinn::Connection| {
-        debug!(peer = %conn.remote_address(), "edge connected");
-        control = Some(tokio::spawn(control_stream(
-            conn.clone(),
-            shared.clone(),
-            shutdown.clone(),
-        )));
+    let Some(conn) = server::handshake(incoming).await else {
+        return;
     };
+    debug!(peer = %conn.remote_address(), "edge connected");
+    let control = tokio::spawn(control_stream(
+        conn.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
     let request = |send, recv| request::serve(send, recv, shared.clone());
-    server::serve_streams(incoming, &shutdown, on_connected, request).await;
-    if let Some(c) = control {
-        let _ = c.await;
-    }
+    server::serve_streams(&conn, &shutdown, request).await;
+    let _ = control.await;
 }
 
 /// The worker's control stream: SETTINGS, then LOAD whenever load changed (at most once per
