@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Meridian vs. Envoy vs. vllm-router on one machine, one backend, one load tool.
 
-Starts `meridian-bench mock-openai` (the shared backend), Envoy (HTTP/1.1 listener, ring
-hash on `x-session-id`) and vllm-router (`--policy consistent_hash`) in front of it, and a
+Starts `meridian-bench mock-openai` (the shared backend), Envoy (HTTP/1.1 and HTTP/3
+listeners, ring hash on `x-session-id`) and vllm-router (`--policy consistent_hash`) in front of it, and a
 Meridian worker + edge with the same synthetic timing (native QUIC path and the edge's
-OpenAI-compatible HTTP front door); drives each with `meridian-bench
+OpenAI-compatible HTTP front door over HTTP/1.1 and HTTP/3); drives each with `meridian-bench
 run` (same concurrency, tokens/s per stream and tokens per response), reads each gateway's
 CPU time from /proc, and prints gateway CPU per token and added TTFT against the direct
 baseline, as ratios. Not part of CI: it pip-installs the peers into a venv.
@@ -109,6 +109,41 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: h3
+    address: {socket_address: {protocol: UDP, address: 127.0.0.1, port_value: %(h3port)d}}
+    udp_listener_config:
+      quic_options: {}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.quic
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport
+          downstream_tls_context:
+            common_tls_context:
+              tls_certificates:
+              - certificate_chain: {filename: "%(cert)s"}
+                private_key: {filename: "%(key)s"}
+              alpn_protocols: [h3]
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_h3
+          codec_type: HTTP3
+          http3_protocol_options: {}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route:
+                  cluster: mock
+                  timeout: 0s
+                  hash_policy: [{header: {header_name: x-session-id}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   clusters:
   - name: mock
     type: STATIC
@@ -139,17 +174,11 @@ def main():
                             "--ttft-ms", str(a.ttft_ms), "--itl-ms", str(itl), "--max-tokens", str(a.max_tokens)])
         procs.append(mock)
         mock_port = int(line["mock_openai"].rsplit(":", 1)[1])
-        envoy_port, vllm_port = mock_port + 1, mock_port + 2
-        cfg = os.path.join(tmp, "envoy.yaml")
-        with open(cfg, "w") as f:
-            f.write(ENVOY % {"port": envoy_port, "mock": mock_port})
-        envoy, _ = start([os.path.join(VENV, "bin", "envoy"), "-c", cfg, "--concurrency", "2", "-l", "error"], json_line=False)
-        procs.append(envoy)
+        envoy_port, vllm_port, h3_port = mock_port + 1, mock_port + 2, mock_port + 3
         vllm, _ = start([os.path.join(VENV, "bin", "vllm-router"), "--host", "127.0.0.1", "--port", str(vllm_port),
                          "--worker-urls", f"http://127.0.0.1:{mock_port}", "--policy", "consistent_hash",
                          "--log-level", "error"], json_line=False)
         procs.append(vllm)
-        wait_http(f"http://127.0.0.1:{envoy_port}/health")
         wait_http(f"http://127.0.0.1:{vllm_port}/v1/models")
         # Meridian: one synthetic worker with the same timing, and an edge.
         wcfg = os.path.join(tmp, "worker.toml")
@@ -167,6 +196,13 @@ def main():
         edge, el = start([os.path.join(BIN, "meridian"), "edge", "--json", "--config", ecfg])
         procs.append(edge)
         edge.stdout.readline()  # ready line
+        cfg = os.path.join(tmp, "envoy.yaml")
+        with open(cfg, "w") as f:
+            f.write(ENVOY % {"port": envoy_port, "mock": mock_port, "h3port": h3_port,
+                              "cert": os.path.join(tmp, "ecert", "cert.pem"), "key": os.path.join(tmp, "ecert", "key.pem")})
+        envoy, _ = start([os.path.join(VENV, "bin", "envoy"), "-c", cfg, "--concurrency", "2", "-l", "error"], json_line=False)
+        procs.append(envoy)
+        wait_http(f"http://127.0.0.1:{envoy_port}/health")
         rows = []
         for conc in [int(c) for c in a.concurrency.split(",")]:
             http = lambda port: ["--http", f"http://127.0.0.1:{port}/v1/chat/completions"]
@@ -177,6 +213,9 @@ def main():
             r["meridian_direct"] = measured(None, ["--direct", wl["addr"], "--cert", wl["cert"]], conc, a, tmp, "mdirect")
             r["meridian_edge"] = measured(edge, ["--edge", el["edge_addr"], "--cert", el["cert"]], conc, a, tmp, "medge")
             r["meridian_http"] = measured(edge, ["--http", el["http_url"] + "/v1/chat/completions"], conc, a, tmp, "mhttp")
+            h3 = lambda addr: ["--http3", f"https://{addr}/v1/chat/completions", "--cert", el["cert"]]
+            r["meridian_h3"] = measured(edge, h3(el["edge_addr"]), conc, a, tmp, "mh3")
+            r["envoy_h3"] = measured(envoy, h3(f"127.0.0.1:{h3_port}"), conc, a, tmp, "envoyh3")
             rows.append(r)
             print_row(r)
         if a.json:
@@ -195,7 +234,8 @@ def print_row(r):
     print(f"\nconcurrency {r['concurrency']}")
     print(f"{'gateway':<14} {'cpu µs/token':>12} {'vs meridian':>11} {'+ttft p50':>10} {'+ttft p99':>10} {'tok/s':>9} {'errors':>8}")
     for side, base in [("meridian_edge", "meridian_direct"), ("meridian_http", "mock_direct"),
-                       ("envoy", "mock_direct"), ("vllm_router", "mock_direct")]:
+                       ("meridian_h3", "mock_direct"), ("envoy", "mock_direct"), ("envoy_h3", "mock_direct"),
+                       ("vllm_router", "mock_direct")]:
         s = r[side]
         c = s["cpu_us_per_token"]
         print(f"{side:<14} {c:>12.2f} {c / m:>10.2f}x {added(side, base, 'p50'):>10.2f} {added(side, base, 'p99'):>10.2f} "

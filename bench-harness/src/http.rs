@@ -77,15 +77,7 @@ impl HttpTarget {
     }
 
     async fn stream(&self, job: &Job, intended: Instant, out: &mut Outcome) -> anyhow::Result<()> {
-        let prompt = String::from_utf8_lossy(&job.prompt);
-        let mut body = serde_json::json!({
-            "model": job.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "stream": true,
-        });
-        if let Some(m) = job.max_tokens {
-            body["max_tokens"] = m.into();
-        }
+        let body = chat_body(job);
         let mut req = hyper::Request::post(&self.path)
             .header("host", &self.authority)
             .header("content-type", "application/json");
@@ -97,7 +89,7 @@ impl HttpTarget {
         if let Some(a) = &job.area {
             req = req.header("x-meridian-area", a);
         }
-        let req = req.body(Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
+        let req = req.body(Full::new(body))?;
         let mut sr = self.connection().await?;
         let resp = sr.send_request(req).await?;
         if !resp.status().is_success() {
@@ -112,15 +104,7 @@ impl HttpTarget {
             if let Ok(data) = frame?.into_data() {
                 buf.extend_from_slice(&data);
             }
-            while let Some(end) = find(&buf, b"\n\n") {
-                let event = buf.split_to(end + 2);
-                match sse_event(&event) {
-                    SseEvent::Token => out.token(intended, &mut last),
-                    SseEvent::Done => done = true,
-                    SseEvent::Error => out.error = Some("SSE_ERROR".into()),
-                    SseEvent::Other => {}
-                }
-            }
+            done |= drain_events(&mut buf, out, intended, &mut last);
         }
         if !done && out.error.is_none() {
             out.error = Some("SSE_TRUNCATED".into());
@@ -130,21 +114,56 @@ impl HttpTarget {
     }
 }
 
+/// A streaming chat completion request body for `job`.
+pub(crate) fn chat_body(job: &Job) -> Bytes {
+    let prompt = String::from_utf8_lossy(&job.prompt);
+    let mut body = serde_json::json!({
+        "model": job.model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": true,
+    });
+    if let Some(m) = job.max_tokens {
+        body["max_tokens"] = m.into();
+    }
+    Bytes::from(serde_json::to_vec(&body).expect("JSON values serialise"))
+}
+
+/// Consumes complete SSE events at the front of `buf`, recording tokens; returns whether
+/// `[DONE]` was seen.
+pub(crate) fn drain_events(
+    buf: &mut BytesMut,
+    out: &mut Outcome,
+    intended: Instant,
+    last: &mut Option<Instant>,
+) -> bool {
+    let mut done = false;
+    while let Some(end) = find(buf, b"\n\n") {
+        let event = buf.split_to(end + 2);
+        match sse_event(&event) {
+            SseEvent::Token => out.token(intended, last),
+            SseEvent::Done => done = true,
+            SseEvent::Error => out.error = Some("SSE_ERROR".into()),
+            SseEvent::Other => {}
+        }
+    }
+    done
+}
+
 #[derive(Debug, PartialEq, Eq)]
-enum SseEvent {
+pub(crate) enum SseEvent {
     Token,
     Done,
     Error,
     Other,
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Classifies one SSE event without a full JSON parse: a chunk whose delta carries
 /// non-empty `content` (chat) or `text` (completions) is a token.
-fn sse_event(event: &[u8]) -> SseEvent {
+pub(crate) fn sse_event(event: &[u8]) -> SseEvent {
     let mut e = event;
     while e.has_remaining() {
         let line_end = find(e, b"\n").unwrap_or(e.len());

@@ -8,6 +8,7 @@
 
 mod dist;
 mod http;
+mod http3;
 mod impair;
 mod load;
 mod mock_openai;
@@ -55,6 +56,10 @@ struct RunArgs {
     /// OpenAI-compatible URL, e.g. http://127.0.0.1:8080/v1/chat/completions.
     #[arg(long, group = "target")]
     http: Option<String>,
+    /// OpenAI-compatible HTTP/3 URL, e.g. https://127.0.0.1:4433/v1/chat/completions
+    /// (pins --cert).
+    #[arg(long, group = "target")]
+    http3: Option<String>,
     /// Certificate to pin for native targets.
     #[arg(long)]
     cert: Option<PathBuf>,
@@ -116,8 +121,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .await?
     } else if let Some(url) = &a.http {
         target::Target::Http(http::HttpTarget::new(url).await?)
+    } else if let Some(url) = &a.http3 {
+        target::Target::Http3(http3::Http3Target::new(url, &cert()?, a.load.connections).await?)
     } else {
-        bail!("give a target: --edge ADDR, --direct ADDR or --http URL");
+        bail!("give a target: --edge ADDR, --direct ADDR, --http URL or --http3 URL");
     };
     let target = Arc::new(target);
     let report = load::run(target.clone(), &a.load).await?;

@@ -68,8 +68,10 @@ pub enum Target {
         /// Connections.
         clients: Vec<Client>,
     },
-    /// OpenAI-compatible HTTP.
+    /// OpenAI-compatible HTTP/1.1.
     Http(HttpTarget),
+    /// OpenAI-compatible HTTP/3.
+    Http3(crate::http3::Http3Target),
 }
 
 impl Target {
@@ -107,6 +109,7 @@ impl Target {
         match self {
             Target::Native { label, .. } => label.clone(),
             Target::Http(h) => format!("http {}", h.url),
+            Target::Http3(h) => format!("http3 {}", h.url),
         }
     }
 
@@ -117,6 +120,7 @@ impl Target {
                 native(&clients[slot % clients.len()], job, intended).await
             }
             Target::Http(h) => h.send(job, intended).await,
+            Target::Http3(h) => h.send(job, slot, intended).await,
         }
     }
 
