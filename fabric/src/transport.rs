@@ -10,6 +10,8 @@ use quinn::{TransportConfig, VarInt};
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Idle timeout: a peer silent this long is gone.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// RTT assumed before the first sample (quinn's default; a POP's clients are usually closer).
+pub const INITIAL_RTT: Duration = Duration::from_millis(333);
 /// Per-stream receive window. A token stream needs little; prompts up to 1 MiB arrive in a
 /// few round trips.
 pub const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
@@ -56,4 +58,14 @@ pub fn ack_frequency(t: &mut TransportConfig, threshold: Option<u32>) {
         ack.ack_eliciting_threshold(VarInt::from_u32(n));
         t.ack_frequency_config(Some(ack));
     }
+}
+
+/// Applies an edge's client-facing tuning (`[edge]` keys) on top of [`transport`].
+pub fn client_facing(t: &mut TransportConfig, e: &crate::config::EdgeSettings) {
+    t.send_fairness(e.send_fairness)
+        .enable_segmentation_offload(e.gso)
+        .stream_receive_window(VarInt::from_u32(e.stream_receive_window))
+        .keep_alive_interval((!e.keep_alive.is_zero()).then_some(e.keep_alive))
+        .initial_rtt(e.initial_rtt);
+    ack_frequency(t, e.ack_eliciting_threshold);
 }

@@ -174,6 +174,12 @@ pub struct EdgeSettings {
     /// Ask clients (QUIC ACK frequency extension) to acknowledge only every N ack-eliciting
     /// packets; `None` keeps QUIC's default of every second packet.
     pub ack_eliciting_threshold: Option<u32>,
+    /// Per-stream receive window on client connections, bytes.
+    pub stream_receive_window: u32,
+    /// Keep-alive interval on client connections.
+    pub keep_alive: Duration,
+    /// RTT assumed before the first sample on client connections.
+    pub initial_rtt: Duration,
 }
 
 /// Routing parameters.

@@ -426,6 +426,24 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         tls: cx.tls(raw.tls.as_ref()),
         send_fairness: e.and_then(|e| e.send_fairness).unwrap_or(true),
         gso: e.and_then(|e| e.gso).unwrap_or(true),
+        stream_receive_window: cx.count(
+            e.and_then(|e| e.stream_receive_window.as_ref()),
+            "stream_receive_window",
+            1024..(16 << 20) + 1,
+            crate::transport::STREAM_RECEIVE_WINDOW.into(),
+        ) as u32,
+        keep_alive: cx.millis(
+            e.and_then(|e| e.keep_alive_ms.as_ref()),
+            "keep_alive_ms",
+            60_000,
+            crate::transport::KEEP_ALIVE,
+        ),
+        initial_rtt: cx.millis(
+            e.and_then(|e| e.initial_rtt_ms.as_ref()),
+            "initial_rtt_ms",
+            10_000,
+            crate::transport::INITIAL_RTT,
+        ),
         admin: e
             .and_then(|e| e.admin.as_ref())
             .map(|a| cx.addr(Some(a), "127.0.0.1:9090")),

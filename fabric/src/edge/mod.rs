@@ -127,10 +127,7 @@ pub fn spawn_with_h3(
 ) -> Result<EdgeHandle, EdgeError> {
     let listen = config.edge.listen;
     let mut transport = transport::transport(config.edge.max_streams_per_connection);
-    transport
-        .send_fairness(config.edge.send_fairness)
-        .enable_segmentation_offload(config.edge.gso);
-    transport::ack_frequency(&mut transport, config.edge.ack_eliciting_threshold);
+    transport::client_facing(&mut transport, &config.edge);
     let alpn: &[&[u8]] = if h3.is_some() {
         &[meridian_protocol::ALPN, H3_ALPN]
     } else {
