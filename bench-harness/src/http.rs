@@ -81,14 +81,7 @@ impl HttpTarget {
         let mut req = hyper::Request::post(&self.path)
             .header("host", &self.authority)
             .header("content-type", "application/json");
-        if let Some(s) = &job.session {
-            req = req
-                .header("x-meridian-session", s)
-                .header("x-session-id", s);
-        }
-        if let Some(a) = &job.area {
-            req = req.header("x-meridian-area", a);
-        }
+        req = routing_headers(req, job);
         let req = req.body(Full::new(body))?;
         let mut sr = self.connection().await?;
         let resp = sr.send_request(req).await?;
@@ -112,6 +105,23 @@ impl HttpTarget {
         self.idle.lock().expect("not poisoned").push(sr);
         Ok(())
     }
+}
+
+/// The routing headers for `job`: Meridian's (`x-meridian-session`, `x-meridian-area`) and
+/// the `x-session-id` that the peers' ring hash is configured on.
+pub(crate) fn routing_headers(
+    mut req: hyper::http::request::Builder,
+    job: &Job,
+) -> hyper::http::request::Builder {
+    if let Some(s) = &job.session {
+        req = req
+            .header("x-meridian-session", s)
+            .header("x-session-id", s);
+    }
+    if let Some(a) = &job.area {
+        req = req.header("x-meridian-area", a);
+    }
+    req
 }
 
 /// A streaming chat completion request body for `job`.

@@ -13,7 +13,7 @@ use h3::client::SendRequest;
 use meridian_protocol::client::tls::client_crypto;
 use meridian_protocol::client::Trust;
 
-use crate::http::{chat_body, drain_events};
+use crate::http::{chat_body, drain_events, routing_headers};
 use crate::target::{Job, Outcome};
 
 /// An HTTP/3 endpoint reached over a few QUIC connections.
@@ -104,14 +104,7 @@ impl Http3Target {
         let mut sr = self.conns[slot % self.conns.len()].clone();
         let mut req = hyper::Request::post(format!("https://localhost{}", self.path))
             .header("content-type", "application/json");
-        if let Some(s) = &job.session {
-            req = req
-                .header("x-meridian-session", s)
-                .header("x-session-id", s);
-        }
-        if let Some(a) = &job.area {
-            req = req.header("x-meridian-area", a);
-        }
+        req = routing_headers(req, job);
         let mut stream = sr.send_request(req.body(())?).await?;
         stream.send_data(chat_body(job)).await?;
         stream.finish().await?;

@@ -163,39 +163,15 @@ fn demo_json_runs_the_scenario() {
 }
 
 /// A plain HTTP/1.1 GET: (status, body).
-fn http_get(base: &str, path: &str) -> (u16, String) {
-    let (status, _, body) =
-        common::exchange(base.trim_start_matches("http://"), "GET", path, &[], "");
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = common::exchange(addr, "GET", path, &[], "");
     (status, body)
 }
 
 #[test]
 fn demo_serve_exposes_admin_endpoints_and_metrics() {
-    use std::io::BufRead;
-    let dir = std::env::temp_dir().join(format!("meridian-cli-serve-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args([
-            "demo",
-            "--serve",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--ttft-ms",
-            "2",
-            "--itl-ms",
-            "1",
-        ])
-        .args(["--cert-dir", dir.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let started: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let admin = started["admin_url"].as_str().unwrap().to_owned();
-
+    let s = common::serve("1", "16");
+    let admin = s.admin.clone();
     assert_eq!(http_get(&admin, "/healthz").0, 200);
     let (status, ready) = http_get(&admin, "/readyz");
     assert_eq!(status, 200, "{ready}");
@@ -208,13 +184,10 @@ fn demo_serve_exposes_admin_endpoints_and_metrics() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (region, tokens) = rt.block_on(async {
         use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
-        let trust = Trust::pin_file(started["cert"].as_str().unwrap()).unwrap();
-        let client = Client::connect(
-            started["edge_addr"].as_str().unwrap().parse().unwrap(),
-            ClientConfig::new(trust),
-        )
-        .await
-        .unwrap();
+        let trust = Trust::pin_file(&s.cert).unwrap();
+        let client = Client::connect(s.edge.parse().unwrap(), ClientConfig::new(trust))
+            .await
+            .unwrap();
         let mut req = Request::new("llama-3-8b", "hello");
         req.headers.area = Some("jp".into());
         let (routed, _, end) = client.generate(req).await.unwrap().collect().await.unwrap();
@@ -248,7 +221,4 @@ fn demo_serve_exposes_admin_endpoints_and_metrics() {
         .iter()
         .all(|w| w["healthy"] == true));
     assert_eq!(http_get(&admin, "/nope").0, 404);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

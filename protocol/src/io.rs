@@ -2,7 +2,7 @@
 //! worker and edge control paths).
 
 use bytes::{BufMut, BytesMut};
-use quinn::{RecvStream, SendStream};
+use quinn::RecvStream;
 
 use crate::frame::{DecodeError, Frame};
 
@@ -60,9 +60,4 @@ impl FrameReader {
     pub fn stream_mut(&mut self) -> &mut RecvStream {
         &mut self.recv
     }
-}
-
-/// Encodes `frame` and writes it to `send`.
-pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
-    send.write_chunk(frame.to_bytes()).await
 }

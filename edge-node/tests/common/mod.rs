@@ -1,8 +1,9 @@
 //! Helpers shared by the CLI test binaries.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 
 /// One HTTP/1.1 exchange: (status, headers, body). Chunked bodies are de-chunked.
 pub fn exchange(
@@ -46,5 +47,70 @@ fn dechunk(mut s: &str) -> String {
         }
         out += &rest[..n];
         s = &rest[n + 2..];
+    }
+}
+
+/// A running `meridian demo --serve`: addresses without `http://`, killed on drop.
+pub struct Serve {
+    pub child: Child,
+    pub http: String,
+    pub admin: String,
+    pub edge: String,
+    pub cert: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `meridian demo --serve` with the given synthetic timing.
+pub fn serve(itl_ms: &str, max_tokens: &str) -> Serve {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("meridian-http-{}-{n}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "demo",
+            "--serve",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft-ms",
+            "2",
+            "--itl-ms",
+            itl_ms,
+        ])
+        .args([
+            "--max-tokens",
+            max_tokens,
+            "--cert-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = |k: &str| {
+        v[k].as_str()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_owned()
+    };
+    Serve {
+        http: url("http_url"),
+        admin: url("admin_url"),
+        edge: v["edge_addr"].as_str().unwrap().to_owned(),
+        cert: v["cert"].as_str().unwrap().to_owned(),
+        child,
+        dir,
     }
 }

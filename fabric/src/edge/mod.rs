@@ -20,7 +20,7 @@ use tracing::info;
 
 pub use sink::Delivery;
 pub use stats::{EdgeStats, Histogram, Latencies};
-pub use submit::{as_error, Submission, SubmitError, Submitter};
+pub use submit::{Submission, SubmitError, Submitter};
 pub use track::{ResponseTracker, UpstreamViolation};
 pub use upstream::Upstreams;
 

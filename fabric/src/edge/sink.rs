@@ -112,16 +112,26 @@ impl Sink for ChannelSink {
     }
 
     async fn chunk(&mut self, bytes: Bytes) -> bool {
-        self.buf.extend_from_slice(&bytes);
+        // Whole frames decode straight from the received `Bytes` (TOKENS payloads are
+        // slices of it); only a frame split across chunks is assembled in `buf`.
+        let mut src = if self.buf.is_empty() {
+            bytes
+        } else {
+            self.buf.extend_from_slice(&bytes);
+            self.buf.split().freeze()
+        };
         loop {
-            match Frame::decode(&mut self.buf) {
+            match Frame::decode(&mut src) {
                 Ok(Frame::Unknown(_)) => {}
                 Ok(f) => {
                     if self.tx.send(Delivery::Frame(f)).await.is_err() {
                         return false;
                     }
                 }
-                Err(DecodeError::Incomplete) => return true,
+                Err(DecodeError::Incomplete) => {
+                    self.buf.extend_from_slice(&src);
+                    return true;
+                }
                 // The relay's tracker validated the framing already; a decode error here
                 // is a bad field value from the worker.
                 Err(e) => {
@@ -139,5 +149,48 @@ impl Sink for ChannelSink {
 
     async fn fail(&mut self, e: ErrorFrame, _at_boundary: bool) {
         let _ = self.tx.send(Delivery::Failed(e)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_protocol::{End, FinishReason};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn channel_sink_decodes_frames_split_anywhere() {
+        let mut stream = BytesMut::new();
+        Frame::Tokens(Bytes::from_static(b"hello ")).encode(&mut stream);
+        Frame::Tokens(Bytes::from_static(b"world")).encode(&mut stream);
+        let end = End {
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            ttft_us: 3,
+            total_us: 4,
+        };
+        Frame::End(end.clone()).encode(&mut stream);
+        let stream = stream.freeze();
+        for cut in 1..stream.len() {
+            let (tx, mut rx) = mpsc::channel(8);
+            let mut sink = ChannelSink::new(tx);
+            assert!(sink.chunk(stream.slice(..cut)).await);
+            assert!(sink.chunk(stream.slice(cut..)).await);
+            drop(sink);
+            let mut got = Vec::new();
+            while let Some(Delivery::Frame(f)) = rx.recv().await {
+                got.push(f);
+            }
+            assert_eq!(
+                got,
+                [
+                    Frame::Tokens(Bytes::from_static(b"hello ")),
+                    Frame::Tokens(Bytes::from_static(b"world")),
+                    Frame::End(end.clone())
+                ],
+                "split at {cut}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use meridian_protocol::{ErrorCode, ErrorFrame, Frame, RequestHeaders};
+use meridian_protocol::{ErrorCode, Frame, RequestHeaders};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -118,13 +118,5 @@ impl Submitter {
             }
         }
         models
-    }
-}
-
-/// The error a submission ended with, as an ERROR frame, for consumers that want one shape.
-pub fn as_error(d: &Delivery) -> Option<&ErrorFrame> {
-    match d {
-        Delivery::Failed(e) | Delivery::Frame(Frame::Error(e)) => Some(e),
-        _ => None,
     }
 }
