@@ -13,6 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use meridian_fabric::edge::EdgeStats;
 use meridian_fabric::route::Router;
+use meridian_fabric::telemetry::TraceStats;
 use serde_json::json;
 
 /// What the admin endpoints read.
@@ -20,6 +21,8 @@ use serde_json::json;
 pub struct Admin {
     pub router: Arc<Router>,
     pub stats: Arc<EdgeStats>,
+    /// Span export counters, when tracing is on.
+    pub traces: Option<Arc<TraceStats>>,
 }
 
 /// Binds `addr` and serves the admin endpoints in the background; returns the bound address.
@@ -80,11 +83,13 @@ fn handle(req: &Request<Incoming>, a: &Admin) -> Response<Full<Bytes>> {
             "application/json",
             routes(&a.router).to_string(),
         ),
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            a.stats.render(&a.router),
-        ),
+        "/metrics" => {
+            let mut body = a.stats.render(&a.router);
+            if let Some(t) = &a.traces {
+                t.render(&mut body);
+            }
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
+        }
         other => text(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -1,5 +1,5 @@
 //! The OpenAI-compatible HTTP front door of `meridian demo --serve`, as an HTTP client sees
-//! it (plain HTTP/1.1 over TCP; a real process).
+//! it (HTTP/1.1 and HTTP/2 over TCP, HTTP/3 on the edge's UDP port; a real process).
 
 mod common;
 
@@ -210,4 +210,55 @@ fn http3_front_door_on_the_edge_udp_port() {
     assert_eq!((status, region.as_str()), (200, "seoul"));
     assert!(text.contains("chat.completion.chunk"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
+
+#[test]
+fn http2_multiplexes_streams_on_one_connection() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let s = serve("1", "4");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Cleartext HTTP/2 with prior knowledge (what `curl --http2-prior-knowledge` does).
+        let tcp = tokio::net::TcpStream::connect(&s.http).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let post = |area: &'static str, model: &'static str| {
+            let mut sender = sender.clone();
+            let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"h2 {area}"}}],"stream":true}}"#);
+            let req = hyper::Request::post(format!("http://{}/v1/chat/completions", s.http))
+                .header("content-type", "application/json")
+                .header("x-meridian-area", area)
+                .body(Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            async move {
+                let resp = sender.send_request(req).await.unwrap();
+                assert_eq!(resp.version(), hyper::Version::HTTP_2);
+                let status = resp.status().as_u16();
+                let region = resp
+                    .headers()
+                    .get("x-meridian-region")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, region, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        // Three requests in flight at once on one connection, one of them an error.
+        let (jp, fr, unknown) = tokio::join!(
+            post("jp", "llama-3-8b"),
+            post("fr", "llama-3-8b"),
+            post("jp", "no-such-model")
+        );
+        for ((status, region, sse), want) in [(jp, "seoul"), (fr, "frankfurt")] {
+            assert_eq!((status, region.as_deref()), (200, Some(want)), "{sse}");
+            assert!(sse.contains("chat.completion.chunk"), "{sse}");
+            assert!(sse.ends_with("data: [DONE]\n\n"), "{sse}");
+        }
+        let (status, _, body) = unknown;
+        assert_eq!(status, 404, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found", "{v}");
+    });
 }

@@ -23,6 +23,8 @@ mod server;
 #[cfg(not(loom))]
 pub mod shutdown;
 #[cfg(not(loom))]
+pub mod telemetry;
+#[cfg(not(loom))]
 pub mod tls;
 #[cfg(not(loom))]
 pub mod transport;

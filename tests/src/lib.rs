@@ -19,3 +19,5 @@ mod openai_backend;
 mod process;
 #[cfg(test)]
 mod request_errors;
+#[cfg(test)]
+mod traces;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_fabric::config::{parse_config, Backend, OpenAiBackend, ServerTls, WorkerConfig};
+use meridian_fabric::config::{
+    parse_config, Backend, OpenAiBackend, OtlpSettings, ServerTls, WorkerConfig,
+};
 use meridian_fabric::edge::{self, EdgeHandle};
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
@@ -35,7 +37,7 @@ fn bench_bin() -> PathBuf {
     bin
 }
 
-async fn mock(itl_ms: u64, max_tokens: u64) -> (Child, String) {
+pub(crate) async fn mock(itl_ms: u64, max_tokens: u64) -> (Child, String) {
     let mut child = Command::new(bench_bin())
         .args([
             "mock-openai",
@@ -60,19 +62,37 @@ async fn mock(itl_ms: u64, max_tokens: u64) -> (Child, String) {
     (child, v["mock_openai"].as_str().unwrap().to_owned())
 }
 
-struct Topo {
-    edge: EdgeHandle,
-    workers: Vec<WorkerHandle>,
-    client: Client,
+pub(crate) struct Topo {
+    pub edge: EdgeHandle,
+    pub workers: Vec<WorkerHandle>,
+    pub client: Client,
 }
 
 /// One edge and one `openai`-backed worker per upstream authority.
 async fn topology(name: &str, upstreams: &[&str]) -> Topo {
+    traced_topology(name, upstreams, None).await
+}
+
+/// [`topology`], every node exporting spans to the OTLP/HTTP collector at `otlp`.
+pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option<&str>) -> Topo {
     let dir = scratch(name);
     let mut id = Identity::self_signed().unwrap();
     id.write(&dir).unwrap();
     let cert = id.cert_path.clone().unwrap();
     let mut toml = String::from("[edge]\nlisten = \"127.0.0.1:0\"\n[[region]]\nname = \"r\"\n");
+    let telemetry = otlp.map(|authority| OtlpSettings {
+        authority: authority.to_owned(),
+        path: "/v1/traces".into(),
+        service_name: "meridian-worker".into(),
+        sample_ratio: 1.0,
+        export_interval: Duration::from_millis(50),
+        max_queue: 1024,
+    });
+    if let Some(authority) = otlp {
+        toml += &format!(
+            "[telemetry]\notlp_endpoint = \"http://{authority}\"\nexport_interval_ms = 50\n"
+        );
+    }
     let mut workers = Vec::new();
     for (i, authority) in upstreams.iter().enumerate() {
         let backend = OpenAiBackend {
@@ -93,6 +113,7 @@ async fn topology(name: &str, upstreams: &[&str]) -> Topo {
             ack_eliciting_threshold: None,
             tls: ServerTls::Dev { dir: dir.clone() },
             backend: Backend::OpenAi(backend),
+            telemetry: telemetry.clone(),
         };
         let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
         toml += &format!(

@@ -70,6 +70,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let admin = crate::admin::Admin {
             router: demo.edge.router.clone(),
             stats: demo.edge.stats.clone(),
+            traces: demo.edge.trace_stats(),
         };
         let admin_url = format!("http://{}", crate::admin::spawn(args.admin, admin).await?);
         let front = crate::http::Front {

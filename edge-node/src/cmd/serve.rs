@@ -43,6 +43,7 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             let admin = crate::admin::Admin {
                 router: handle.router.clone(),
                 stats: handle.stats.clone(),
+                traces: handle.trace_stats(),
             };
             let bound = crate::admin::spawn(a, admin)
                 .await

@@ -24,6 +24,7 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meridian_fabric::edge::{Delivery, Submission, Submitter};
+use meridian_fabric::telemetry::TraceContext;
 use meridian_protocol::{body_format, ErrorCode, Frame, RequestHeaders};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -136,7 +137,16 @@ pub(crate) async fn handle(
     }
 }
 
-fn routing_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<Bytes>), String> {
+/// Request headers the edge reads besides the body's `model` and `stream`.
+struct Inputs {
+    area: Option<String>,
+    session: Option<Bytes>,
+    /// A valid W3C `traceparent`: the edge's spans join the caller's trace. An invalid one
+    /// is ignored (a new trace starts), as Trace Context asks.
+    traceparent: Option<String>,
+}
+
+fn routing_headers(headers: &HeaderMap) -> Result<Inputs, String> {
     let header = |name: &str| headers.get(name).map(|v| v.to_str().map(str::to_owned));
     let area = match header("x-meridian-area") {
         Some(Ok(a))
@@ -161,7 +171,16 @@ fn routing_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<Bytes>
         }
         None => None,
     };
-    Ok((area, session))
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| TraceContext::parse(v).is_some())
+        .map(str::to_owned);
+    Ok(Inputs {
+        area,
+        session,
+        traceparent,
+    })
 }
 
 async fn completion(
@@ -171,7 +190,7 @@ async fn completion(
     ids: &AtomicU64,
     kind: Kind,
 ) -> Resp {
-    let (area, session) = match routing_headers(headers) {
+    let inputs = match routing_headers(headers) {
         Ok(h) => h,
         Err(m) => return error(ErrorCode::BAD_REQUEST, &m),
     };
@@ -188,8 +207,9 @@ async fn completion(
         return error(ErrorCode::BAD_REQUEST, "`model` must be 1-128 bytes");
     }
     let mut headers = RequestHeaders::new(peek.model.clone());
-    headers.area = area;
-    headers.shard_key = session;
+    headers.area = inputs.area;
+    headers.shard_key = inputs.session;
+    headers.trace_context = inputs.traceparent;
     headers.tenant = front.tenant.clone();
     headers.max_tokens = peek.max_tokens.or(peek.max_completion_tokens);
     headers.body_format = Some(match kind {

@@ -4,6 +4,7 @@
 //! [`WorkerConfig`], collecting **every** problem with its `file:line:col` before failing.
 
 mod raw;
+mod telemetry;
 mod validate;
 
 use std::collections::HashMap;
@@ -232,6 +233,25 @@ pub struct Config {
     pub tenants: HashMap<String, Option<String>>,
     /// Workers, indexed by [`WorkerId`].
     pub workers: Vec<WorkerEntry>,
+    /// Trace export (`[telemetry]`); `None` = tracing off.
+    pub telemetry: Option<OtlpSettings>,
+}
+
+/// Where and how spans are exported: OTLP/HTTP with the JSON encoding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpSettings {
+    /// `host:port` of the collector (plain HTTP; run a collector beside the node).
+    pub authority: String,
+    /// Request path, `/v1/traces` under the endpoint's path.
+    pub path: String,
+    /// OTLP resource `service.name`.
+    pub service_name: String,
+    /// Fraction of new traces recorded (a sampled parent is always followed).
+    pub sample_ratio: f64,
+    /// Longest time a finished span waits before export.
+    pub export_interval: Duration,
+    /// Most finished spans waiting for export; more are dropped and counted.
+    pub max_queue: usize,
 }
 
 impl Config {
@@ -322,6 +342,8 @@ pub struct WorkerConfig {
     pub tls: ServerTls,
     /// The backend.
     pub backend: Backend,
+    /// Trace export (`[telemetry]`); `None` = tracing off.
+    pub telemetry: Option<OtlpSettings>,
 }
 
 /// One problem in a config file, with where it is.

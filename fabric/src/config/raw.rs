@@ -29,6 +29,19 @@ pub struct RawConfig {
     pub tenants: BTreeMap<String, Spanned<RawTenant>>,
     #[serde(default, rename = "worker")]
     pub workers: Vec<Spanned<RawWorkerEntry>>,
+    #[serde(default)]
+    pub telemetry: Option<Spanned<RawTelemetry>>,
+}
+
+/// `[telemetry]`, in edge and worker configs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<Spanned<String>>,
+    pub service_name: Option<Spanned<String>>,
+    pub sample_ratio: Option<Spanned<f64>>,
+    pub export_interval_ms: Option<Spanned<u64>>,
+    pub max_queue: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +131,8 @@ pub struct RawWorkerConfig {
     #[serde(default)]
     pub tls: Option<RawTls>,
     pub backend: Option<Spanned<RawBackend>>,
+    #[serde(default)]
+    pub telemetry: Option<Spanned<RawTelemetry>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -115,3 +115,61 @@ fn tls_needs_cert_and_key_together() {
         "{errs}"
     );
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_validated_with_locations() {
+    let w = "[worker]\nname = \"a\"\nregion = \"r\"\nmodels = [\"m\"]\n";
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+        assert_eq!(
+            parse_worker_config(w, Path::new("w.toml"))
+                .unwrap()
+                .telemetry,
+            None
+        );
+    }
+    let on =
+        format!("{w}[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.5\n");
+    let t = parse_worker_config(&on, Path::new("w.toml"))
+        .unwrap()
+        .telemetry
+        .unwrap();
+    assert_eq!(
+        (t.authority.as_str(), t.path.as_str()),
+        ("127.0.0.1:4318", "/v1/traces")
+    );
+    assert_eq!((t.sample_ratio, t.max_queue), (0.5, 8192));
+    assert!(t.service_name == "meridian-worker" || std::env::var_os("OTEL_SERVICE_NAME").is_some());
+    let full = format!(
+        "{w}[telemetry]\notlp_endpoint = \"http://c:4318/otlp/v1/traces\"\nservice_name = \"w\"\n"
+    );
+    let t = parse_worker_config(&full, Path::new("w.toml"))
+        .unwrap()
+        .telemetry
+        .unwrap();
+    assert_eq!(
+        (
+            t.authority.as_str(),
+            t.path.as_str(),
+            t.service_name.as_str()
+        ),
+        ("c:4318", "/otlp/v1/traces", "w")
+    );
+    let bad = "[telemetry]\notlp_endpoint = \"https://collector:4318\"\nsample_ratio = 2.0\nexport_interval_ms = 0\n";
+    let errs = parse_config(bad, Path::new("e.toml")).unwrap_err();
+    let text = errs.to_string();
+    for want in [
+        "e.toml:2:17: otlp_endpoint must start with http://",
+        "e.toml:3:16: sample_ratio must be in 0.0..=1.0",
+        "e.toml:4:22: export_interval_ms must be at least 1",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+        let errs =
+            parse_config("[telemetry]\nservice_name = \"e\"\n", Path::new("e.toml")).unwrap_err();
+        assert!(
+            errs.to_string().contains("has no `otlp_endpoint`"),
+            "{errs}"
+        );
+    }
+}

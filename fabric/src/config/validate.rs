@@ -13,14 +13,14 @@ use super::raw::*;
 use super::*;
 
 /// Collects errors with locations in one source file.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     src: &'a str,
     file: &'a Path,
     errors: Vec<ConfigError>,
 }
 
 impl<'a> Ctx<'a> {
-    fn err(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         let (line, col) = match span {
             Some(s) => {
                 let before = &self.src[..s.start.min(self.src.len())];
@@ -72,7 +72,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn count(
+    pub(super) fn count(
         &mut self,
         v: Option<&Spanned<u64>>,
         what: &str,
@@ -97,7 +97,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn millis(
+    pub(super) fn millis(
         &mut self,
         v: Option<&Spanned<u64>>,
         what: &str,
@@ -106,6 +106,30 @@ impl<'a> Ctx<'a> {
     ) -> Duration {
         let ms = self.count(v, what, 0..max_ms + 1, default.as_millis() as u64);
         Duration::from_millis(ms)
+    }
+
+    /// Splits a plain-HTTP URL into `host:port` and a path without a trailing `/`
+    /// (empty for the root).
+    pub(super) fn http_url(
+        &mut self,
+        url: &str,
+        span: Option<Range<usize>>,
+        what: &str,
+        advice: &str,
+    ) -> (String, String) {
+        let Some(rest) = url.strip_prefix("http://") else {
+            self.err(
+                span,
+                format!("{what} must start with http:// (TLS is not supported yet; {advice})"),
+            );
+            return (String::new(), String::new());
+        };
+        let (auth, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if auth.is_empty() {
+            self.err(span, format!("{what} has no host"));
+        }
+        let path = format!("/{}", path.trim_end_matches('/'));
+        (auth.to_owned(), path.trim_end_matches('/').to_owned())
     }
 
     fn name(&mut self, s: &Spanned<String>, what: &str) {
@@ -544,6 +568,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             DEFAULT_MAX_ATTEMPTS.into(),
         ) as u32,
     };
+    let telemetry = cx.telemetry(raw.telemetry.as_ref(), "meridian-edge");
     cx.finish(Config {
         edge,
         upstream,
@@ -554,6 +579,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         residency,
         tenants,
         workers,
+        telemetry,
     })
 }
 
@@ -637,6 +663,7 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
         tls: cx.tls(raw.tls.as_ref()),
         backend,
+        telemetry: cx.telemetry(raw.telemetry.as_ref(), "meridian-worker"),
     };
     cx.finish(config)
 }
@@ -650,24 +677,12 @@ fn openai_backend(cx: &mut Ctx<'_>, b: &RawBackend) -> OpenAiBackend {
             );
             (String::new(), String::new())
         }
-        Some(u) => match u.get_ref().strip_prefix("http://") {
-            Some(rest) => {
-                let (auth, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-                if auth.is_empty() {
-                    cx.err(Some(u.span()), "base_url has no host");
-                }
-                (
-                    auth.to_owned(),
-                    format!("/{}", path.trim_end_matches('/'))
-                        .trim_end_matches('/')
-                        .to_owned(),
-                )
-            }
-            None => {
-                cx.err(Some(u.span()), "base_url must start with http:// (TLS to the backend is not supported yet; run the worker beside the server)");
-                (String::new(), String::new())
-            }
-        },
+        Some(u) => cx.http_url(
+            u.get_ref(),
+            Some(u.span()),
+            "base_url",
+            "run the worker beside the server",
+        ),
     };
     let api_key = match (&b.api_key, &b.api_key_env) {
         (Some(k), _) => Some(k.clone()),

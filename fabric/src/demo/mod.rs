@@ -90,6 +90,14 @@ impl Demo {
         identity.write(cert_dir)?;
         let cert_path = identity.cert_path.clone().expect("written above");
         let mut workers = Vec::new();
+        // `OTEL_EXPORTER_OTLP_ENDPOINT` turns tracing on for the edge (parse_config reads
+        // it) and for the demo's workers.
+        let worker_telemetry = config.telemetry.clone().map(|mut t| {
+            if t.service_name == "meridian-edge" {
+                t.service_name = "meridian-worker".into();
+            }
+            t
+        });
         for entry in config.workers.iter_mut() {
             let wc = WorkerConfig {
                 name: entry.name.clone(),
@@ -104,6 +112,7 @@ impl Demo {
                     dir: cert_dir.into(),
                 },
                 backend: Backend::Synthetic(backend.clone()),
+                telemetry: worker_telemetry.clone(),
             };
             let handle = worker::spawn(wc, &identity, Shutdown::new())?;
             entry.address = handle.addr;

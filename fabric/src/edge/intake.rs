@@ -8,12 +8,16 @@ use meridian_protocol::scan::{FrameScanner, Scanned};
 use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, RequestHeaders};
 use quinn::RecvStream;
 
+use crate::telemetry::TraceContext;
+
 /// A whole request as received.
 #[derive(Debug)]
 pub(crate) struct Intake {
     pub headers: RequestHeaders,
     /// The stream's bytes exactly as received, HEADERS included.
     pub chunks: Vec<Bytes>,
+    /// Length of the HEADERS frame at the start of `chunks`.
+    pub headers_len: usize,
     /// The prompt's first bytes (for a shard key when the request names none).
     pub prefix: Vec<u8>,
 }
@@ -52,6 +56,7 @@ pub(crate) async fn read(
     let mut scanner = FrameScanner::new();
     let mut prompt_len = 0usize;
     let mut prefix = Vec::new();
+    let mut headers_len = 0;
     let body =
         |scanner: &mut FrameScanner, data: &[u8], prompt_len: &mut usize, prefix: &mut Vec<u8>| {
             scanner.scan(data, |ev| {
@@ -104,9 +109,13 @@ pub(crate) async fn read(
             head.extend_from_slice(&chunk);
             head.clone().freeze()
         };
+        let before = src.len();
         match Frame::decode(&mut src) {
             Ok(Frame::Headers(h)) => {
                 headers = Some(h);
+                // `src` starts at the stream's start: it is the first non-empty chunk, or
+                // every chunk so far when HEADERS was split.
+                headers_len = before - src.len();
                 head.clear();
                 body(&mut scanner, &src, &mut prompt_len, &mut prefix)?;
             }
@@ -139,6 +148,86 @@ pub(crate) async fn read(
     Ok(Intake {
         headers,
         chunks,
+        headers_len,
         prefix,
     })
+}
+
+impl Intake {
+    /// The bytes to send a worker: as received, or — to carry `trace` — a re-encoded
+    /// HEADERS with `trace_context` set, then the received bytes after the original HEADERS
+    /// (sliced, not copied). Once per attempt, never per token.
+    pub fn upstream_chunks(&self, trace: Option<&TraceContext>) -> Vec<Bytes> {
+        let Some(trace) = trace else {
+            return self.chunks.clone();
+        };
+        let mut headers = self.headers.clone();
+        headers.trace_context = Some(trace.to_string());
+        let mut out = Vec::with_capacity(self.chunks.len() + 1);
+        out.push(Frame::Headers(headers).to_bytes());
+        let mut skip = self.headers_len;
+        for c in &self.chunks {
+            if skip >= c.len() {
+                skip -= c.len();
+            } else {
+                out.push(c.slice(skip..));
+                skip = 0;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_chunks_replace_only_the_trace_context() {
+        let mut headers = RequestHeaders::new("m");
+        headers.area = Some("jp".into());
+        headers.trace_context =
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let head = Frame::Headers(headers.clone()).to_bytes();
+        let mut stream = head.to_vec();
+        stream.extend_from_slice(&Frame::Body(Bytes::from_static(b"prompt")).to_bytes());
+        let stream = Bytes::from(stream);
+        let ctx = TraceContext::parse(headers.trace_context.as_deref().unwrap())
+            .unwrap()
+            .child();
+        for split in 0..=stream.len() {
+            let chunks = vec![stream.slice(..split), stream.slice(split..)];
+            let intake = Intake {
+                headers: headers.clone(),
+                chunks: chunks.clone(),
+                headers_len: head.len(),
+                prefix: Vec::new(),
+            };
+            assert_eq!(intake.upstream_chunks(None), chunks);
+            let mut out = BytesMut::new();
+            for c in intake.upstream_chunks(Some(&ctx)) {
+                out.extend_from_slice(&c);
+            }
+            let mut out = out.freeze();
+            let Ok(Frame::Headers(h)) = Frame::decode(&mut out) else {
+                panic!("HEADERS first");
+            };
+            assert_eq!(h.trace_context, Some(ctx.to_string()));
+            assert_eq!(
+                RequestHeaders {
+                    trace_context: None,
+                    ..h
+                },
+                RequestHeaders {
+                    trace_context: None,
+                    ..headers.clone()
+                }
+            );
+            assert_eq!(
+                Frame::decode(&mut out).unwrap(),
+                Frame::Body(Bytes::from_static(b"prompt"))
+            );
+            assert!(out.is_empty(), "split at {split}");
+        }
+    }
 }

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::route::Router;
 use crate::server::{self, ControlStream};
 use crate::shutdown::Shutdown;
+use crate::telemetry::{self, TraceStats, Tracer};
 use crate::tls::{Identity, IdentityError};
 use crate::transport;
 
@@ -40,6 +41,7 @@ pub(crate) struct EdgeShared {
     pub upstreams: Arc<Upstreams>,
     pub stats: Arc<EdgeStats>,
     pub h3: Option<H3Handler>,
+    pub tracer: Tracer,
 }
 
 /// ALPN of HTTP/3, served beside `meridian/1` on the same UDP port when an [`H3Handler`] is
@@ -89,11 +91,17 @@ impl EdgeHandle {
         }
     }
 
+    /// Span export counters, when tracing is configured.
+    pub fn trace_stats(&self) -> Option<Arc<TraceStats>> {
+        self.shared.tracer.stats().cloned()
+    }
+
     /// Drains gracefully: GOAWAY to clients, in-flight requests finish (up to
-    /// [`DRAIN_TIMEOUT`]), upstream connections close.
+    /// [`DRAIN_TIMEOUT`]), upstream connections close, the last spans are exported.
     pub async fn stop(self) {
         self.shutdown.trigger();
         let _ = self.task.await;
+        self.shared.tracer.shutdown().await;
     }
 }
 
@@ -148,11 +156,13 @@ pub fn spawn_with_h3(
     let router = Arc::new(Router::new(config.clone()));
     let upstreams = Upstreams::spawn(router.clone(), upstream_ep.clone(), shutdown.clone());
     let stats = Arc::new(EdgeStats::new(&config));
+    let instance = format!("{}@{addr}", config.edge.pop);
     let shared = Arc::new(EdgeShared {
         router: router.clone(),
         upstreams,
         stats: stats.clone(),
         h3,
+        tracer: telemetry::start(config.telemetry.as_ref(), &instance),
     });
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
     let task = tokio::spawn(serve(

@@ -21,6 +21,7 @@ use super::track::ResponseTracker;
 use super::EdgeShared;
 use crate::config::WorkerId;
 use crate::route::RouteRequest;
+use crate::telemetry::{Span, SpanKind, TraceContext};
 
 /// Where a request's latencies are recorded.
 struct Timing<'a> {
@@ -51,8 +52,8 @@ impl Drop for ActiveStream<'_> {
 
 /// How one upstream attempt ended.
 enum Attempt {
-    /// END or ERROR relayed; the client stream is finished.
-    Done,
+    /// END or ERROR (`worker_error`) relayed; the client stream is finished.
+    Done { tokens: u64, worker_error: bool },
     /// The client went away; upstream was cancelled.
     ClientGone,
     /// The deadline passed; the client was told.
@@ -60,7 +61,7 @@ enum Attempt {
     /// The worker failed before any of its bytes reached the client: safe to retry.
     FailedClean(String),
     /// The worker failed after bytes reached the client: the client was told.
-    FailedDirty,
+    FailedDirty(String),
 }
 
 /// Serves one client QUIC request stream to completion.
@@ -98,8 +99,17 @@ async fn fail(sink: &mut impl Sink, edge: &EdgeShared, e: ErrorFrame) {
     sink.fail(e, true).await;
 }
 
+/// Marks `span` failed with a wire error.
+fn span_error(span: &mut Span, code: ErrorCode, message: &str) {
+    if span.recording() {
+        span.set("meridian.error_code", code.to_string());
+        span.fail(message);
+    }
+}
+
 /// Routes a received request and relays the chosen worker's answer into `sink`, retrying on
 /// the next candidate (same residency rules) while no worker byte has reached the client.
+/// Traced as `meridian.edge.request`, parented to the client's `trace_context` if valid.
 pub(crate) async fn dispatch(
     intake: &Intake,
     arrived: Instant,
@@ -109,6 +119,29 @@ pub(crate) async fn dispatch(
     edge.stats.requests.fetch_add(1, Relaxed);
     edge.stats.active_streams.fetch_add(1, Relaxed);
     let _active = ActiveStream(&edge.stats);
+    let parent = (intake.headers.trace_context.as_deref()).and_then(TraceContext::parse);
+    let mut span = (edge.tracer).start("meridian.edge.request", SpanKind::Server, parent.as_ref());
+    if span.recording() {
+        let h = &intake.headers;
+        span.set("gen_ai.request.model", h.model.as_str());
+        span.set("meridian.pop", edge.router.config().edge.pop.as_str());
+        if let Some(a) = h.area.as_deref() {
+            span.set("meridian.area", a);
+        }
+        if let Some(t) = h.tenant.as_deref() {
+            span.set("meridian.tenant", t);
+        }
+    }
+    route_and_relay(intake, arrived, sink, edge, &mut span).await;
+}
+
+async fn route_and_relay(
+    intake: &Intake,
+    arrived: Instant,
+    sink: &mut impl Sink,
+    edge: &EdgeShared,
+    span: &mut Span,
+) {
     let cfg = edge.router.config();
     let deadline = intake
         .headers
@@ -140,6 +173,7 @@ pub(crate) async fn dispatch(
                 if e.code() == ErrorCode::RESIDENCY_UNAVAILABLE {
                     edge.stats.residency_rejections.fetch_add(1, Relaxed);
                 }
+                span_error(span, e.code(), &e.to_string());
                 return fail(sink, edge, ErrorFrame::new(e.code(), e.to_string())).await;
             }
         };
@@ -150,8 +184,17 @@ pub(crate) async fn dispatch(
             worker: worker.name.clone(),
             attempt,
         };
+        let mut att = span.child("meridian.edge.attempt", SpanKind::Client);
+        if span.recording() {
+            for s in [&mut *span, &mut att] {
+                s.set("meridian.region", routed.region.as_str());
+                s.set("meridian.worker", routed.worker.as_str());
+                s.set("meridian.attempt", attempt);
+            }
+        }
         if !sink.routed(routed).await {
             edge.stats.cancelled.fetch_add(1, Relaxed);
+            span.set("meridian.outcome", "cancelled");
             return;
         }
         edge.stats.routed(decision.region);
@@ -160,17 +203,46 @@ pub(crate) async fn dispatch(
             latencies: edge.stats.latencies(decision.region, &intake.headers.model),
         };
         let outcome = match edge.upstreams.connection(decision.worker) {
-            Some(conn) => forward(&conn, intake, sink, deadline, &timing, edge).await,
+            Some(conn) => {
+                let up = Upstream {
+                    conn: &conn,
+                    chunks: intake.upstream_chunks(att.context()),
+                };
+                forward(up, sink, deadline, &timing, edge).await
+            }
             None => Attempt::FailedClean("no connection".into()),
         };
         drop(decision);
         match outcome {
-            Attempt::Done | Attempt::FailedDirty | Attempt::Deadline => return,
+            Attempt::Done {
+                tokens,
+                worker_error,
+            } => {
+                span.set("meridian.tokens", tokens);
+                if worker_error {
+                    let msg = "the worker answered with an ERROR frame";
+                    att.fail(msg);
+                    span.fail(msg);
+                }
+                return;
+            }
+            Attempt::FailedDirty(msg) => {
+                span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &msg);
+                return span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
+            }
+            Attempt::Deadline => {
+                let msg = "the request's deadline passed";
+                span_error(&mut att, ErrorCode::DEADLINE_EXCEEDED, msg);
+                return span_error(span, ErrorCode::DEADLINE_EXCEEDED, msg);
+            }
             Attempt::ClientGone => {
                 edge.stats.cancelled.fetch_add(1, Relaxed);
+                att.set("meridian.outcome", "cancelled");
+                span.set("meridian.outcome", "cancelled");
                 return;
             }
             Attempt::FailedClean(reason) => {
+                span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &reason);
                 debug!(worker = %worker.name, %reason, attempt, "upstream attempt failed before any token; retrying");
                 edge.stats.retries.fetch_add(1, Relaxed);
                 exclude.push(worker_id);
@@ -181,24 +253,30 @@ pub(crate) async fn dispatch(
         "{} attempts failed before the first token",
         cfg.routing.max_attempts
     );
+    span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
     fail(sink, edge, ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg)).await;
+}
+
+/// One attempt's upstream: the worker's connection and the request bytes to send.
+struct Upstream<'a> {
+    conn: &'a quinn::Connection,
+    chunks: Vec<Bytes>,
 }
 
 /// Sends the request to one worker and relays its answer.
 async fn forward(
-    conn: &quinn::Connection,
-    intake: &Intake,
+    up: Upstream<'_>,
     sink: &mut impl Sink,
     deadline: Option<Instant>,
     timing: &Timing<'_>,
     edge: &EdgeShared,
 ) -> Attempt {
     let mut last_tokens: Option<Instant> = None;
-    let (mut up_send, mut up_recv) = match conn.open_bi().await {
+    let (mut up_send, mut up_recv) = match up.conn.open_bi().await {
         Ok(s) => s,
         Err(e) => return Attempt::FailedClean(e.to_string()),
     };
-    let mut chunks = intake.chunks.clone();
+    let mut chunks = up.chunks;
     if let Err(e) = up_send.write_all_chunks(&mut chunks).await {
         return Attempt::FailedClean(e.to_string());
     }
@@ -208,6 +286,7 @@ async fn forward(
         let _ = up_send.reset(code(c));
     };
     let mut tracker = ResponseTracker::new();
+    let mut relayed = 0u64;
     let sleep = tokio::time::sleep_until(
         deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
     );
@@ -219,6 +298,7 @@ async fn forward(
                     match tracker.on_chunk(&chunk.bytes) {
                         Ok(0) => 0,
                         Ok(tokens) => {
+                            relayed += tokens;
                             timing.tokens(&mut last_tokens);
                             edge.stats.tokens.fetch_add(tokens, Relaxed)
                         }
@@ -237,7 +317,7 @@ async fn forward(
                     if let Some(l) = timing.latencies {
                         l.e2e.observe(timing.arrived.elapsed());
                     }
-                    return Attempt::Done;
+                    return Attempt::Done { tokens: relayed, worker_error: tracker.ended_with_error() };
                 }
                 Ok(None) => break "worker finished the stream without END".into(),
                 Err(e) => break e.to_string(),
@@ -260,10 +340,8 @@ async fn forward(
     }
     // Tokens already reached the client: never a silent clean end.
     edge.stats.error(ErrorCode::UPSTREAM_FAILED);
-    let e = ErrorFrame::new(
-        ErrorCode::UPSTREAM_FAILED,
-        format!("worker failed mid-stream: {failure}"),
-    );
+    let msg = format!("worker failed mid-stream: {failure}");
+    let e = ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg.clone());
     sink.fail(e, tracker.at_boundary()).await;
-    Attempt::FailedDirty
+    Attempt::FailedDirty(msg)
 }

@@ -83,13 +83,16 @@ impl Submitter {
             });
         }
         let prefix = body[..body.len().min(cfg.routing.prefix_bytes)].to_vec();
-        let mut chunks = vec![Frame::Headers(headers.clone()).to_bytes()];
+        let head = Frame::Headers(headers.clone()).to_bytes();
+        let headers_len = head.len();
+        let mut chunks = vec![head];
         for part in body.chunks(16 * 1024) {
             chunks.push(Frame::Body(body.slice_ref(part)).to_bytes());
         }
         let intake = Intake {
             headers,
             chunks,
+            headers_len,
             prefix,
         };
         let (tx, rx) = mpsc::channel(CHANNEL);

@@ -33,7 +33,8 @@ impl std::fmt::Display for UpstreamViolation {
 #[derive(Debug, Default)]
 pub struct ResponseTracker {
     scanner: FrameScanner,
-    terminal: bool,
+    /// END or ERROR, once seen.
+    terminal: Option<FrameType>,
     forwarded: usize,
 }
 
@@ -50,12 +51,12 @@ impl ResponseTracker {
         let terminal = &mut self.terminal;
         self.scanner.scan(chunk, |ev| {
             if let Scanned::Start(h) = ev {
-                if *terminal {
+                if terminal.is_some() {
                     return Err(UpstreamViolation::Unexpected("frame after END/ERROR"));
                 }
                 match h.ty {
                     FrameType::TOKENS => tokens += 1,
-                    FrameType::END | FrameType::ERROR => *terminal = true,
+                    FrameType::END | FrameType::ERROR => *terminal = Some(h.ty),
                     t if !t.is_known() => {}
                     _ => {
                         return Err(UpstreamViolation::Unexpected(
@@ -82,7 +83,12 @@ impl ResponseTracker {
 
     /// Whether the response is complete: END or ERROR seen, ending at a boundary.
     pub fn complete(&self) -> bool {
-        self.terminal && self.scanner.at_boundary()
+        self.terminal.is_some() && self.scanner.at_boundary()
+    }
+
+    /// Whether the worker ended the response with ERROR.
+    pub fn ended_with_error(&self) -> bool {
+        self.terminal == Some(FrameType::ERROR)
     }
 }
 

@@ -20,6 +20,7 @@ pub use stats::{StatsSnapshot, WorkerStats};
 use crate::config::WorkerConfig;
 use crate::server::{self, ControlStream};
 use crate::shutdown::Shutdown;
+use crate::telemetry::{self, Tracer};
 use crate::tls::{Identity, IdentityError};
 use crate::transport;
 
@@ -33,6 +34,7 @@ pub(crate) struct Shared {
     pub slots: Semaphore,
     /// The OpenAI-compatible upstream, for `Backend::OpenAi`.
     pub openai: Option<openai::OpenAiClient>,
+    pub tracer: Tracer,
 }
 
 /// A running worker.
@@ -45,6 +47,7 @@ pub struct WorkerHandle {
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<()>,
     endpoint: quinn::Endpoint,
+    tracer: Tracer,
 }
 
 impl WorkerHandle {
@@ -53,6 +56,7 @@ impl WorkerHandle {
     pub async fn stop(self) {
         self.shutdown.trigger();
         let _ = self.task.await;
+        self.tracer.shutdown().await;
     }
 
     /// Dies at once, as a crashed process would look to its peers: connections close with
@@ -89,11 +93,14 @@ pub fn spawn(
         crate::config::Backend::OpenAi(b) => Some(openai::OpenAiClient::new(b.clone())),
         _ => None,
     };
+    let instance = format!("{}@{addr}", config.name);
+    let tracer = telemetry::start(config.telemetry.as_ref(), &instance);
     let shared = Arc::new(Shared {
         slots: Semaphore::new(config.max_concurrent as usize),
         config,
         stats: stats.clone(),
         openai,
+        tracer: tracer.clone(),
     });
     info!(worker = %shared.config.name, region = %shared.config.region, %addr, "worker listening");
     let task = tokio::spawn(serve(endpoint.clone(), shared, shutdown.clone()));
@@ -103,6 +110,7 @@ pub fn spawn(
         shutdown,
         task,
         endpoint,
+        tracer,
     })
 }
 

@@ -148,11 +148,13 @@ impl OpenAiClient {
         Ok((format!("{}/{endpoint}", self.cfg.path_prefix), body))
     }
 
-    /// Runs one request upstream and emits its tokens.
+    /// Runs one request upstream and emits its tokens; `traceparent` continues the trace
+    /// on the inference server (vLLM and TGI read it).
     pub(crate) async fn run(
         &self,
         h: &RequestHeaders,
         prompt: Bytes,
+        traceparent: Option<String>,
         mut emit: Emitter<'_>,
     ) -> Result<(), GenError> {
         let (path, body) = self.upstream_request(h, &prompt)?;
@@ -162,6 +164,9 @@ impl OpenAiClient {
             .header("accept", "text/event-stream");
         if let Some(k) = &self.cfg.api_key {
             req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if let Some(t) = traceparent {
+            req = req.header("traceparent", t);
         }
         let req = req
             .body(Full::new(Bytes::from(body)))

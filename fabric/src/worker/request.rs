@@ -15,6 +15,7 @@ use super::stats::Event;
 use super::synthetic;
 use super::{varint_code, Shared};
 use crate::config::Backend;
+use crate::telemetry::{SpanKind, TraceContext};
 
 pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Shared>) {
     let mut reader = FrameReader::new(recv);
@@ -27,26 +28,73 @@ pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Sh
             return;
         }
     };
+    let parent = headers
+        .trace_context
+        .as_deref()
+        .and_then(TraceContext::parse);
+    let mut span = (shared.tracer).start(
+        "meridian.worker.generate",
+        SpanKind::Server,
+        parent.as_ref(),
+    );
+    if span.recording() {
+        span.set("gen_ai.request.model", headers.model.as_str());
+        span.set("meridian.worker", shared.config.name.as_str());
+        span.set("meridian.region", shared.config.region.as_str());
+    }
+    // Continue the trace upstream even when this worker records nothing.
+    let traceparent = span.context().or(parent.as_ref()).map(|c| c.to_string());
+    let outcome = answer(&mut send, &headers, prompt, traceparent, &shared).await;
+    match outcome {
+        Answer::Completed(None) => {}
+        Answer::Completed(Some(e)) | Answer::Rejected(e) => {
+            if span.recording() {
+                span.set("meridian.error_code", e.code.to_string());
+                span.fail(e.message);
+            }
+        }
+        Answer::Cancelled => span.set("meridian.outcome", "cancelled"),
+    }
+}
+
+/// How a request that was read ended.
+enum Answer {
+    /// Generated to the end, or ended with the backend's ERROR.
+    Completed(Option<ErrorFrame>),
+    /// Refused before generating.
+    Rejected(ErrorFrame),
+    /// The edge stopped the stream.
+    Cancelled,
+}
+
+async fn answer(
+    send: &mut SendStream,
+    headers: &RequestHeaders,
+    prompt: Bytes,
+    traceparent: Option<String>,
+    shared: &Shared,
+) -> Answer {
     if headers
         .body_format
         .is_some_and(|f| f > meridian_protocol::body_format::OPENAI_COMPLETIONS)
     {
-        shared.stats.record(Event::Rejected);
         let msg = format!(
             "unknown body_format {}",
             headers.body_format.unwrap_or_default()
         );
-        reject(&mut send, ErrorFrame::new(ErrorCode::BAD_REQUEST, msg)).await;
-        return;
+        return refuse(send, shared, ErrorFrame::new(ErrorCode::BAD_REQUEST, msg)).await;
     }
     if !shared.config.models.contains(&headers.model) {
-        shared.stats.record(Event::Rejected);
         let msg = format!(
             "worker {} does not serve model `{}`",
             shared.config.name, headers.model
         );
-        reject(&mut send, ErrorFrame::new(ErrorCode::MODEL_NOT_FOUND, msg)).await;
-        return;
+        return refuse(
+            send,
+            shared,
+            ErrorFrame::new(ErrorCode::MODEL_NOT_FOUND, msg),
+        )
+        .await;
     }
     let stopped = send.stopped();
     tokio::pin!(stopped);
@@ -56,34 +104,45 @@ pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Sh
         p = shared.slots.acquire() => p,
         _ = &mut stopped => {
             shared.stats.record(Event::Dequeued);
-            return;
+            return Answer::Cancelled;
         }
     };
     shared.stats.record(Event::Dequeued);
-    let Ok(_permit) = permit else { return };
+    let Ok(_permit) = permit else {
+        return Answer::Cancelled;
+    };
     shared.stats.record(Event::Started);
     let outcome = tokio::select! {
-        r = generate(&mut send, &headers, prompt, &shared, received) => r,
+        r = generate(send, headers, prompt, traceparent, shared, received) => r,
         _ = &mut stopped => Err(GenError::Cancelled),
     };
     match outcome {
         Ok(()) => {
             let _ = send.finish();
             shared.stats.record(Event::Completed);
+            Answer::Completed(None)
         }
         Err(GenError::Failed(e)) => {
             debug!(worker = %shared.config.name, code = %e.code, "backend failed: {}", e.message);
             // Counted as completed: the request ended with an answer (an ERROR).
-            let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
+            let _ = send.write_chunk(Frame::Error(e.clone()).to_bytes()).await;
             let _ = send.finish();
             shared.stats.record(Event::Completed);
+            Answer::Completed(Some(e))
         }
         Err(GenError::Cancelled) => {
             debug!(worker = %shared.config.name, "request cancelled; generation stopped");
             let _ = send.reset(varint_code(ErrorCode::CANCELLED));
             shared.stats.record(Event::Cancelled);
+            Answer::Cancelled
         }
     }
+}
+
+async fn refuse(send: &mut SendStream, shared: &Shared, e: ErrorFrame) -> Answer {
+    shared.stats.record(Event::Rejected);
+    reject(send, e.clone()).await;
+    Answer::Rejected(e)
 }
 
 async fn reject(send: &mut SendStream, e: ErrorFrame) {
@@ -143,6 +202,7 @@ async fn generate(
     send: &mut SendStream,
     headers: &RequestHeaders,
     prompt: Bytes,
+    traceparent: Option<String>,
     shared: &Shared,
     received: Instant,
 ) -> Result<(), GenError> {
@@ -154,7 +214,7 @@ async fn generate(
                 .openai
                 .as_ref()
                 .expect("an openai backend has a client");
-            client.run(headers, prompt, emit).await
+            client.run(headers, prompt, traceparent, emit).await
         }
     }
 }

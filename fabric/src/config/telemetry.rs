@@ -1,0 +1,103 @@
+//! `[telemetry]`: trace export settings, shared by edge and worker configs. Without an
+//! `otlp_endpoint` (in the file or in `OTEL_EXPORTER_OTLP_ENDPOINT`) tracing is off.
+//!
+//! ```toml
+//! [telemetry]
+//! otlp_endpoint = "http://127.0.0.1:4318"  # OTLP/HTTP; spans go to <endpoint>/v1/traces
+//! service_name = "meridian-edge"            # default meridian-edge / meridian-worker
+//! sample_ratio = 1.0                        # new traces recorded; sampled parents always are
+//! export_interval_ms = 1000
+//! max_queue = 8192                          # finished spans waiting; more are dropped
+//! ```
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::RawTelemetry;
+use super::validate::Ctx;
+use super::OtlpSettings;
+
+/// Default longest wait before a finished span is exported.
+pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default most spans waiting for export.
+pub const DEFAULT_MAX_QUEUE: u64 = 8192;
+
+/// The OTLP/HTTP signal path appended to a base endpoint (OTLP exporter spec).
+const TRACES_PATH: &str = "/v1/traces";
+
+impl Ctx<'_> {
+    pub(super) fn telemetry(
+        &mut self,
+        table: Option<&Spanned<RawTelemetry>>,
+        default_service: &str,
+    ) -> Option<OtlpSettings> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let raw = table.map(|t| t.get_ref());
+        let (url, span) = match (raw.and_then(|t| t.otlp_endpoint.as_ref()), table) {
+            (Some(e), _) => (e.get_ref().clone(), Some(e.span())),
+            (None, table) => match (env("OTEL_EXPORTER_OTLP_ENDPOINT"), table) {
+                (Some(url), _) => (url, None),
+                (None, None) => return None,
+                (None, Some(t)) => {
+                    self.err(Some(t.span()), "[telemetry] has no `otlp_endpoint` (and OTEL_EXPORTER_OTLP_ENDPOINT is not set): name the collector, e.g. \"http://127.0.0.1:4318\", or remove the section");
+                    return None;
+                }
+            },
+        };
+        let what = if span.is_some() {
+            "otlp_endpoint"
+        } else {
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        };
+        let (authority, base) = self.http_url(&url, span, what, "run a collector beside the node");
+        let path = if base.ends_with(TRACES_PATH) {
+            base
+        } else {
+            format!("{base}{TRACES_PATH}")
+        };
+        let service_name = match raw.and_then(|t| t.service_name.as_ref()) {
+            Some(s) if s.get_ref().is_empty() => {
+                self.err(Some(s.span()), "service_name must not be empty");
+                default_service.to_owned()
+            }
+            Some(s) => s.get_ref().clone(),
+            None => env("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_owned()),
+        };
+        let sample_ratio = match raw.and_then(|t| t.sample_ratio.as_ref()) {
+            Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
+                self.err(
+                    Some(r.span()),
+                    format!("sample_ratio must be in 0.0..=1.0, got {}", r.get_ref()),
+                );
+                1.0
+            }
+            Some(r) => *r.get_ref(),
+            None => 1.0,
+        };
+        let export_interval = self.millis(
+            raw.and_then(|t| t.export_interval_ms.as_ref()),
+            "export_interval_ms",
+            60_000,
+            DEFAULT_EXPORT_INTERVAL,
+        );
+        if export_interval.is_zero() {
+            let span = raw.and_then(|t| t.export_interval_ms.as_ref().map(|s| s.span()));
+            self.err(span, "export_interval_ms must be at least 1");
+        }
+        let max_queue = self.count(
+            raw.and_then(|t| t.max_queue.as_ref()),
+            "max_queue",
+            1..1_000_001,
+            DEFAULT_MAX_QUEUE,
+        ) as usize;
+        Some(OtlpSettings {
+            authority,
+            path,
+            service_name,
+            sample_ratio,
+            export_interval,
+            max_queue,
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! One trace across client → edge → worker → inference server: every node exports spans
+//! over OTLP/HTTP to a real HTTP collector on loopback, and the spans must form one tree.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request as HttpRequest, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use meridian_protocol::client::Request;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::openai_backend::{mock, traced_topology};
+use crate::support::within;
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+/// A span as received, with the `service.name` of the process that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    span: Value,
+}
+
+impl Received {
+    fn get(&self, field: &str) -> &str {
+        self.span[field].as_str().unwrap_or("")
+    }
+
+    fn attr(&self, key: &str) -> Option<&Value> {
+        let attrs = self.span["attributes"].as_array()?;
+        let a = attrs.iter().find(|a| a["key"] == key)?;
+        a["value"].as_object()?.values().next()
+    }
+}
+
+/// An OTLP/HTTP (JSON) receiver: accepts `POST /v1/traces` and forwards every span.
+async fn collector() -> (String, mpsc::UnboundedReceiver<Received>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let service = hyper::service::service_fn(move |req: HttpRequest<Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let ok = req.uri().path() == "/v1/traces"
+                        && req.headers()["content-type"] == "application/json";
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let export: Value = serde_json::from_slice(&body).expect("OTLP JSON");
+                    for rs in export["resourceSpans"].as_array().unwrap() {
+                        let service = rs["resource"]["attributes"][0]["value"]["stringValue"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        for ss in rs["scopeSpans"].as_array().unwrap() {
+                            for span in ss["spans"].as_array().unwrap() {
+                                let _ = tx.send(Received {
+                                    service: service.clone(),
+                                    span: span.clone(),
+                                });
+                            }
+                        }
+                    }
+                    let status = if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::NOT_FOUND
+                    };
+                    let resp = Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::from_static(b"{}")))
+                        .unwrap();
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (addr, rx)
+}
+
+/// Receives spans until `n` of them have arrived.
+async fn spans(rx: &mut mpsc::UnboundedReceiver<Received>, n: usize) -> Vec<Received> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        out.push(within("spans", rx.recv()).await.expect("collector running"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_client_edge_worker_and_backend() {
+    let (otlp, mut rx) = collector().await;
+    let (_mock, upstream) = mock(1, 4).await;
+    let t = traced_topology("traces", &[&upstream], Some(&otlp)).await;
+
+    // 1. The client continues its own trace.
+    let mut req = Request::new("llama-3-8b", "hello");
+    req.headers.trace_context = Some(format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"));
+    let (_, text, _) = within("traced", t.client.generate(req).await.unwrap().collect())
+        .await
+        .unwrap();
+    assert_eq!(text.split_whitespace().count(), 4);
+    let got = spans(&mut rx, 3).await;
+    let by_name: HashMap<&str, &Received> = got.iter().map(|s| (s.get("name"), s)).collect();
+    let request = by_name["meridian.edge.request"];
+    let attempt = by_name["meridian.edge.attempt"];
+    let worker = by_name["meridian.worker.generate"];
+    for s in [request, attempt, worker] {
+        assert_eq!(s.get("traceId"), CLIENT_TRACE, "{s:?}");
+        assert!(s.span["status"].get("code").is_none(), "{s:?}");
+    }
+    assert_eq!(request.get("parentSpanId"), CLIENT_SPAN);
+    assert_eq!(attempt.get("parentSpanId"), request.get("spanId"));
+    assert_eq!(worker.get("parentSpanId"), attempt.get("spanId"));
+    assert_eq!(
+        (request.service.as_str(), worker.service.as_str()),
+        ("meridian-edge", "meridian-worker")
+    );
+    assert_eq!(
+        (request.span["kind"].as_u64(), attempt.span["kind"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(request.attr("meridian.worker"), Some(&Value::from("w0")));
+    assert_eq!(request.attr("meridian.tokens"), Some(&Value::from("4")));
+    assert_eq!(
+        worker.attr("gen_ai.request.model"),
+        Some(&Value::from("llama-3-8b"))
+    );
+
+    // 2. Without a client trace the edge starts one, and the worker joins it.
+    let g = t.client.generate(Request::new("llama-3-8b", "again"));
+    within("untraced", g.await.unwrap().collect())
+        .await
+        .unwrap();
+    let got = spans(&mut rx, 3).await;
+    let root = got
+        .iter()
+        .find(|s| s.get("name") == "meridian.edge.request")
+        .unwrap();
+    assert_eq!(root.get("parentSpanId"), "");
+    assert_ne!(root.get("traceId"), CLIENT_TRACE);
+    assert!(
+        got.iter().all(|s| s.get("traceId") == root.get("traceId")),
+        "{got:?}"
+    );
+
+    // 3. A worker's refusal shows as an error on its span and on the edge's.
+    let mut bad = Request::new("llama-3-8b", "x");
+    bad.headers.body_format = Some(99);
+    let mut g = t.client.generate(bad).await.unwrap();
+    while let Ok(Some(_)) = within("refused", g.next()).await {}
+    let got = spans(&mut rx, 3).await;
+    for s in &got {
+        assert_eq!(s.span["status"]["code"], 2, "{s:?}");
+    }
+    let worker = got.iter().find(|s| s.service == "meridian-worker").unwrap();
+    assert!(worker.span["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown body_format"));
+
+    t.edge.stop().await;
+    for w in t.workers {
+        w.stop().await;
+    }
+}
