@@ -32,8 +32,11 @@ python3 scripts/check_suite.py "$report"
 
 step "official openai Python SDK against the HTTP front door"
 python3 -m venv target/openai-venv
-target/openai-venv/bin/pip install -q --disable-pip-version-check "openai>=1.40"
+target/openai-venv/bin/pip install -q --disable-pip-version-check "openai>=1.40" "opentelemetry-proto>=1.20"
 target/openai-venv/bin/python scripts/openai_sdk_test.py target/debug/meridian
+
+step "OTLP trace export against the opentelemetry-proto schema"
+target/openai-venv/bin/python scripts/otlp_trace_test.py target/debug/meridian
 
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-Dwarnings" cargo doc -j "$jobs" --workspace --no-deps --locked
