@@ -101,10 +101,13 @@ async fn serve(
                         .unwrap_or_default();
                     let _ = stream.send_data(bytes).await;
                 }
-                FrontBody::Stream(mut rx) => {
-                    while let Some(event) = rx.recv().await {
+                FrontBody::Stream(mut sse) => {
+                    while let Some(Ok(frame)) = sse.frame().await {
+                        let Ok(event) = frame.into_data() else {
+                            continue;
+                        };
                         if stream.send_data(event).await.is_err() {
-                            return; // dropping `rx` cancels the request upstream
+                            return; // dropping `sse` cancels the request upstream
                         }
                     }
                 }

@@ -8,6 +8,7 @@
 
 pub mod h3;
 mod openai;
+mod sse;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,9 +28,9 @@ use meridian_fabric::edge::{Delivery, Submission, Submitter};
 use meridian_fabric::telemetry::TraceContext;
 use meridian_protocol::{body_format, ErrorCode, Frame, RequestHeaders};
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use openai::{error_body, status_of, usage, Kind, Meta, Peek};
+use sse::SseBody;
 
 /// What the front door needs.
 #[derive(Clone)]
@@ -258,12 +259,11 @@ async fn completion(
         .header("x-meridian-region", region)
         .header("x-meridian-worker", worker);
     if peek.stream {
-        let (tx, rx) = mpsc::channel::<Bytes>(32);
-        tokio::spawn(stream(sub, first, meta, include_usage, tx));
+        let body = SseBody::new(sub, first, meta, include_usage);
         response
             .header("content-type", "text/event-stream")
             .header("cache-control", "no-cache")
-            .body(FrontBody::Stream(rx))
+            .body(FrontBody::Stream(Box::new(body)))
             .expect("valid response")
     } else {
         match whole(sub, first, &meta).await {
@@ -272,55 +272,6 @@ async fn completion(
                 .body(FrontBody::Full(Full::new(Bytes::from(v.to_string()))))
                 .expect("valid response"),
             Err(resp) => resp,
-        }
-    }
-}
-
-/// Relays deliveries as SSE until END (or an error event). Returns when the client is gone:
-/// dropping `sub` cancels the request upstream.
-async fn stream(
-    mut sub: Submission,
-    first: Frame,
-    meta: Meta,
-    include_usage: bool,
-    tx: mpsc::Sender<Bytes>,
-) {
-    if let Some(start) = meta.sse_start() {
-        if tx.send(Bytes::from(start)).await.is_err() {
-            return;
-        }
-    }
-    let text_chunk = openai::TextChunk::new(&meta);
-    let mut next = Some(first);
-    loop {
-        let Some(frame) = (match next.take() {
-            Some(f) => Some(f),
-            None => sub.next_frame().await,
-        }) else {
-            return;
-        };
-        let event = match frame {
-            Frame::Tokens(t) => text_chunk.render(&String::from_utf8_lossy(&t)),
-            Frame::End(end) => {
-                let u = include_usage.then(|| usage(end.prompt_tokens, end.completion_tokens));
-                let _ = tx
-                    .send(Bytes::from(meta.sse_end(end.finish_reason, u)))
-                    .await;
-                return;
-            }
-            Frame::Error(e) => {
-                let _ = tx
-                    .send(Bytes::from(format!(
-                        "data: {}\n\n",
-                        error_body(e.code, &e.message)
-                    )))
-                    .await;
-                return;
-            }
-            _ => continue,
-        };
-        if tx.send(Bytes::from(event)).await.is_err() {
-            return;
         }
     }
 }
@@ -354,10 +305,10 @@ async fn whole(mut sub: Submission, first: Frame, meta: &Meta) -> Result<serde_j
     }
 }
 
-/// A whole body or a channel of SSE events.
+/// A whole body or a stream of SSE events.
 pub enum FrontBody {
     Full(Full<Bytes>),
-    Stream(mpsc::Receiver<Bytes>),
+    Stream(Box<SseBody>),
 }
 
 impl Body for FrontBody {
@@ -370,7 +321,7 @@ impl Body for FrontBody {
     ) -> Poll<Option<Result<HttpFrame<Bytes>, Infallible>>> {
         match self.get_mut() {
             FrontBody::Full(f) => Pin::new(f).poll_frame(cx),
-            FrontBody::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(HttpFrame::data(b)))),
+            FrontBody::Stream(sse) => Pin::new(sse.as_mut()).poll_frame(cx),
         }
     }
 }

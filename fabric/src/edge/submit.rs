@@ -3,6 +3,7 @@
 //! exactly like a QUIC client's (same routing, residency, retries, deadlines, metrics).
 
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use meridian_protocol::{ErrorCode, Frame, RequestHeaders};
@@ -39,11 +40,17 @@ impl Submission {
     /// The next frame from the worker, skipping route announcements; an edge-side failure
     /// comes as an ERROR frame. `None` when the request is over.
     pub async fn next_frame(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| self.poll_next_frame(cx)).await
+    }
+
+    /// [`Submission::next_frame`] for a hand-written `poll` (an HTTP body).
+    pub fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         loop {
-            match self.rx.recv().await? {
-                Delivery::Routed(_) => continue,
-                Delivery::Frame(f) => return Some(f),
-                Delivery::Failed(e) => return Some(Frame::Error(e)),
+            match ready!(self.rx.poll_recv(cx)) {
+                None => return Poll::Ready(None),
+                Some(Delivery::Routed(_)) => continue,
+                Some(Delivery::Frame(f)) => return Poll::Ready(Some(f)),
+                Some(Delivery::Failed(e)) => return Poll::Ready(Some(Frame::Error(e))),
             }
         }
     }
