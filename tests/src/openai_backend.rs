@@ -37,7 +37,7 @@ fn bench_bin() -> PathBuf {
     bin
 }
 
-pub(crate) async fn mock(itl_ms: u64, max_tokens: u64) -> (Child, String) {
+async fn mock(itl_ms: u64, max_tokens: u64) -> (Child, String) {
     let mut child = Command::new(bench_bin())
         .args([
             "mock-openai",

@@ -1,5 +1,6 @@
 //! One trace across client → edge → worker → inference server: every node exports spans
-//! over OTLP/HTTP to a real HTTP collector on loopback, and the spans must form one tree.
+//! over OTLP/HTTP to a real HTTP collector on loopback, the spans must form one tree, and
+//! the inference server must receive the worker's span as `traceparent`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,7 +14,7 @@ use meridian_protocol::client::Request;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::openai_backend::{mock, traced_topology};
+use crate::openai_backend::traced_topology;
 use crate::support::within;
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -38,8 +39,17 @@ impl Received {
     }
 }
 
-/// An OTLP/HTTP (JSON) receiver: accepts `POST /v1/traces` and forwards every span.
-async fn collector() -> (String, mpsc::UnboundedReceiver<Received>) {
+/// What the loopback server saw: spans posted to it, and the `traceparent` of each
+/// inference request.
+enum Seen {
+    Span(Received),
+    Inference(Option<String>),
+}
+
+/// One loopback HTTP server playing both ends of the trace: the OTLP/HTTP collector
+/// (`POST /v1/traces`, JSON) and the OpenAI-compatible inference server the worker calls
+/// (`POST /v1/chat/completions`, one SSE token).
+async fn backplane() -> (String, mpsc::UnboundedReceiver<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -48,36 +58,7 @@ async fn collector() -> (String, mpsc::UnboundedReceiver<Received>) {
             let tx = tx.clone();
             let service = hyper::service::service_fn(move |req: HttpRequest<Incoming>| {
                 let tx = tx.clone();
-                async move {
-                    let ok = req.uri().path() == "/v1/traces"
-                        && req.headers()["content-type"] == "application/json";
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let export: Value = serde_json::from_slice(&body).expect("OTLP JSON");
-                    for rs in export["resourceSpans"].as_array().unwrap() {
-                        let service = rs["resource"]["attributes"][0]["value"]["stringValue"]
-                            .as_str()
-                            .unwrap()
-                            .to_owned();
-                        for ss in rs["scopeSpans"].as_array().unwrap() {
-                            for span in ss["spans"].as_array().unwrap() {
-                                let _ = tx.send(Received {
-                                    service: service.clone(),
-                                    span: span.clone(),
-                                });
-                            }
-                        }
-                    }
-                    let status = if ok {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::NOT_FOUND
-                    };
-                    let resp = Response::builder()
-                        .status(status)
-                        .body(Full::new(Bytes::from_static(b"{}")))
-                        .unwrap();
-                    Ok::<_, Infallible>(resp)
-                }
+                async move { Ok::<_, Infallible>(answer(req, &tx).await) }
             });
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
@@ -88,20 +69,67 @@ async fn collector() -> (String, mpsc::UnboundedReceiver<Received>) {
     (addr, rx)
 }
 
-/// Receives spans until `n` of them have arrived.
-async fn spans(rx: &mut mpsc::UnboundedReceiver<Received>, n: usize) -> Vec<Received> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        out.push(within("spans", rx.recv()).await.expect("collector running"));
+async fn answer(
+    req: HttpRequest<Incoming>,
+    tx: &mpsc::UnboundedSender<Seen>,
+) -> Response<Full<Bytes>> {
+    let respond = |status, body: &'static str| {
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    if req.uri().path() == "/v1/chat/completions" {
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let _ = tx.send(Seen::Inference(tp));
+        let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        return respond(StatusCode::OK, sse);
     }
-    out
+    if req.uri().path() != "/v1/traces" || req.headers()["content-type"] != "application/json" {
+        return respond(StatusCode::NOT_FOUND, "{}");
+    }
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let export: Value = serde_json::from_slice(&body).expect("OTLP JSON");
+    for rs in export["resourceSpans"].as_array().unwrap() {
+        let service = rs["resource"]["attributes"][0]["value"]["stringValue"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for ss in rs["scopeSpans"].as_array().unwrap() {
+            for span in ss["spans"].as_array().unwrap() {
+                let service = service.clone();
+                let _ = tx.send(Seen::Span(Received {
+                    service,
+                    span: span.clone(),
+                }));
+            }
+        }
+    }
+    respond(StatusCode::OK, "{}")
+}
+
+/// Receives until `n` spans have arrived; also returns the inference requests' `traceparent`s.
+async fn spans(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    n: usize,
+) -> (Vec<Received>, Vec<Option<String>>) {
+    let (mut spans, mut inference) = (Vec::new(), Vec::new());
+    while spans.len() < n {
+        match within("spans", rx.recv()).await.expect("server running") {
+            Seen::Span(s) => spans.push(s),
+            Seen::Inference(tp) => inference.push(tp),
+        }
+    }
+    (spans, inference)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_client_edge_worker_and_backend() {
-    let (otlp, mut rx) = collector().await;
-    let (_mock, upstream) = mock(1, 4).await;
-    let t = traced_topology("traces", &[&upstream], Some(&otlp)).await;
+    let (server, mut rx) = backplane().await;
+    let t = traced_topology("traces", &[&server], Some(&server)).await;
 
     // 1. The client continues its own trace.
     let mut req = Request::new("llama-3-8b", "hello");
@@ -109,8 +137,8 @@ async fn one_trace_spans_client_edge_worker_and_backend() {
     let (_, text, _) = within("traced", t.client.generate(req).await.unwrap().collect())
         .await
         .unwrap();
-    assert_eq!(text.split_whitespace().count(), 4);
-    let got = spans(&mut rx, 3).await;
+    assert_eq!(text, "hi");
+    let (got, inference) = spans(&mut rx, 3).await;
     let by_name: HashMap<&str, &Received> = got.iter().map(|s| (s.get("name"), s)).collect();
     let request = by_name["meridian.edge.request"];
     let attempt = by_name["meridian.edge.attempt"];
@@ -131,7 +159,10 @@ async fn one_trace_spans_client_edge_worker_and_backend() {
         (Some(2), Some(3))
     );
     assert_eq!(request.attr("meridian.worker"), Some(&Value::from("w0")));
-    assert_eq!(request.attr("meridian.tokens"), Some(&Value::from("4")));
+    assert_eq!(request.attr("meridian.tokens"), Some(&Value::from("1")));
+    // The inference server continues the trace under the worker's span.
+    let want = format!("00-{CLIENT_TRACE}-{}-01", worker.get("spanId"));
+    assert_eq!(inference, [Some(want)]);
     assert_eq!(
         worker.attr("gen_ai.request.model"),
         Some(&Value::from("llama-3-8b"))
@@ -142,7 +173,7 @@ async fn one_trace_spans_client_edge_worker_and_backend() {
     within("untraced", g.await.unwrap().collect())
         .await
         .unwrap();
-    let got = spans(&mut rx, 3).await;
+    let (got, _) = spans(&mut rx, 3).await;
     let root = got
         .iter()
         .find(|s| s.get("name") == "meridian.edge.request")
@@ -159,7 +190,7 @@ async fn one_trace_spans_client_edge_worker_and_backend() {
     bad.headers.body_format = Some(99);
     let mut g = t.client.generate(bad).await.unwrap();
     while let Ok(Some(_)) = within("refused", g.next()).await {}
-    let got = spans(&mut rx, 3).await;
+    let (got, _) = spans(&mut rx, 3).await;
     for s in &got {
         assert_eq!(s.span["status"]["code"], 2, "{s:?}");
     }
