@@ -3,9 +3,11 @@
 //! `RawConfig` mirrors the file; `TryFrom` turns it into [`Config`] (edge/topology) or
 //! [`WorkerConfig`], collecting **every** problem with its `file:line:col` before failing.
 
+mod ctx;
 mod raw;
 mod telemetry;
 mod validate;
+mod worker;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,7 +15,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{parse_config, parse_worker_config};
+pub use validate::parse_config;
+pub use worker::parse_worker_config;
 
 /// Default UDP address an edge listens on.
 pub const DEFAULT_EDGE_LISTEN: &str = "127.0.0.1:4433";

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::ctx::Ctx;
 use super::raw::RawTelemetry;
-use super::validate::Ctx;
 use super::OtlpSettings;
 
 /// Default longest wait before a finished span is exported.
