@@ -3,6 +3,7 @@
 //! forward upstream, and to replay if the first worker fails before any token.
 
 use bytes::{Bytes, BytesMut};
+use meridian_protocol::frame::with_trace_context;
 use meridian_protocol::limits::MAX_HEADERS_LEN;
 use meridian_protocol::scan::{FrameScanner, Scanned};
 use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, RequestHeaders};
@@ -154,17 +155,30 @@ pub(crate) async fn read(
 }
 
 impl Intake {
-    /// The bytes to send a worker: as received, or — to carry `trace` — a re-encoded
-    /// HEADERS with `trace_context` set, then the received bytes after the original HEADERS
-    /// (sliced, not copied). Once per attempt, never per token.
+    /// The bytes to send a worker: as received, or — to carry `trace` — the received HEADERS
+    /// with only its `trace_context` field replaced (unknown fields kept), then the received
+    /// bytes after it (sliced, not copied). Once per attempt, never per token.
     pub fn upstream_chunks(&self, trace: Option<&TraceContext>) -> Vec<Bytes> {
         let Some(trace) = trace else {
             return self.chunks.clone();
         };
-        let mut headers = self.headers.clone();
-        headers.trace_context = Some(trace.to_string());
+        let first = self.chunks.iter().find(|c| !c.is_empty());
+        let head = match first {
+            Some(c) if c.len() >= self.headers_len => c.slice(..self.headers_len),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.headers_len);
+                for c in &self.chunks {
+                    let take = (self.headers_len - all.len()).min(c.len());
+                    all.extend_from_slice(&c[..take]);
+                }
+                all.freeze()
+            }
+        };
+        let Some(rewritten) = with_trace_context(&head, &trace.to_string()) else {
+            return self.chunks.clone();
+        };
         let mut out = Vec::with_capacity(self.chunks.len() + 1);
-        out.push(Frame::Headers(headers).to_bytes());
+        out.push(rewritten);
         let mut skip = self.headers_len;
         for c in &self.chunks {
             if skip >= c.len() {

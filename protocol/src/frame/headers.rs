@@ -206,6 +206,46 @@ impl RequestHeaders {
     }
 }
 
+/// Rewrites one whole, already validated HEADERS frame (`frame`, header and payload as
+/// received) with `trace_context` set to `value`. Every other field — unknown ones included —
+/// is copied byte for byte in its original order; an existing `trace_context` is replaced.
+/// This is how an edge continues a trace (PROTOCOL.md §4.8) without dropping fields it does
+/// not understand. `None` when `frame` is not exactly one well-formed HEADERS frame or the
+/// result would exceed the limits.
+pub fn with_trace_context(frame: &[u8], value: &str) -> Option<Bytes> {
+    use super::{encode_header, FrameHead, FrameType};
+    let head = FrameHead::peek(frame).ok()?;
+    if head.ty != FrameType::HEADERS || head.total_len() != frame.len() {
+        return None;
+    }
+    if value.len() > MAX_TRACE_CONTEXT_LEN {
+        return None;
+    }
+    let mut payload = &frame[head.header_len..];
+    let mut out = bytes::BytesMut::with_capacity(payload.len() + value.len() + 4);
+    while !payload.is_empty() {
+        let (field, n1) = varint::peek(payload)?;
+        let (len, n2) = varint::peek(&payload[n1..])?;
+        let end = (n1 + n2).checked_add(usize::try_from(len).ok()?)?;
+        if end > payload.len() {
+            return None;
+        }
+        if field != id::TRACE_CONTEXT {
+            out.put_slice(&payload[..end]);
+        }
+        payload = &payload[end..];
+    }
+    varint::encode(id::TRACE_CONTEXT, &mut out);
+    put_bytes(&mut out, value.as_bytes());
+    if out.len() > crate::limits::MAX_HEADERS_LEN {
+        return None;
+    }
+    let mut frame = bytes::BytesMut::with_capacity(out.len() + 8);
+    encode_header(FrameType::HEADERS, out.len(), &mut frame);
+    frame.put_slice(&out);
+    Some(frame.freeze())
+}
+
 enum Field<'a> {
     Bytes(&'a [u8]),
     Int(u64),

@@ -17,7 +17,7 @@ use bytes::{Buf, BufMut, Bytes};
 pub use control::{GoAway, Load, Settings};
 pub use end::{End, FinishReason};
 pub use error::ErrorFrame;
-pub use headers::{body_format, RequestHeaders};
+pub use headers::{body_format, with_trace_context, RequestHeaders};
 pub use routed::Routed;
 
 use crate::limits::{MAX_FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD, MAX_HEADERS_LEN};

@@ -154,6 +154,36 @@ proptest! {
     }
 }
 
+proptest! {
+    #[test]
+    fn trace_context_rewrite_keeps_every_other_field(h in headers(), ext in proptest::collection::vec(any::<u8>(), 0..32)) {
+        // The frame as a client sent it, with an extension field the edge does not know.
+        let mut payload = BytesMut::new();
+        h.encode_payload(&mut payload);
+        let ext_field = field(0x30, &ext);
+        payload.extend_from_slice(&ext_field);
+        let frame = raw(0x01, &payload);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let out = with_trace_context(&frame, tp).expect("a valid HEADERS frame");
+        let mut decoded = out.clone();
+        let Frame::Headers(got) = Frame::decode(&mut decoded).unwrap() else { panic!("HEADERS") };
+        prop_assert!(decoded.is_empty());
+        prop_assert_eq!(got, RequestHeaders { trace_context: Some(tp.into()), ..h.clone() });
+        prop_assert!(out.windows(ext_field.len()).any(|w| w == ext_field.as_slice()), "extension field kept");
+        // Not a whole HEADERS frame: no rewrite.
+        prop_assert_eq!(with_trace_context(&frame[..frame.len() - 1], tp), None);
+    }
+}
+
+#[test]
+fn trace_context_rewrite_rejects_other_frames() {
+    let body = Frame::Body(Bytes::from_static(b"x")).to_bytes();
+    assert_eq!(with_trace_context(&body, "t"), None);
+    let mut two = Frame::Headers(RequestHeaders::new("m")).to_bytes().to_vec();
+    two.extend_from_slice(&body);
+    assert_eq!(with_trace_context(&two, "t"), None);
+}
+
 fn raw(ty: u64, payload: &[u8]) -> Bytes {
     let mut b = Vec::new();
     varint::encode(ty, &mut b);
