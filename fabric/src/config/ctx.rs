@@ -140,8 +140,17 @@ impl<'a> Ctx<'a> {
         if auth.is_empty() {
             self.err(span, format!("{what} has no host"));
         }
+        // `host` or `[v6]` without a port: HTTP's default.
+        let has_port = auth
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && !port.contains(']'));
+        let auth = if has_port || auth.is_empty() {
+            auth.to_owned()
+        } else {
+            format!("{auth}:80")
+        };
         let path = format!("/{}", path.trim_end_matches('/'));
-        (auth.to_owned(), path.trim_end_matches('/').to_owned())
+        (auth, path.trim_end_matches('/').to_owned())
     }
 
     pub(super) fn name(&mut self, s: &Spanned<String>, what: &str) {

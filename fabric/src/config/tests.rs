@@ -139,6 +139,18 @@ fn telemetry_is_off_by_default_and_validated_with_locations() {
     );
     assert_eq!((t.sample_ratio, t.max_queue), (0.5, 8192));
     assert!(t.service_name == "meridian-worker" || std::env::var_os("OTEL_SERVICE_NAME").is_some());
+    let no_port = format!("{w}[telemetry]\notlp_endpoint = \"http://collector\"\n");
+    let t = parse_worker_config(&no_port, Path::new("w.toml"))
+        .unwrap()
+        .telemetry
+        .unwrap();
+    assert_eq!(t.authority, "collector:80");
+    let v6 = format!("{w}[telemetry]\notlp_endpoint = \"http://[::1]\"\n");
+    let t = parse_worker_config(&v6, Path::new("w.toml"))
+        .unwrap()
+        .telemetry
+        .unwrap();
+    assert_eq!(t.authority, "[::1]:80");
     let full = format!(
         "{w}[telemetry]\notlp_endpoint = \"http://c:4318/otlp/v1/traces\"\nservice_name = \"w\"\n"
     );

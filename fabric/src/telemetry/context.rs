@@ -63,11 +63,13 @@ impl TraceContext {
         self.flags & SAMPLED != 0
     }
 
-    /// A child position: same trace and flags, a fresh span id.
+    /// A child position: same trace, a fresh span id, the `sampled` flag kept and flags
+    /// this version does not define cleared (W3C Trace Context §3.2.2.5).
     pub fn child(&self) -> TraceContext {
         TraceContext {
+            trace_id: self.trace_id,
             span_id: span_id(),
-            ..*self
+            flags: self.flags & SAMPLED,
         }
     }
 }
@@ -208,6 +210,8 @@ mod tests {
         let b = a.child();
         assert_eq!((a.trace_id, a.flags), (b.trace_id, b.flags));
         assert_ne!(a.span_id, b.span_id);
+        let unknown_flags = TraceContext::parse(&VALID.replace("-01", "-ff")).unwrap();
+        assert_eq!(unknown_flags.child().flags, SAMPLED);
         let ids: std::collections::HashSet<_> = (0..1000).map(|_| trace_id()).collect();
         assert_eq!(ids.len(), 1000);
     }

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,7 +68,7 @@ pub(crate) struct Shared {
     pub batch: usize,
     /// A new trace is sampled when the low 64 bits of its id are ≤ this.
     pub sample_threshold: u64,
-    pub wake: Notify,
+    pub wake: Arc<Notify>,
     pub stats: Arc<TraceStats>,
     stopping: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -84,7 +84,7 @@ pub fn start(settings: Option<&OtlpSettings>, instance: &str) -> Tracer {
         queue: ArrayQueue::new(s.max_queue.max(1)),
         batch: BATCH.min(s.max_queue.max(1)),
         sample_threshold: (s.sample_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
-        wake: Notify::new(),
+        wake: Arc::new(Notify::new()),
         stats: Arc::new(TraceStats::default()),
         stopping: AtomicBool::new(false),
         task: Mutex::new(None),
@@ -94,7 +94,14 @@ pub fn start(settings: Option<&OtlpSettings>, instance: &str) -> Tracer {
         attr("service.instance.id", &Value::Str(instance.to_owned())),
         attr("service.version", &Value::Str(env!("CARGO_PKG_VERSION").to_owned())),
     ]});
-    let task = tokio::spawn(run(shared.clone(), s.clone(), resource));
+    // The task holds the state weakly: a tracer dropped without `shutdown` (a killed node)
+    // ends it at the next tick instead of leaving it running.
+    let task = tokio::spawn(run(
+        Arc::downgrade(&shared),
+        shared.wake.clone(),
+        s.clone(),
+        resource,
+    ));
     *shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     info!(endpoint = %format!("http://{}{}", s.authority, s.path), service = %s.service_name, "exporting traces over OTLP/HTTP");
     Tracer {
@@ -121,7 +128,7 @@ impl Tracer {
     }
 }
 
-async fn run(shared: Arc<Shared>, settings: OtlpSettings, resource: Json) {
+async fn run(shared: Weak<Shared>, wake: Arc<Notify>, settings: OtlpSettings, resource: Json) {
     let mut exporter = Exporter {
         settings,
         conn: None,
@@ -132,8 +139,11 @@ async fn run(shared: Arc<Shared>, settings: OtlpSettings, resource: Json) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.wake.notified() => {}
+            _ = wake.notified() => {}
         }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         let stopping = shared.stopping.load(Relaxed);
         loop {
             let batch: Vec<Box<SpanData>> = std::iter::from_fn(|| shared.queue.pop())
