@@ -10,6 +10,8 @@ mod cancel;
 #[cfg(test)]
 mod demo_rules;
 #[cfg(test)]
+mod drain;
+#[cfg(test)]
 mod failure;
 #[cfg(test)]
 mod malformed;

@@ -42,6 +42,10 @@ pub(crate) struct EdgeShared {
     pub stats: Arc<EdgeStats>,
     pub h3: Option<H3Handler>,
     pub tracer: Tracer,
+    /// Fired when the edge starts draining (in-process submissions are refused after it).
+    pub shutdown: Shutdown,
+    /// In-process submissions in flight.
+    pub submissions: submit::InFlight,
 }
 
 /// ALPN of HTTP/3, served beside `meridian/1` on the same UDP port when an [`H3Handler`] is
@@ -96,8 +100,9 @@ impl EdgeHandle {
         self.shared.tracer.stats().cloned()
     }
 
-    /// Drains gracefully: GOAWAY to clients, in-flight requests finish (up to
-    /// [`DRAIN_TIMEOUT`]), upstream connections close, the last spans are exported.
+    /// Drains gracefully: GOAWAY to clients, in-flight requests — QUIC streams, then requests
+    /// submitted in process — finish (up to [`DRAIN_TIMEOUT`] each), upstream connections
+    /// close, the last spans are exported.
     pub async fn stop(self) {
         self.shutdown.trigger();
         let _ = self.task.await;
@@ -163,6 +168,8 @@ pub fn spawn_with_h3(
         stats: stats.clone(),
         h3,
         tracer: telemetry::start(config.telemetry.as_ref(), &instance),
+        shutdown: shutdown.clone(),
+        submissions: submit::InFlight::default(),
     });
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
     let task = tokio::spawn(serve(
@@ -197,6 +204,13 @@ async fn serve(
     };
     let accept = |incoming| connection(incoming, shared.clone(), shutdown.clone());
     server::accept_loop(&endpoint, &shutdown, "edge", admit, accept).await;
+    // HTTP front-door requests finish too (new ones are refused with UNAVAILABLE).
+    if tokio::time::timeout(DRAIN_TIMEOUT, shared.submissions.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing with front-door requests in flight");
+    }
     shared.upstreams.close_all();
     upstream_ep.close(0u32.into(), b"edge shutting down");
     endpoint.wait_idle().await;

@@ -2,12 +2,13 @@
 //! OpenAI-compatible request into HEADERS plus the unchanged body — routed and relayed
 //! exactly like a QUIC client's (same routing, residency, retries, deadlines, metrics).
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use meridian_protocol::{ErrorCode, Frame, RequestHeaders};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::intake::Intake;
@@ -56,6 +57,47 @@ impl Submission {
     }
 }
 
+/// Requests submitted in process and not finished yet: the edge's drain waits for them, as
+/// it does for QUIC request streams.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    n: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// Resolves once no submitted request is in flight.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.n.load(SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts one submitted request until dropped (also when its task is aborted).
+struct Admitted(Arc<EdgeShared>);
+
+impl Admitted {
+    fn new(shared: Arc<EdgeShared>) -> Self {
+        shared.submissions.n.fetch_add(1, SeqCst);
+        Admitted(shared)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.0.submissions.n.fetch_sub(1, SeqCst) == 1 {
+            self.0.submissions.idle.notify_waiters();
+        }
+    }
+}
+
 /// Why a request could not be submitted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -68,18 +110,28 @@ pub enum SubmitError {
         /// The limit.
         max: usize,
     },
+    /// The edge is shutting down: answer UNAVAILABLE so the client retries elsewhere.
+    #[error("the edge is shutting down")]
+    Draining,
 }
 
 impl SubmitError {
     /// The wire code.
     pub fn code(&self) -> ErrorCode {
-        ErrorCode::TOO_LARGE
+        match self {
+            SubmitError::TooLarge { .. } => ErrorCode::TOO_LARGE,
+            SubmitError::Draining => ErrorCode::UNAVAILABLE,
+        }
     }
 }
 
 impl Submitter {
     /// Submits a request whose prompt is `body` (forwarded unchanged to the worker).
     pub fn submit(&self, headers: RequestHeaders, body: Bytes) -> Result<Submission, SubmitError> {
+        if self.shared.shutdown.is_triggered() {
+            self.shared.stats.error(ErrorCode::UNAVAILABLE);
+            return Err(SubmitError::Draining);
+        }
         let cfg = self.shared.router.config();
         let max = cfg.edge.max_prompt_bytes;
         if body.len() > max {
@@ -103,11 +155,11 @@ impl Submitter {
             prefix,
         };
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let shared = self.shared.clone();
+        let admitted = Admitted::new(self.shared.clone());
         let arrived = Instant::now();
         tokio::spawn(async move {
             let mut sink = ChannelSink::new(tx);
-            relay::dispatch(&intake, arrived, &mut sink, &shared).await;
+            relay::dispatch(&intake, arrived, &mut sink, &admitted.0).await;
         });
         Ok(Submission { rx })
     }
