@@ -262,3 +262,33 @@ fn http2_multiplexes_streams_on_one_connection() {
         assert_eq!(v["error"]["code"], "model_not_found", "{v}");
     });
 }
+
+#[test]
+fn slow_clients_get_408_or_are_closed_within_the_intake_timeout() {
+    let s = common::edge_with(
+        "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nintake_timeout_ms = 300\n\
+         [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
+         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n",
+    );
+    let bound = std::time::Duration::from_secs(20);
+    // A body that never completes: 408 with OpenAI's error shape.
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    tcp.set_read_timeout(Some(bound)).unwrap();
+    tcp.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"",
+    )
+    .unwrap();
+    let mut resp = vec![0u8; 4096];
+    let n = tcp.read(&mut resp).unwrap();
+    let resp = String::from_utf8_lossy(&resp[..n]);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("deadline_exceeded"), "{resp}");
+    // A request head that never completes: the connection is closed.
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    tcp.set_read_timeout(Some(bound)).unwrap();
+    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost:")
+        .unwrap();
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest)
+        .expect("closed by the server, not by our read timeout");
+}

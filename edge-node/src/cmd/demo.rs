@@ -61,9 +61,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         max_tokens: args.max_tokens,
     };
     // With --serve the edge's UDP port also speaks HTTP/3 (the OpenAI front door).
-    let h3 = args.serve.then(|| {
-        crate::http::h3::handler(None, meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES)
-    });
+    let h3 = args.serve.then(|| crate::http::h3::handler(None));
     let mut demo = Demo::start_with_h3(&cert_dir, listen, backend, h3).await?;
     let cert = std::fs::canonicalize(&demo.cert_path)?;
     let code = if args.serve {
@@ -73,11 +71,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             traces: demo.edge.trace_stats(),
         };
         let admin_url = format!("http://{}", crate::admin::spawn(args.admin, admin).await?);
-        let front = crate::http::Front {
-            submitter: demo.edge.submitter(),
-            tenant: None,
-            max_body: meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES,
-        };
+        let front = crate::http::Front::new(demo.edge.submitter(), None);
         let http_url = format!("http://{}", crate::http::spawn(args.http, front).await?);
         serve(&demo, &cert, &admin_url, &http_url, args.json).await;
         ExitCode::SUCCESS

@@ -30,12 +30,9 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let pop = config.edge.pop.clone();
     let workers = config.workers.len();
     let (admin_addr, http_addr) = (config.edge.admin, config.edge.http);
-    let (http_tenant, max_body) = (
-        config.edge.http_tenant.clone(),
-        config.edge.max_prompt_bytes,
-    );
+    let http_tenant = config.edge.http_tenant.clone();
     // `[edge] http` also serves HTTP/3 on the edge's UDP port (ALPN h3 beside meridian/1).
-    let h3 = http_addr.map(|_| crate::http::h3::handler(http_tenant.clone(), max_body));
+    let h3 = http_addr.map(|_| crate::http::h3::handler(http_tenant.clone()));
     let handle = edge::spawn_with_h3(Arc::new(config), &identity, Shutdown::new(), h3)?;
     let cert = cert_display(&identity);
     let admin_url = match admin_addr {
@@ -54,11 +51,7 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     };
     let http_url = match http_addr {
         Some(a) => {
-            let front = crate::http::Front {
-                submitter: handle.submitter(),
-                tenant: http_tenant,
-                max_body,
-            };
+            let front = crate::http::Front::new(handle.submitter(), http_tenant);
             let bound = crate::http::spawn(a, front)
                 .await
                 .with_context(|| format!("binding the HTTP front door {a}"))?;

@@ -15,15 +15,11 @@ use tracing::debug;
 use super::{error, handle, Front, FrontBody};
 
 /// The handler the edge calls for every `h3` connection.
-pub fn handler(tenant: Option<String>, max_body: usize) -> H3Handler {
+pub fn handler(tenant: Option<String>) -> H3Handler {
     let ids = Arc::new(AtomicU64::new(1 << 40));
     H3Handler(Arc::new(
         move |conn: quinn::Connection, submitter: Submitter| {
-            let front = Arc::new(Front {
-                submitter,
-                tenant: tenant.clone(),
-                max_body,
-            });
+            let front = Arc::new(Front::new(submitter, tenant.clone()));
             let ids = ids.clone();
             Box::pin(async move {
                 if let Err(e) = serve(conn, front, ids).await {
@@ -48,41 +44,15 @@ async fn serve(
             let Ok((req, mut stream)) = resolver.resolve_request().await else {
                 return;
             };
-            let mut body = BytesMut::new();
-            let mut too_large = false;
-            loop {
-                match stream.recv_data().await {
-                    Ok(Some(mut chunk)) => {
-                        if body.len() + chunk.remaining() > front.max_body {
-                            too_large = true;
-                            break;
-                        }
-                        while chunk.has_remaining() {
-                            let part = chunk.chunk();
-                            body.extend_from_slice(part);
-                            let n = part.len();
-                            chunk.advance(n);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(_) => return,
+            let read = read_body(&mut stream, front.max_body);
+            let resp = match tokio::time::timeout(front.intake_timeout, read).await {
+                Err(_) => front.too_slow(),
+                Ok(None) => return,
+                Ok(Some(Err(resp))) => resp,
+                Ok(Some(Ok(body))) => {
+                    let (method, path) = (req.method(), req.uri().path());
+                    handle(method, path, req.headers(), body, &front, &ids).await
                 }
-            }
-            let resp = if too_large {
-                error(
-                    ErrorCode::TOO_LARGE,
-                    &format!("request body exceeds {} bytes", front.max_body),
-                )
-            } else {
-                handle(
-                    req.method(),
-                    req.uri().path(),
-                    req.headers(),
-                    body.freeze(),
-                    &front,
-                    &ids,
-                )
-                .await
             };
             let (parts, body) = resp.into_parts();
             if stream
@@ -116,4 +86,30 @@ async fn serve(
         });
     }
     Ok(())
+}
+
+type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Reads a request body within `max` bytes: `None` if the client went away, `Err` with the
+/// answer if it is too large.
+async fn read_body(stream: &mut Stream, max: usize) -> Option<Result<Bytes, super::Resp>> {
+    let mut body = BytesMut::new();
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(mut chunk)) => {
+                if body.len() + chunk.remaining() > max {
+                    let msg = format!("request body exceeds {max} bytes");
+                    return Some(Err(error(ErrorCode::TOO_LARGE, &msg)));
+                }
+                while chunk.has_remaining() {
+                    let part = chunk.chunk();
+                    body.extend_from_slice(part);
+                    let n = part.len();
+                    chunk.advance(n);
+                }
+            }
+            Ok(None) => return Some(Ok(body.freeze())),
+            Err(_) => return None,
+        }
+    }
 }

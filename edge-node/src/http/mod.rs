@@ -16,14 +16,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame as HttpFrame, Incoming};
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_fabric::edge::{Delivery, Submission, Submitter};
 use meridian_fabric::telemetry::TraceContext;
 use meridian_protocol::{body_format, ErrorCode, Frame, RequestHeaders};
@@ -36,28 +36,70 @@ use sse::SseBody;
 #[derive(Clone)]
 pub struct Front {
     pub submitter: Submitter,
+    /// Tenant applied to every request (until authentication exists).
     pub tenant: Option<String>,
+    /// Largest request body (`[edge] max_prompt_bytes`).
     pub max_body: usize,
+    /// Longest time a client may take to send its request head and body
+    /// (`[edge] intake_timeout_ms`, as for QUIC clients).
+    pub intake_timeout: Duration,
+}
+
+impl Front {
+    /// The front door of the edge behind `submitter`, with the edge's limits.
+    pub fn new(submitter: Submitter, tenant: Option<String>) -> Front {
+        let cfg = submitter.config();
+        Front {
+            submitter,
+            tenant,
+            max_body: cfg.edge.max_prompt_bytes,
+            intake_timeout: cfg.edge.intake_timeout,
+        }
+    }
+
+    /// The answer to a client that did not send its whole body in time.
+    fn too_slow(&self) -> Resp {
+        let msg = format!("request body not received within {:?}", self.intake_timeout);
+        json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            error_body(ErrorCode::DEADLINE_EXCEEDED, &msg),
+        )
+    }
 }
 
 /// Binds `addr` and serves the front door in the background; returns the bound address.
+/// At most `[edge] max_connections` TCP connections are served at once (further ones wait in
+/// the listen backlog); a request head must arrive within the intake timeout.
 pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let limit = front.submitter.config().edge.max_connections as usize;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
     let front = Arc::new(front);
     let ids = Arc::new(AtomicU64::new(0));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(front.intake_timeout);
+    let builder = Arc::new(builder);
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
-            let (front, ids) = (front.clone(), ids.clone());
+            let (front, ids, builder) = (front.clone(), ids.clone(), builder.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let (front, ids) = (front.clone(), ids.clone());
                     async move { Ok::<_, Infallible>(handle_hyper(req, &front, &ids).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                drop(slot);
             });
         }
     });
@@ -81,14 +123,16 @@ fn error(code: ErrorCode, message: &str) -> Resp {
 /// The hyper (HTTP/1.1, HTTP/2) adapter: reads the body within the limit, then [`handle`].
 async fn handle_hyper(req: Request<Incoming>, front: &Front, ids: &AtomicU64) -> Resp {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, front.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let read = Limited::new(body, front.max_body).collect();
+    let body = match tokio::time::timeout(front.intake_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return error(
                 ErrorCode::TOO_LARGE,
                 &format!("request body exceeds {} bytes", front.max_body),
             )
         }
+        Err(_) => return front.too_slow(),
     };
     handle(
         &parts.method,

@@ -114,3 +114,39 @@ pub fn serve(itl_ms: &str, max_tokens: &str) -> Serve {
         dir,
     }
 }
+
+/// Starts `meridian edge` with `config` (written to a fresh directory; `{dir}` in it is
+/// replaced by that directory). Its workers need not exist: the front door and the QUIC
+/// listener come up at once.
+pub fn edge_with(config: &str) -> Serve {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("meridian-edge-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, config.replace("{dir}", dir.to_str().unwrap())).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["edge", "--json", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = |k: &str| {
+        v[k].as_str()
+            .unwrap_or_default()
+            .trim_start_matches("http://")
+            .to_owned()
+    };
+    Serve {
+        http: addr("http_url"),
+        admin: addr("admin_url"),
+        edge: addr("edge_addr"),
+        cert: addr("cert"),
+        child,
+        dir,
+    }
+}

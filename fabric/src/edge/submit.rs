@@ -164,6 +164,11 @@ impl Submitter {
         Ok(Submission { rx })
     }
 
+    /// The edge's configuration (limits the front door applies too).
+    pub fn config(&self) -> Arc<crate::config::Config> {
+        self.shared.router.config().clone()
+    }
+
     /// Models the edge can route to.
     pub fn models(&self) -> Vec<String> {
         let mut models: Vec<String> = Vec::new();
