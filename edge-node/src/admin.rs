@@ -30,7 +30,8 @@ pub async fn spawn(addr: SocketAddr, admin: Admin) -> anyhow::Result<SocketAddr>
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        loop {
+            let tcp = crate::listen::accept(&listener, "admin").await;
             let admin = admin.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {

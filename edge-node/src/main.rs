@@ -7,6 +7,7 @@
 mod admin;
 mod cmd;
 mod http;
+mod listen;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

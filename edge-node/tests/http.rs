@@ -283,6 +283,12 @@ fn slow_clients_get_408_or_are_closed_within_the_intake_timeout() {
     let resp = String::from_utf8_lossy(&resp[..n]);
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("deadline_exceeded"), "{resp}");
+    // A connection that sends nothing: closed (it would otherwise hold a connection slot).
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    tcp.set_read_timeout(Some(bound)).unwrap();
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest)
+        .expect("closed by the server, not by our read timeout");
     // A request head that never completes: the connection is closed.
     let mut tcp = TcpStream::connect(&s.http).unwrap();
     tcp.set_read_timeout(Some(bound)).unwrap();

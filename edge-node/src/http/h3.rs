@@ -36,22 +36,47 @@ async fn serve(
     ids: Arc<AtomicU64>,
 ) -> Result<(), h3::error::ConnectionError> {
     let mut h3c = h3::server::builder()
-        .build(h3_quinn::Connection::new(conn))
+        .max_field_section_size(MAX_FIELD_SECTION)
+        .build(h3_quinn::Connection::new(conn.clone()))
         .await?;
-    while let Some(resolver) = h3c.accept().await? {
-        let (front, ids) = (front.clone(), ids.clone());
+    let draining = front.submitter.clone().draining();
+    tokio::pin!(draining);
+    let mut goaway_sent = false;
+    loop {
+        let resolver = tokio::select! {
+            r = h3c.accept() => match r? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+            // The edge is shutting down: GOAWAY, let open requests finish.
+            _ = &mut draining, if !goaway_sent => {
+                goaway_sent = true;
+                h3c.shutdown(0).await?;
+                continue;
+            }
+        };
+        let (front, ids, conn) = (front.clone(), ids.clone(), conn.clone());
         tokio::spawn(async move {
-            let Ok((req, mut stream)) = resolver.resolve_request().await else {
+            // Head and body within the intake timeout, as on TCP.
+            let deadline = tokio::time::Instant::now() + front.intake_timeout;
+            let Ok(Ok((req, mut stream))) =
+                tokio::time::timeout_at(deadline, resolver.resolve_request()).await
+            else {
                 return;
             };
             let read = read_body(&mut stream, front.max_body);
-            let resp = match tokio::time::timeout(front.intake_timeout, read).await {
+            let resp = match tokio::time::timeout_at(deadline, read).await {
                 Err(_) => front.too_slow(),
                 Ok(None) => return,
                 Ok(Some(Err(resp))) => resp,
                 Ok(Some(Ok(body))) => {
                     let (method, path) = (req.method(), req.uri().path());
-                    handle(method, path, req.headers(), body, &front, &ids).await
+                    // Until the response starts, only the connection closing tells us the
+                    // client is gone: stop waiting (dropping the submission cancels it).
+                    tokio::select! {
+                        r = handle(method, path, req.headers(), body, &front, &ids) => r,
+                        _ = conn.closed() => return,
+                    }
                 }
             };
             let (parts, body) = resp.into_parts();
@@ -85,10 +110,12 @@ async fn serve(
             let _ = stream.finish().await;
         });
     }
-    Ok(())
 }
 
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Largest request header section accepted (h3's default is unbounded).
+const MAX_FIELD_SECTION: u64 = 16 * 1024;
 
 /// Reads a request body within `max` bytes: `None` if the client went away, `Err` with the
 /// answer if it is too large.

@@ -69,7 +69,9 @@ impl Front {
 
 /// Binds `addr` and serves the front door in the background; returns the bound address.
 /// At most `[edge] max_connections` TCP connections are served at once (further ones wait in
-/// the listen backlog); a request head must arrive within the intake timeout.
+/// the listen backlog); a request head must arrive within the intake timeout (idle HTTP/1.1
+/// keep-alive connections close after it); HTTP/2 allows `[edge] max_streams_per_connection`
+/// concurrent streams and pings idle peers every 20 s.
 pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -77,23 +79,30 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
     let slots = Arc::new(tokio::sync::Semaphore::new(limit));
     let front = Arc::new(front);
     let ids = Arc::new(AtomicU64::new(0));
+    let max_streams = front.submitter.config().edge.max_streams_per_connection;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(front.intake_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     tokio::spawn(async move {
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
+            let tcp = crate::listen::accept(&listener, "http").await;
             let (front, ids, builder) = (front.clone(), ids.clone(), builder.clone());
             tokio::spawn(async move {
+                if !crate::listen::first_byte_within(&tcp, front.intake_timeout).await {
+                    return;
+                }
                 let svc = hyper::service::service_fn(move |req| {
                     let (front, ids) = (front.clone(), ids.clone());
                     async move { Ok::<_, Infallible>(handle_hyper(req, &front, &ids).await) }
@@ -302,7 +311,7 @@ async fn completion(
     let response = Response::builder()
         .header("x-meridian-region", region)
         .header("x-meridian-worker", worker);
-    if peek.stream {
+    if peek.stream.unwrap_or(false) {
         let body = SseBody::new(sub, first, meta, include_usage);
         response
             .header("content-type", "text/event-stream")
