@@ -8,6 +8,8 @@ mod support;
 #[cfg(test)]
 mod cancel;
 #[cfg(test)]
+mod deadline;
+#[cfg(test)]
 mod demo_rules;
 #[cfg(test)]
 mod drain;

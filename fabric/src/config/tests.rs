@@ -185,3 +185,12 @@ fn telemetry_is_off_by_default_and_validated_with_locations() {
         );
     }
 }
+
+#[test]
+fn default_deadline_applies_unless_zero() {
+    let c = parse_config(TOPOLOGY, Path::new("demo.toml")).unwrap();
+    assert_eq!(c.edge.default_deadline, Some(DEFAULT_DEADLINE));
+    let src = TOPOLOGY.replacen("[edge]\n", "[edge]\ndefault_deadline_ms = 0\n", 1);
+    let c = parse_config(&src, Path::new("demo.toml")).unwrap();
+    assert_eq!(c.edge.default_deadline, None);
+}

@@ -277,6 +277,13 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
                 DEFAULT_INTAKE_TIMEOUT,
             )
             .max(Duration::from_millis(10)),
+        default_deadline: Some(cx.millis(
+            e.and_then(|e| e.default_deadline_ms.as_ref()),
+            "default_deadline_ms",
+            86_400_000,
+            DEFAULT_DEADLINE,
+        ))
+        .filter(|d| !d.is_zero()),
         ack_eliciting_threshold: e
             .and_then(|e| e.ack_eliciting_threshold.as_ref())
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),

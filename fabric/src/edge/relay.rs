@@ -143,10 +143,9 @@ async fn route_and_relay(
     span: &mut Span,
 ) {
     let cfg = edge.router.config();
-    let deadline = intake
-        .headers
-        .deadline_ms
-        .map(|ms| arrived + Duration::from_millis(ms));
+    let deadline = (intake.headers.deadline_ms.map(Duration::from_millis))
+        .or(cfg.edge.default_deadline)
+        .map(|d| arrived + d);
     let shard_key = intake
         .headers
         .shard_key
@@ -257,6 +256,17 @@ async fn route_and_relay(
     fail(sink, edge, ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg)).await;
 }
 
+/// Tells the client its deadline passed.
+async fn deadline_passed(sink: &mut impl Sink, edge: &EdgeShared, at_boundary: bool) -> Attempt {
+    edge.stats.error(ErrorCode::DEADLINE_EXCEEDED);
+    let e = ErrorFrame::new(
+        ErrorCode::DEADLINE_EXCEEDED,
+        "the request's deadline passed",
+    );
+    sink.fail(e, at_boundary).await;
+    Attempt::Deadline
+}
+
 /// One attempt's upstream: the worker's connection and the request bytes to send.
 struct Upstream<'a> {
     conn: &'a quinn::Connection,
@@ -272,25 +282,46 @@ async fn forward(
     edge: &EdgeShared,
 ) -> Attempt {
     let mut last_tokens: Option<Instant> = None;
-    let (mut up_send, mut up_recv) = match up.conn.open_bi().await {
-        Ok(s) => s,
-        Err(e) => return Attempt::FailedClean(e.to_string()),
-    };
-    let mut chunks = up.chunks;
-    if let Err(e) = up_send.write_all_chunks(&mut chunks).await {
-        return Attempt::FailedClean(e.to_string());
-    }
-    let _ = up_send.finish();
-    let cancel_upstream = |up_send: &mut SendStream, up_recv: &mut RecvStream, c: ErrorCode| {
-        let _ = up_recv.stop(code(c));
-        let _ = up_send.reset(code(c));
-    };
-    let mut tracker = ResponseTracker::new();
-    let mut relayed = 0u64;
     let sleep = tokio::time::sleep_until(
         deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
     );
     tokio::pin!(sleep);
+    let cancel_upstream = |up_send: &mut SendStream, up_recv: &mut RecvStream, c: ErrorCode| {
+        let _ = up_recv.stop(code(c));
+        let _ = up_send.reset(code(c));
+    };
+    // Waiting for a stream (the worker's stream limit) or for flow control to take the
+    // request: a client that leaves or a deadline that passes ends the wait.
+    let (mut up_send, mut up_recv) = tokio::select! {
+        s = up.conn.open_bi() => match s {
+            Ok(s) => s,
+            Err(e) => return Attempt::FailedClean(e.to_string()),
+        },
+        _ = sink.gone() => return Attempt::ClientGone,
+        _ = &mut sleep, if deadline.is_some() => return deadline_passed(sink, edge, true).await,
+    };
+    let mut chunks = up.chunks;
+    let stopped = tokio::select! {
+        w = up_send.write_all_chunks(&mut chunks) => match w {
+            Ok(()) => None,
+            Err(e) => return Attempt::FailedClean(e.to_string()),
+        },
+        _ = sink.gone() => Some(ErrorCode::CANCELLED),
+        _ = &mut sleep, if deadline.is_some() => Some(ErrorCode::DEADLINE_EXCEEDED),
+    };
+    match stopped {
+        None => {}
+        Some(c) => {
+            cancel_upstream(&mut up_send, &mut up_recv, c);
+            if c == ErrorCode::CANCELLED {
+                return Attempt::ClientGone;
+            }
+            return deadline_passed(sink, edge, true).await;
+        }
+    }
+    let _ = up_send.finish();
+    let mut tracker = ResponseTracker::new();
+    let mut relayed = 0u64;
     let failure: String = loop {
         tokio::select! {
             chunk = up_recv.read_chunk(usize::MAX, true) => match chunk {
@@ -328,10 +359,7 @@ async fn forward(
             }
             _ = &mut sleep, if deadline.is_some() => {
                 cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
-                edge.stats.error(ErrorCode::DEADLINE_EXCEEDED);
-                let e = ErrorFrame::new(ErrorCode::DEADLINE_EXCEEDED, "the request's deadline passed");
-                sink.fail(e, tracker.at_boundary()).await;
-                return Attempt::Deadline;
+                return deadline_passed(sink, edge, tracker.at_boundary()).await;
             }
         }
     };
