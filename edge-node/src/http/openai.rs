@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 #[derive(Debug, Deserialize)]
 pub struct Peek {
     pub model: String,
+    /// `null` reads as absent, as OpenAI's API does.
     #[serde(default)]
-    pub stream: bool,
+    pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
     pub max_tokens: Option<u64>,
@@ -172,7 +173,7 @@ fn sse(v: &Value) -> String {
 
 /// OpenAI's `usage` object.
 pub fn usage(prompt: u64, completion: u64) -> Value {
-    json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
+    json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion) })
 }
 
 /// The HTTP status, OpenAI error `type` and `code` for a wire error code.
@@ -204,6 +205,19 @@ pub fn error_body(code: ErrorCode, message: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peek_reads_only_routing_fields_and_null_as_absent() {
+        let p: Peek = serde_json::from_str(
+            r#"{"model":"m","stream":null,"messages":[{"role":"user","content":"x"}],"temperature":0.2}"#,
+        )
+        .unwrap();
+        assert_eq!((p.model.as_str(), p.stream), ("m", None));
+        let p: Peek =
+            serde_json::from_str(r#"{"model":"m","stream":true,"max_tokens":5}"#).unwrap();
+        assert_eq!((p.stream, p.max_tokens), (Some(true), Some(5)));
+        assert!(serde_json::from_str::<Peek>(r#"{"stream":true}"#).is_err());
+    }
 
     #[test]
     fn every_wire_code_has_a_status() {

@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame as HttpFrame};
 use meridian_fabric::edge::Submission;
-use meridian_protocol::Frame;
+use meridian_protocol::{ErrorCode, ErrorFrame, Frame};
 
 use super::openai::{error_body, usage, Meta, TextChunk};
 
@@ -77,15 +77,14 @@ impl Body for SseBody {
             }
             let frame = match this.first.take() {
                 Some(f) => f,
-                None => match ready!(this.sub.poll_next_frame(cx)) {
-                    Some(f) => f,
-                    None => {
-                        // The request ended without END or ERROR (the edge always sends
-                        // one; this is the edge shutting down): end the stream.
-                        this.done = true;
-                        continue;
-                    }
-                },
+                // The request ended without END or ERROR (the relay always sends one, so
+                // this is the edge going away): say so rather than end silently.
+                None => ready!(this.sub.poll_next_frame(cx)).unwrap_or_else(|| {
+                    Frame::Error(ErrorFrame::new(
+                        ErrorCode::UPSTREAM_FAILED,
+                        "the request ended without an answer",
+                    ))
+                }),
             };
             if let Some(event) = this.event(frame) {
                 return Poll::Ready(Some(Ok(HttpFrame::data(Bytes::from(event)))));

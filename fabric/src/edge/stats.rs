@@ -277,7 +277,7 @@ impl EdgeStats {
                     h.render(
                         &mut out,
                         name,
-                        &format!("region=\"{}\",model=\"{model}\"", region.name),
+                        &format!("region=\"{}\",model=\"{}\"", region.name, label(model)),
                     );
                 }
             }
@@ -286,9 +286,27 @@ impl EdgeStats {
     }
 }
 
+/// A label value escaped for the text format (`\\`, `\"`, `\n`). Region and worker names
+/// are restricted to `[A-Za-z0-9._-]` by config validation; model names are not.
+fn label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("llama-3-8b"), "llama-3-8b");
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

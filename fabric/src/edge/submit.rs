@@ -128,6 +128,9 @@ impl SubmitError {
 impl Submitter {
     /// Submits a request whose prompt is `body` (forwarded unchanged to the worker).
     pub fn submit(&self, headers: RequestHeaders, body: Bytes) -> Result<Submission, SubmitError> {
+        // Counted before the check, so the drain either waits for this request or it is
+        // refused here (never cut off mid-way).
+        let admitted = Admitted::new(self.shared.clone());
         if self.shared.shutdown.is_triggered() {
             self.shared.stats.error(ErrorCode::UNAVAILABLE);
             return Err(SubmitError::Draining);
@@ -155,13 +158,17 @@ impl Submitter {
             prefix,
         };
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let admitted = Admitted::new(self.shared.clone());
         let arrived = Instant::now();
         tokio::spawn(async move {
             let mut sink = ChannelSink::new(tx);
             relay::dispatch(&intake, arrived, &mut sink, &admitted.0).await;
         });
         Ok(Submission { rx })
+    }
+
+    /// Resolves once the edge starts draining (new submissions are refused from then on).
+    pub async fn draining(self) {
+        self.shared.shutdown.wait().await;
     }
 
     /// The edge's configuration (limits the front door applies too).
