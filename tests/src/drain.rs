@@ -48,6 +48,13 @@ async fn edge_drain_finishes_front_door_requests_and_refuses_new_ones() {
     })
     .await;
     assert_eq!(end.completion_tokens, 10);
+    // The drain also waits for the consumer to let go of the submission (an HTTP body
+    // writing out its last events); this consumer is done.
+    assert!(
+        !stop.is_finished(),
+        "the edge waits for the submission's holder"
+    );
+    drop(sub);
     within("edge stops", stop).await.unwrap();
     for w in workers.into_iter().flatten() {
         w.stop().await;

@@ -26,10 +26,12 @@ pub struct Submitter {
 }
 
 /// One submitted request's deliveries: `Routed`, then frames (TOKENS…, END or ERROR), or
-/// `Failed`. Dropping it cancels the request end to end.
+/// `Failed`. Dropping it cancels the request end to end. The edge's drain waits for it to be
+/// dropped too, so a consumer (an HTTP response body) gets to deliver the last events.
 #[derive(Debug)]
 pub struct Submission {
     rx: mpsc::Receiver<Delivery>,
+    _held: Admitted,
 }
 
 impl Submission {
@@ -80,7 +82,9 @@ impl InFlight {
     }
 }
 
-/// Counts one submitted request until dropped (also when its task is aborted).
+/// Counts one holder of a submitted request — its relay task, its [`Submission`] — until
+/// dropped (also when the task is aborted).
+#[derive(Debug)]
 struct Admitted(Arc<EdgeShared>);
 
 impl Admitted {
@@ -163,7 +167,10 @@ impl Submitter {
             let mut sink = ChannelSink::new(tx);
             relay::dispatch(&intake, arrived, &mut sink, &admitted.0).await;
         });
-        Ok(Submission { rx })
+        Ok(Submission {
+            rx,
+            _held: Admitted::new(self.shared.clone()),
+        })
     }
 
     /// Resolves once the edge starts draining (new submissions are refused from then on).
