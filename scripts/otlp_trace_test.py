@@ -76,6 +76,7 @@ def main(binary):
         stdout=subprocess.PIPE, text=True, env=env)
     try:
         started = json.loads(proc.stdout.readline())
+        assert started["otlp_traces"] == f"{env['OTEL_EXPORTER_OTLP_ENDPOINT']}/v1/traces", started
         return run(started["http_url"], started["admin_url"])
     finally:
         proc.terminate()

@@ -87,6 +87,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, http_url: &str, json: bool) {
     let addr = demo.edge.addr;
+    // Set by OTEL_EXPORTER_OTLP_ENDPOINT (the demo has no config file).
+    let traces =
+        (demo.config.telemetry.as_ref()).map(|t| format!("http://{}{}", t.authority, t.path));
     if json {
         println!(
             "{}",
@@ -96,6 +99,7 @@ async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, http_url: &
                 "model": meridian_fabric::demo::MODEL,
                 "admin_url": admin_url,
                 "http_url": http_url,
+                "otlp_traces": traces,
             })
         );
     } else {
@@ -108,6 +112,10 @@ async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, http_url: &
         println!("  try: cargo run --example generate -p meridian-protocol -- --edge {addr} --cert {} --area jp \"Hello\"", cert.display());
         println!("  OpenAI-compatible HTTP: {http_url}/v1  (curl {http_url}/v1/chat/completions -H 'content-type: application/json' -H 'x-meridian-area: jp' -d '{{\"model\":\"llama-3-8b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}],\"stream\":true}}')");
         println!("  admin: {admin_url}/metrics {admin_url}/healthz {admin_url}/readyz {admin_url}/routes");
+        match &traces {
+            Some(url) => println!("  traces: OTLP/HTTP to {url}"),
+            None => println!("  traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)"),
+        }
         println!("Ctrl-C to stop.");
     }
     super::terminated().await;
