@@ -3,28 +3,41 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use meridian_fabric::config::{load_any, AnyConfig};
+use meridian_fabric::config::{load_any, AnyConfig, OtlpSettings};
+
+/// Where traces go, as a suffix of the summary line.
+fn traces(t: Option<&OtlpSettings>) -> String {
+    t.map(|t| {
+        format!(
+            "; traces to http://{}{} as `{}`",
+            t.authority, t.path, t.service_name
+        )
+    })
+    .unwrap_or_default()
+}
 
 pub fn run(path: &Path) -> ExitCode {
     match load_any(path) {
         Ok(AnyConfig::Edge(c)) => {
             println!(
-                "{}: valid edge config: {} regions, {} workers, {} residency policies, {} tenants",
+                "{}: valid edge config: {} regions, {} workers, {} residency policies, {} tenants{}",
                 path.display(),
                 c.regions.len(),
                 c.workers.len(),
                 c.residency.len(),
-                c.tenants.len()
+                c.tenants.len(),
+                traces(c.telemetry.as_ref())
             );
             ExitCode::SUCCESS
         }
         Ok(AnyConfig::Worker(w)) => {
             println!(
-                "{}: valid worker config: `{}` in region `{}`, models {:?}",
+                "{}: valid worker config: `{}` in region `{}`, models {:?}{}",
                 path.display(),
                 w.name,
                 w.region,
-                w.models
+                w.models,
+                traces(w.telemetry.as_ref())
             );
             ExitCode::SUCCESS
         }
