@@ -8,8 +8,6 @@ mod support;
 #[cfg(test)]
 mod cancel;
 #[cfg(test)]
-mod deadline;
-#[cfg(test)]
 mod demo_rules;
 #[cfg(test)]
 mod drain;
@@ -23,5 +21,7 @@ mod openai_backend;
 mod process;
 #[cfg(test)]
 mod request_errors;
+#[cfg(test)]
+mod stall;
 #[cfg(test)]
 mod traces;

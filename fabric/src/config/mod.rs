@@ -39,8 +39,8 @@ pub const DEFAULT_DEV_CERT_DIR: &str = "meridian-dev";
 pub const DEFAULT_MAX_CONCURRENT: u32 = 256;
 /// Default interval between a worker's LOAD reports.
 pub const DEFAULT_LOAD_REPORT: Duration = Duration::from_millis(250);
-/// Default deadline of requests that carry none.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// Default longest silence from a worker during a request.
+pub const DEFAULT_UPSTREAM_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default longest time a client may take to send a whole request.
 pub const DEFAULT_INTAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default upstream connect timeout.
@@ -171,9 +171,10 @@ pub struct EdgeSettings {
     pub gso: bool,
     /// Longest a client may take to send a whole request (HEADERS, BODY, FIN).
     pub intake_timeout: Duration,
-    /// Deadline for requests that carry none (`deadline_ms`), so a stalled worker cannot
-    /// hold a request forever; `None`: no default.
-    pub default_deadline: Option<Duration>,
+    /// Longest a worker may send nothing on a request (before its first token or between
+    /// tokens) before the edge gives up on it, so a stalled worker cannot hold a request
+    /// forever; `None`: no limit.
+    pub upstream_stall_timeout: Option<Duration>,
     /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/routes`); `None`: off.
     pub admin: Option<SocketAddr>,
     /// OpenAI-compatible HTTP front door (HTTP/1.1 and HTTP/2 over TCP); `None`: off.

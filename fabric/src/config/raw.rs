@@ -56,7 +56,7 @@ pub struct RawEdge {
     pub send_fairness: Option<bool>,
     pub gso: Option<bool>,
     pub intake_timeout_ms: Option<Spanned<u64>>,
-    pub default_deadline_ms: Option<Spanned<u64>>,
+    pub upstream_stall_timeout_ms: Option<Spanned<u64>>,
     pub stream_receive_window: Option<Spanned<u64>>,
     pub keep_alive_ms: Option<Spanned<u64>>,
     pub initial_rtt_ms: Option<Spanned<u64>>,

@@ -187,10 +187,13 @@ fn telemetry_is_off_by_default_and_validated_with_locations() {
 }
 
 #[test]
-fn default_deadline_applies_unless_zero() {
+fn upstream_stall_timeout_applies_unless_zero() {
     let c = parse_config(TOPOLOGY, Path::new("demo.toml")).unwrap();
-    assert_eq!(c.edge.default_deadline, Some(DEFAULT_DEADLINE));
-    let src = TOPOLOGY.replacen("[edge]\n", "[edge]\ndefault_deadline_ms = 0\n", 1);
+    assert_eq!(
+        c.edge.upstream_stall_timeout,
+        Some(DEFAULT_UPSTREAM_STALL_TIMEOUT)
+    );
+    let src = TOPOLOGY.replacen("[edge]\n", "[edge]\nupstream_stall_timeout_ms = 0\n", 1);
     let c = parse_config(&src, Path::new("demo.toml")).unwrap();
-    assert_eq!(c.edge.default_deadline, None);
+    assert_eq!(c.edge.upstream_stall_timeout, None);
 }

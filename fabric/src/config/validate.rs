@@ -277,11 +277,11 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
                 DEFAULT_INTAKE_TIMEOUT,
             )
             .max(Duration::from_millis(10)),
-        default_deadline: Some(cx.millis(
-            e.and_then(|e| e.default_deadline_ms.as_ref()),
-            "default_deadline_ms",
+        upstream_stall_timeout: Some(cx.millis(
+            e.and_then(|e| e.upstream_stall_timeout_ms.as_ref()),
+            "upstream_stall_timeout_ms",
             86_400_000,
-            DEFAULT_DEADLINE,
+            DEFAULT_UPSTREAM_STALL_TIMEOUT,
         ))
         .filter(|d| !d.is_zero()),
         ack_eliciting_threshold: e

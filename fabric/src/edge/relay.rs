@@ -143,9 +143,10 @@ async fn route_and_relay(
     span: &mut Span,
 ) {
     let cfg = edge.router.config();
-    let deadline = (intake.headers.deadline_ms.map(Duration::from_millis))
-        .or(cfg.edge.default_deadline)
-        .map(|d| arrived + d);
+    let deadline = intake
+        .headers
+        .deadline_ms
+        .map(|ms| arrived + Duration::from_millis(ms));
     let shard_key = intake
         .headers
         .shard_key
@@ -322,10 +323,19 @@ async fn forward(
     let _ = up_send.finish();
     let mut tracker = ResponseTracker::new();
     let mut relayed = 0u64;
+    // A worker silent for this long is given up on. The timer is re-armed lazily (only when
+    // it fires early), so a token costs one clock read here, not a timer update.
+    let stall = edge.router.config().edge.upstream_stall_timeout;
+    let mut heard = Instant::now();
+    let silence = tokio::time::sleep_until(heard + stall.unwrap_or(Duration::from_secs(86_400)));
+    tokio::pin!(silence);
     let failure: String = loop {
         tokio::select! {
             chunk = up_recv.read_chunk(usize::MAX, true) => match chunk {
                 Ok(Some(chunk)) => {
+                    if stall.is_some() {
+                        heard = Instant::now();
+                    }
                     match tracker.on_chunk(&chunk.bytes) {
                         Ok(0) => 0,
                         Ok(tokens) => {
@@ -360,6 +370,15 @@ async fn forward(
             _ = &mut sleep, if deadline.is_some() => {
                 cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
                 return deadline_passed(sink, edge, tracker.at_boundary()).await;
+            }
+            _ = &mut silence, if stall.is_some() => {
+                let limit = stall.unwrap_or_default();
+                if heard.elapsed() < limit {
+                    silence.as_mut().reset(heard + limit);
+                    continue;
+                }
+                cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
+                break format!("worker sent nothing for {limit:?}");
             }
         }
     };

@@ -163,14 +163,16 @@ impl Submitter {
         };
         let (tx, rx) = mpsc::channel(CHANNEL);
         let arrived = Instant::now();
+        // Both holders are counted before the relay can finish.
+        let submission = Submission {
+            rx,
+            _held: Admitted::new(self.shared.clone()),
+        };
         tokio::spawn(async move {
             let mut sink = ChannelSink::new(tx);
             relay::dispatch(&intake, arrived, &mut sink, &admitted.0).await;
         });
-        Ok(Submission {
-            rx,
-            _held: Admitted::new(self.shared.clone()),
-        })
+        Ok(submission)
     }
 
     /// Resolves once the edge starts draining (new submissions are refused from then on).
