@@ -1,8 +1,14 @@
-//! Accepting TCP connections for the HTTP listeners (front door, admin) without spinning:
-//! an accept error (out of file descriptors, buffers) is logged and retried with backoff.
+//! Accepting TCP connections for the HTTP listeners (front door, admin) without spinning
+//! (an accept error — out of file descriptors, buffers — is logged and retried with
+//! backoff), and telling HTTP/1.x from HTTP/2 within a time limit, so a connection that
+//! sends nothing, or half a preface, cannot hold a connection slot.
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
@@ -27,9 +33,98 @@ pub async fn accept(listener: &TcpListener, what: &str) -> TcpStream {
     }
 }
 
-/// Whether the client sends its first byte within `limit` (a connection that sends nothing
-/// would otherwise hold a connection slot: protocol detection has no timeout of its own).
-pub async fn first_byte_within(tcp: &TcpStream, limit: Duration) -> bool {
-    let mut b = [0u8; 1];
-    matches!(tokio::time::timeout(limit, tcp.peek(&mut b)).await, Ok(Ok(n)) if n > 0)
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The HTTP version a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.x.
+    H1,
+    /// HTTP/2 with prior knowledge (cleartext).
+    H2,
+}
+
+/// Reads just enough of a new connection to tell HTTP/1.x from HTTP/2 — the first byte that
+/// differs from the HTTP/2 preface, or the whole preface — within `limit`. `None` if the
+/// client sends too little in time or goes away; the bytes read are replayed by
+/// [`Prefixed`].
+pub async fn detect(mut tcp: TcpStream, limit: Duration) -> Option<(Version, Prefixed)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut head = [0u8; 24];
+    let mut len = 0;
+    let version = loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut head[len..])).await {
+            Ok(Ok(n)) if n > 0 => len += n,
+            _ => return None,
+        }
+        if head[..len] != H2_PREFACE[..len] {
+            break Version::H1;
+        }
+        if len == H2_PREFACE.len() {
+            break Version::H2;
+        }
+    };
+    let io = Prefixed {
+        head,
+        pos: 0,
+        len,
+        inner: tcp,
+    };
+    Some((version, io))
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+pub struct Prefixed {
+    head: [u8; 24],
+    pos: usize,
+    len: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.len {
+            let n = (this.len - this.pos).min(buf.remaining());
+            buf.put_slice(&this.head[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }

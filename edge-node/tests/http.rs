@@ -289,6 +289,13 @@ fn slow_clients_get_408_or_are_closed_within_the_intake_timeout() {
     let mut rest = Vec::new();
     tcp.read_to_end(&mut rest)
         .expect("closed by the server, not by our read timeout");
+    // Half an HTTP/2 preface, then nothing: closed too.
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    tcp.set_read_timeout(Some(bound)).unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest)
+        .expect("closed by the server, not by our read timeout");
     // A request head that never completes: the connection is closed.
     let mut tcp = TcpStream::connect(&s.http).unwrap();
     tcp.set_read_timeout(Some(bound)).unwrap();

@@ -29,6 +29,7 @@ use meridian_fabric::telemetry::TraceContext;
 use meridian_protocol::{body_format, ErrorCode, Frame, RequestHeaders};
 use serde_json::json;
 
+use crate::listen::Version;
 use openai::{error_body, status_of, usage, Kind, Meta, Peek};
 use sse::SseBody;
 
@@ -80,34 +81,36 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
     let front = Arc::new(front);
     let ids = Arc::new(AtomicU64::new(0));
     let max_streams = front.submitter.config().edge.max_streams_per_connection;
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(front.intake_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(max_streams)
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
+    let builders = Arc::new((h1, h2));
     tokio::spawn(async move {
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
             let tcp = crate::listen::accept(&listener, "http").await;
-            let (front, ids, builder) = (front.clone(), ids.clone(), builder.clone());
+            let (front, ids, builders) = (front.clone(), ids.clone(), builders.clone());
             tokio::spawn(async move {
-                if !crate::listen::first_byte_within(&tcp, front.intake_timeout).await {
+                let limit = front.intake_timeout;
+                let Some((version, io)) = crate::listen::detect(tcp, limit).await else {
                     return;
-                }
+                };
                 let svc = hyper::service::service_fn(move |req| {
                     let (front, ids) = (front.clone(), ids.clone());
                     async move { Ok::<_, Infallible>(handle_hyper(req, &front, &ids).await) }
                 });
-                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                let io = TokioIo::new(io);
+                let _ = match version {
+                    Version::H1 => builders.0.serve_connection(io, svc).await,
+                    Version::H2 => builders.1.serve_connection(io, svc).await,
+                };
                 drop(slot);
             });
         }
