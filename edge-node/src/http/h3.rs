@@ -41,22 +41,23 @@ async fn serve(
         .await?;
     let draining = front.submitter.clone().draining();
     tokio::pin!(draining);
-    let mut goaway_sent = false;
+    let mut requests = tokio::task::JoinSet::new();
     loop {
         let resolver = tokio::select! {
             r = h3c.accept() => match r? {
                 Some(r) => r,
-                None => return Ok(()),
+                None => break,
             },
-            // The edge is shutting down: GOAWAY, let open requests finish.
-            _ = &mut draining, if !goaway_sent => {
-                goaway_sent = true;
+            // The edge is shutting down: GOAWAY, accept nothing more, let open requests
+            // finish (the connection's future ends with them, which the edge's drain awaits).
+            _ = &mut draining => {
                 h3c.shutdown(0).await?;
-                continue;
+                break;
             }
+            Some(_) = requests.join_next(), if !requests.is_empty() => continue,
         };
         let (front, ids, conn) = (front.clone(), ids.clone(), conn.clone());
-        tokio::spawn(async move {
+        requests.spawn(async move {
             // Head and body within the intake timeout, as on TCP.
             let deadline = tokio::time::Instant::now() + front.intake_timeout;
             let Ok(Ok((req, mut stream))) =
@@ -110,6 +111,8 @@ async fn serve(
             let _ = stream.finish().await;
         });
     }
+    while requests.join_next().await.is_some() {}
+    Ok(())
 }
 
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
