@@ -175,41 +175,100 @@ fn client_disconnect_cancels_upstream() {
     }
 }
 
+/// Streams one chat completion over HTTP/3 to the edge's UDP port; (status, region, SSE
+/// text). `during` runs once the response headers arrived.
+async fn h3_stream(s: &common::Serve, during: impl FnOnce()) -> (u16, String, String) {
+    use bytes::{Buf, Bytes};
+    let trust = meridian_protocol::client::Trust::pin_file(&s.cert).unwrap();
+    let crypto = meridian_protocol::client::tls::client_crypto(&trust, &[b"h3"]).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = ep
+        .connect(s.edge.parse().unwrap(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let req = hyper::Request::post("https://localhost/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-meridian-area", "jp")
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    let body =
+        r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"over h3"}],"stream":true}"#;
+    stream
+        .send_data(Bytes::from_static(body.as_bytes()))
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    let resp = stream.recv_response().await.unwrap();
+    during();
+    let region = resp.headers()["x-meridian-region"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut text = String::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        let bytes = chunk.copy_to_bytes(chunk.remaining());
+        text += std::str::from_utf8(&bytes).unwrap();
+    }
+    (resp.status().as_u16(), region, text)
+}
+
 #[test]
 fn http3_front_door_on_the_edge_udp_port() {
-    use bytes::{Buf, Bytes};
     let s = serve("1", "4");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (status, region, text) = rt.block_on(async {
-        let trust = meridian_protocol::client::Trust::pin_file(&s.cert).unwrap();
-        let crypto = meridian_protocol::client::tls::client_crypto(&trust, &[b"h3"]).unwrap();
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-        let conn = ep.connect(s.edge.parse().unwrap(), "localhost").unwrap().await.unwrap();
-        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
-        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-        let req = hyper::Request::post("https://localhost/v1/chat/completions")
-            .header("content-type", "application/json")
-            .header("x-meridian-area", "jp")
-            .body(())
-            .unwrap();
-        let mut stream = send.send_request(req).await.unwrap();
-        let body = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"over h3"}],"stream":true}"#;
-        stream.send_data(Bytes::from_static(body.as_bytes())).await.unwrap();
-        stream.finish().await.unwrap();
-        let resp = stream.recv_response().await.unwrap();
-        let region = resp.headers()["x-meridian-region"].to_str().unwrap().to_owned();
-        let mut text = String::new();
-        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-            let bytes = chunk.copy_to_bytes(chunk.remaining());
-            text += std::str::from_utf8(&bytes).unwrap();
-        }
-        (resp.status().as_u16(), region, text)
-    });
+    let (status, region, text) = rt.block_on(h3_stream(&s, || {}));
     assert_eq!((status, region.as_str()), (200, "seoul"));
     assert!(text.contains("chat.completion.chunk"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
+
+#[test]
+fn sigterm_lets_http3_and_http1_streams_finish() {
+    // 20 tokens 50 ms apart: the streams are in flight when SIGTERM arrives.
+    let mut s = serve("50", "20");
+    let pid = s.child.id().to_string();
+    let http = s.http.clone();
+    let h1 = std::thread::spawn(move || {
+        let body =
+            r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"h1"}],"stream":true}"#;
+        exchange(&http, "POST", "/v1/chat/completions", &[JSON], body)
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = s.admin.clone();
+    let (status, _, text) = rt.block_on(h3_stream(&s, || {
+        // Both requests are in flight before the signal (else one would get 503).
+        while !exchange(&admin, "GET", "/metrics", &[], "")
+            .2
+            .contains("\nmeridian_active_streams 2\n")
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+    }));
+    assert_eq!(status, 200);
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "HTTP/3 stream cut: {text}"
+    );
+    let (status, _, sse) = h1.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        sse.ends_with("data: [DONE]\n\n"),
+        "HTTP/1.1 stream cut: {sse}"
+    );
+    let exit = s.child.wait().unwrap();
+    assert!(exit.success(), "{exit}");
 }
 
 #[test]
