@@ -73,46 +73,25 @@ pub fn serve(itl_ms: &str, max_tokens: &str) -> Serve {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("meridian-http-{}-{n}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args([
-            "demo",
-            "--serve",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--ttft-ms",
-            "2",
-            "--itl-ms",
-            itl_ms,
-        ])
-        .args([
-            "--max-tokens",
-            max_tokens,
-            "--cert-dir",
-            dir.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let url = |k: &str| {
-        v[k].as_str()
-            .unwrap()
-            .trim_start_matches("http://")
-            .to_owned()
-    };
-    Serve {
-        http: url("http_url"),
-        admin: url("admin_url"),
-        edge: v["edge_addr"].as_str().unwrap().to_owned(),
-        cert: v["cert"].as_str().unwrap().to_owned(),
-        child,
-        dir,
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian"));
+    cmd.args([
+        "demo",
+        "--serve",
+        "--json",
+        "--listen",
+        "127.0.0.1:0",
+        "--ttft-ms",
+        "2",
+        "--itl-ms",
+        itl_ms,
+    ])
+    .args([
+        "--max-tokens",
+        max_tokens,
+        "--cert-dir",
+        dir.to_str().unwrap(),
+    ]);
+    started(cmd, dir)
 }
 
 /// Starts `meridian edge` with `config` (written to a fresh directory; `{dir}` in it is
@@ -125,11 +104,14 @@ pub fn edge_with(config: &str) -> Serve {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("edge.toml");
     std::fs::write(&path, config.replace("{dir}", dir.to_str().unwrap())).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["edge", "--json", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian"));
+    cmd.args(["edge", "--json", "--config", path.to_str().unwrap()]);
+    started(cmd, dir)
+}
+
+/// Spawns `cmd`, which prints a JSON line with its addresses first, and reads that line.
+fn started(mut cmd: Command, dir: std::path::PathBuf) -> Serve {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
