@@ -323,12 +323,22 @@ async fn forward(
     let _ = up_send.finish();
     let mut tracker = ResponseTracker::new();
     let mut relayed = 0u64;
-    // A worker silent for this long is given up on. The timer is re-armed lazily (only when
-    // it fires early), so a token costs one clock read here, not a timer update.
+    // One timer serves the deadline and the stall limit (a worker silent this long is given
+    // up on). It is re-armed lazily, only when it fires early, so a token costs one clock
+    // read, not a timer update.
     let stall = edge.router.config().edge.upstream_stall_timeout;
     let mut heard = Instant::now();
-    let silence = tokio::time::sleep_until(heard + stall.unwrap_or(Duration::from_secs(86_400)));
-    tokio::pin!(silence);
+    let wake_at = |heard: Instant| {
+        let stalled = stall.map(|s| heard + s);
+        match (deadline, stalled) {
+            (Some(d), Some(s)) => Some(d.min(s)),
+            (d, s) => d.or(s),
+        }
+    };
+    if let Some(at) = wake_at(heard) {
+        sleep.as_mut().reset(at);
+    }
+    let timed = deadline.is_some() || stall.is_some();
     let failure: String = loop {
         tokio::select! {
             chunk = up_recv.read_chunk(usize::MAX, true) => match chunk {
@@ -367,18 +377,20 @@ async fn forward(
                 cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
                 return Attempt::ClientGone;
             }
-            _ = &mut sleep, if deadline.is_some() => {
-                cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
-                return deadline_passed(sink, edge, tracker.at_boundary()).await;
-            }
-            _ = &mut silence, if stall.is_some() => {
-                let limit = stall.unwrap_or_default();
-                if heard.elapsed() < limit {
-                    silence.as_mut().reset(heard + limit);
-                    continue;
+            _ = &mut sleep, if timed => {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
+                    return deadline_passed(sink, edge, tracker.at_boundary()).await;
                 }
-                cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                break format!("worker sent nothing for {limit:?}");
+                match stall {
+                    Some(limit) if now >= heard + limit => {
+                        cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
+                        break format!("worker sent nothing for {limit:?}");
+                    }
+                    // Fired for a silence that tokens have since broken: re-arm.
+                    _ => sleep.as_mut().reset(wake_at(heard).unwrap_or(now)),
+                }
             }
         }
     };
