@@ -17,6 +17,8 @@ pub mod demo;
 #[cfg(not(loom))]
 pub mod edge;
 #[cfg(not(loom))]
+mod http1;
+#[cfg(not(loom))]
 pub mod route;
 #[cfg(not(loom))]
 mod server;

@@ -12,8 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam::queue::ArrayQueue;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value as Json};
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -21,6 +19,7 @@ use tracing::{info, warn};
 use super::context::hex;
 use super::span::{SpanData, SpanKind, Tracer, Value};
 use crate::config::OtlpSettings;
+use crate::http1::Pool;
 
 /// How long one export may take before it counts as failed.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,8 +129,8 @@ impl Tracer {
 
 async fn run(shared: Weak<Shared>, wake: Arc<Notify>, settings: OtlpSettings, resource: Json) {
     let mut exporter = Exporter {
+        pool: Pool::new(settings.authority.clone(), 1),
         settings,
-        conn: None,
         failing: false,
     };
     let mut tick = tokio::time::interval(exporter.settings.export_interval);
@@ -171,7 +170,8 @@ async fn run(shared: Weak<Shared>, wake: Arc<Notify>, settings: OtlpSettings, re
 
 struct Exporter {
     settings: OtlpSettings,
-    conn: Option<SendRequest<Full<Bytes>>>,
+    /// One kept-alive connection to the collector.
+    pool: Pool,
     /// Whether the last export failed (failures are logged once per outage).
     failing: bool,
 }
@@ -189,7 +189,6 @@ impl Exporter {
             Ok(Err(e)) => e,
             Err(_) => format!("no answer within {EXPORT_TIMEOUT:?}"),
         };
-        self.conn = None;
         if !std::mem::replace(&mut self.failing, true) {
             warn!(collector = %self.settings.authority, error = %err, "trace export failed; spans are dropped until the collector answers");
         }
@@ -197,24 +196,7 @@ impl Exporter {
     }
 
     async fn post(&mut self, body: Vec<u8>) -> Result<(), String> {
-        let pooled = match self.conn.take() {
-            Some(mut sr) => sr.ready().await.is_ok().then_some(sr),
-            None => None,
-        };
-        let mut sr = match pooled {
-            Some(sr) => sr,
-            None => {
-                let tcp = tokio::net::TcpStream::connect(&self.settings.authority)
-                    .await
-                    .map_err(|e| format!("connecting: {e}"))?;
-                let _ = tcp.set_nodelay(true);
-                let (sr, conn) = http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                sr
-            }
-        };
+        let mut sr = self.pool.get().await?;
         let req = hyper::Request::post(&self.settings.path)
             .header("host", &self.settings.authority)
             .header("content-type", "application/json")
@@ -232,7 +214,7 @@ impl Exporter {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
             return Err(format!("collector answered {status}: {text}"));
         }
-        self.conn = Some(sr);
+        self.pool.put(sr);
         Ok(())
     }
 }

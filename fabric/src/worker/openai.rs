@@ -3,18 +3,16 @@
 //! and turns the stream into TOKENS/END. Upstream failures map to wire codes; when the edge
 //! cancels, the in-flight upstream request is dropped, which closes its connection.
 
-use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use meridian_protocol::{body_format, ErrorCode, ErrorFrame, FinishReason, RequestHeaders};
 use serde_json::{json, Value};
 
 use super::emit::{Emitter, GenError};
 use crate::config::OpenAiBackend;
+use crate::http1::Pool;
 
 /// Most idle upstream connections kept.
 const MAX_IDLE: usize = 256;
@@ -22,7 +20,7 @@ const MAX_IDLE: usize = 256;
 /// A pooled client for one upstream server.
 pub(crate) struct OpenAiClient {
     cfg: OpenAiBackend,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for OpenAiClient {
@@ -54,44 +52,8 @@ fn code_of(status: u16) -> ErrorCode {
 impl OpenAiClient {
     pub(crate) fn new(cfg: OpenAiBackend) -> Self {
         OpenAiClient {
+            pool: Pool::new(cfg.authority.clone(), MAX_IDLE),
             cfg,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, GenError> {
-        loop {
-            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            match idle {
-                Some(mut sr) => {
-                    if sr.ready().await.is_ok() {
-                        return Ok(sr);
-                    }
-                }
-                None => break,
-            }
-        }
-        let unreachable = |e: &dyn std::fmt::Display| {
-            failed(
-                ErrorCode::UPSTREAM_FAILED,
-                format!("backend {}: {e}", self.cfg.authority),
-            )
-        };
-        let tcp = tokio::net::TcpStream::connect(&self.cfg.authority)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let _ = tcp.set_nodelay(true);
-        let (sr, conn) = http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| unreachable(&e))?;
-        tokio::spawn(conn);
-        Ok(sr)
-    }
-
-    fn release(&self, sr: SendRequest<Full<Bytes>>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(sr);
         }
     }
 
@@ -172,9 +134,10 @@ impl OpenAiClient {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| failed(ErrorCode::INTERNAL, e.to_string()))?;
         let start = Instant::now();
-        let mut sr = tokio::time::timeout(self.cfg.timeout, self.connection())
+        let mut sr = tokio::time::timeout(self.cfg.timeout, self.pool.get())
             .await
-            .map_err(|_| failed(ErrorCode::UPSTREAM_FAILED, "backend connect timed out"))??;
+            .map_err(|_| failed(ErrorCode::UPSTREAM_FAILED, "backend connect timed out"))?
+            .map_err(|e| failed(ErrorCode::UPSTREAM_FAILED, format!("backend {e}")))?;
         let resp = tokio::time::timeout(
             self.cfg.timeout.saturating_sub(start.elapsed()),
             sr.send_request(req),
@@ -238,7 +201,7 @@ impl OpenAiClient {
                 "backend stream ended without [DONE]",
             ));
         }
-        self.release(sr);
+        self.pool.put(sr);
         let completion = sse.completion_tokens.unwrap_or(emit.tokens);
         let prompt_tokens = sse
             .prompt_tokens
