@@ -364,3 +364,42 @@ fn slow_clients_get_408_or_are_closed_within_the_intake_timeout() {
     tcp.read_to_end(&mut rest)
         .expect("closed by the server, not by our read timeout");
 }
+
+#[test]
+fn tcp_connections_beyond_max_connections_wait_their_turn() {
+    let s = common::edge_with(
+        "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nmax_connections = 1\n\
+         [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
+         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n",
+    );
+    let models = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = |tcp: &mut TcpStream| {
+        let mut buf = vec![0u8; 4096];
+        let n = tcp.read(&mut buf)?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    // The one allowed connection, kept alive after its answer.
+    let mut first = TcpStream::connect(&s.http).unwrap();
+    first.write_all(models).unwrap();
+    assert!(answer(&mut first).unwrap().starts_with("HTTP/1.1 200"));
+    // A second one is not served while the first is open...
+    let mut second = TcpStream::connect(&s.http).unwrap();
+    second.write_all(models).unwrap();
+    second
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let waiting = answer(&mut second).expect_err("served beyond max_connections");
+    assert!(
+        matches!(
+            waiting.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{waiting}"
+    );
+    // ...and is served as soon as it closes.
+    drop(first);
+    second
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    assert!(answer(&mut second).unwrap().starts_with("HTTP/1.1 200"));
+}
