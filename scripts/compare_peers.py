@@ -195,7 +195,7 @@ def main():
         with open(ecfg, "w") as f:
             f.write(f'[edge]\nlisten = "127.0.0.1:0"\nhttp = "127.0.0.1:0"\nmax_streams_per_connection = 1000\n[tls]\ndev_cert_dir = "ecert"\n'
                     f'[[region]]\nname = "r"\n[[worker]]\nname = "w1"\nregion = "r"\naddress = "{wl["addr"]}"\n'
-                    f'models = ["llama-3-8b"]\npin = "{wl["cert"]}"\n')
+                    f'models = ["llama-3-8b"]\npin = "{wl["cert"]}"\n[auth]\nrequired = false\n')
         edge, el = start([os.path.join(BIN, "meridian"), "edge", "--json", "--config", ecfg])
         procs.append(edge)
         edge.stdout.readline()  # ready line

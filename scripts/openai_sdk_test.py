@@ -26,15 +26,16 @@ def main(binary):
     try:
         started = json.loads(proc.stdout.readline())
         base = started["http_url"] + "/v1"
-        client = openai.OpenAI(base_url=base, api_key="not-needed", default_headers={"x-meridian-area": "jp"},
+        # The demo's edge requires a credential: the OpenAI SDK sends api_key as the bearer.
+        client = openai.OpenAI(base_url=base, api_key=started["api_keys"]["acme"], default_headers={"x-meridian-area": "jp"},
                                max_retries=0, timeout=30)
-        return run(client)
+        return run(client, base, started["api_keys"])
     finally:
         proc.kill()
         proc.wait()
 
 
-def run(client):
+def run(client, base, keys):
     passed, failed = 0, 0
 
     def check(name, fn):
@@ -104,7 +105,33 @@ def run(client):
         else:
             raise AssertionError("expected BadRequestError")
 
-    for name, fn in [("streaming chat", streaming_chat), ("streaming usage", streaming_usage),
+    def wrong_key():
+        bad = openai.OpenAI(base_url=base, api_key="mk_demo-acme_wrong", max_retries=0, timeout=30)
+        try:
+            bad.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+        except openai.AuthenticationError as e:
+            assert e.status_code == 401 and e.body["code"] == "unauthorized", e.body
+        else:
+            raise AssertionError("expected AuthenticationError")
+
+    def sovereign_key_goes_sovereign():
+        bund = openai.OpenAI(base_url=base, api_key=keys["bund"], max_retries=0, timeout=30,
+                             default_headers={"x-meridian-area": "jp"})
+        raw = bund.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "Prüfe"}])
+        assert raw.headers["x-meridian-region"] == "frankfurt-sovereign", dict(raw.headers)
+
+    def huge_max_tokens():
+        try:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                           max_tokens=4611686018427387904)
+        except openai.BadRequestError as e:
+            assert e.status_code == 400, e
+        else:
+            raise AssertionError("expected BadRequestError")
+
+    for name, fn in [("wrong key -> 401", wrong_key), ("bund's key -> sovereign pool", sovereign_key_goes_sovereign),
+                     ("max_tokens 2^62 -> 400", huge_max_tokens), ("streaming chat", streaming_chat), ("streaming usage", streaming_usage),
                      ("non-streaming chat", whole_chat), ("completions", completions), ("models", models),
                      ("routing headers", routing_headers), ("unknown model -> 404", unknown_model),
                      ("bad request -> 400", bad_request)]:

@@ -77,17 +77,17 @@ def main(binary):
     try:
         started = json.loads(proc.stdout.readline())
         assert started["otlp_traces"] == f"{env['OTEL_EXPORTER_OTLP_ENDPOINT']}/v1/traces", started
-        return run(started["http_url"], started["admin_url"])
+        return run(started["http_url"], started["admin_url"], started["api_keys"]["acme"])
     finally:
         proc.terminate()
         proc.wait()
         server.shutdown()
 
 
-def run(http_url, admin_url):
+def run(http_url, admin_url, key):
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "trace me"}]}).encode()
     req = urllib.request.Request(f"{http_url}/v1/chat/completions", data=body, headers={
-        "content-type": "application/json", "x-meridian-area": "jp",
+        "content-type": "application/json", "x-meridian-area": "jp", "authorization": f"Bearer {key}",
         "traceparent": f"00-{TRACE}-{PARENT}-01"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         answer = json.load(resp)

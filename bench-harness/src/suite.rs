@@ -154,7 +154,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
         &edge_cfg,
         format!(
             "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"bench\"\nmax_streams_per_connection = {}\n{}\n\n\
-             [tls]\ndev_cert_dir = \"edge-certs\"\n\n[[region]]\nname = \"bench\"\n{entries}",
+             [tls]\ndev_cert_dir = \"edge-certs\"\n\n[[region]]\nname = \"bench\"\n{entries}\n[auth]\nrequired = false\n",
             a.edge_streams,
             a.edge_config.join("\n")
         ),

@@ -70,6 +70,11 @@ enum Command {
     },
     /// Explain a routing decision: candidates, filters, region, worker, or the error.
     Route(cmd::route::RouteArgs),
+    /// Make an API key (prints the key once and the `[[auth.api_keys]]` entry with its
+    /// digest), or with --signing a token-signing key file.
+    Keygen(cmd::keys::KeygenArgs),
+    /// Issue a signed token (HS256 JWT) for a tenant with a signing-key file.
+    Token(cmd::keys::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +103,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return cmd::check::run(&config),
         Command::Route(args) => return cmd::route::run(&args),
+        Command::Keygen(args) => cmd::keys::keygen(&args),
+        Command::Token(args) => cmd::keys::token(&args),
         Command::Demo(args) => {
             runtime(cli.threads).and_then(|rt| rt.block_on(cmd::demo::run(args)))
         }

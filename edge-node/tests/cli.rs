@@ -63,7 +63,7 @@ fn check_reports_every_error_with_file_and_line() {
     let path = std::env::temp_dir().join(format!("meridian-cli-bad-{}.toml", std::process::id()));
     std::fs::write(
         &path,
-        "[[region]]\nname = \"tokyo\"\n\n[areas]\njp = [\"seoul\"]\n\n[[worker]]\nname = \"w\"\nregion = \"mars\"\naddress = \"127.0.0.1:1\"\nmodels = [\"m\"]\npin = \"c.pem\"\n",
+        "[[region]]\nname = \"tokyo\"\n\n[areas]\njp = [\"seoul\"]\n\n[[worker]]\nname = \"w\"\nregion = \"mars\"\naddress = \"127.0.0.1:1\"\nmodels = [\"m\"]\npin = \"c.pem\"\n[auth]\nrequired = false\n",
     )
     .unwrap();
     let out = meridian(&["check", "--config", path.to_str().unwrap()]);
@@ -142,7 +142,7 @@ fn demo_json_runs_the_scenario() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
-    assert_eq!(lines.len(), 7);
+    assert_eq!(lines.len(), 8);
     for l in &lines {
         for key in [
             "step",
@@ -159,7 +159,11 @@ fn demo_json_runs_the_scenario() {
         }
         assert_eq!(l["ok"], true, "{l}");
     }
-    assert_eq!(lines[6]["error"], "RESIDENCY_UNAVAILABLE");
+    assert_eq!(
+        lines[3]["error"], "UNAUTHORIZED",
+        "another tenant's claim is refused"
+    );
+    assert_eq!(lines[7]["error"], "RESIDENCY_UNAVAILABLE");
 }
 
 /// A plain HTTP/1.1 GET: (status, body).
@@ -185,7 +189,9 @@ fn demo_serve_exposes_admin_endpoints_and_metrics() {
     let (region, tokens) = rt.block_on(async {
         use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
         let trust = Trust::pin_file(&s.cert).unwrap();
-        let client = Client::connect(s.edge.parse().unwrap(), ClientConfig::new(trust))
+        let key = meridian_fabric::demo::demo_key("acme").unwrap();
+        let config = ClientConfig::new(trust).with_credential(key);
+        let client = Client::connect(s.edge.parse().unwrap(), config)
             .await
             .unwrap();
         let mut req = Request::new("llama-3-8b", "hello");

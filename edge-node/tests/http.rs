@@ -143,7 +143,8 @@ fn client_disconnect_cancels_upstream() {
     let mut tcp = TcpStream::connect(&s.http).unwrap();
     let body =
         r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"go on"}],"stream":true}"#;
-    write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let key = common::demo_key();
+    write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut buf = [0u8; 4096];
     let mut seen = String::new();
     while !seen.contains("\"content\":\"") || seen.matches("data: ").count() < 3 {
@@ -196,6 +197,7 @@ async fn h3_stream(s: &common::Serve, during: impl FnOnce()) -> (u16, String, St
     let req = hyper::Request::post("https://localhost/v1/chat/completions")
         .header("content-type", "application/json")
         .header("x-meridian-area", "jp")
+        .header("authorization", format!("Bearer {}", common::demo_key()))
         .body(())
         .unwrap();
     let mut stream = send.send_request(req).await.unwrap();
@@ -290,6 +292,7 @@ fn http2_multiplexes_streams_on_one_connection() {
             let req = hyper::Request::post(format!("http://{}/v1/chat/completions", s.http))
                 .header("content-type", "application/json")
                 .header("x-meridian-area", area)
+                .header("authorization", format!("Bearer {}", common::demo_key()))
                 .body(Full::new(bytes::Bytes::from(body)))
                 .unwrap();
             async move {
@@ -327,7 +330,7 @@ fn slow_clients_get_408_or_are_closed_within_the_intake_timeout() {
     let s = common::edge_with(
         "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nintake_timeout_ms = 300\n\
          [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
-         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n",
+         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n[tenants]\nacme = {}\nbund = {}\n{auth}",
     );
     let bound = std::time::Duration::from_secs(20);
     // A body that never completes: 408 with OpenAI's error shape.
@@ -370,7 +373,7 @@ fn tcp_connections_beyond_max_connections_wait_their_turn() {
     let s = common::edge_with(
         "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nmax_connections = 1\n\
          [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
-         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n",
+         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n[tenants]\nacme = {}\nbund = {}\n{auth}",
     );
     let models = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
     let answer = |tcp: &mut TcpStream| {

@@ -11,6 +11,8 @@
 pub mod sync;
 
 #[cfg(not(loom))]
+pub mod auth;
+#[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]
 pub mod demo;

@@ -123,12 +123,41 @@ impl Identity {
         alpn: &[&[u8]],
         transport: quinn::TransportConfig,
     ) -> Result<quinn::ServerConfig, IdentityError> {
-        let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
+        self.server_config_verifying(alpn, transport, None)
+    }
+
+    /// [`Identity::server_config`] that, with `client_ca`, requires every client to present a
+    /// certificate issued by that CA (mutual TLS); a client without one gets a TLS alert and
+    /// no connection.
+    pub fn server_config_verifying(
+        &self,
+        alpn: &[&[u8]],
+        transport: quinn::TransportConfig,
+        client_ca: Option<&Path>,
+    ) -> Result<quinn::ServerConfig, IdentityError> {
+        let cfg_err = |e: &dyn std::fmt::Display| IdentityError::Config(e.to_string());
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| IdentityError::Config(e.to_string()))?
-            .with_no_client_auth()
+            .map_err(|e| cfg_err(&e))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in load_certs(path)? {
+                    roots.add(c).map_err(|e| cfg_err(&e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| cfg_err(&e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut crypto = builder
             .with_single_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(|e| IdentityError::Config(e.to_string()))?;
+            .map_err(|e| cfg_err(&e))?;
         crypto.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let crypto =
             QuicServerConfig::try_from(crypto).map_err(|e| IdentityError::Config(e.to_string()))?;

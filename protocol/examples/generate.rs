@@ -33,7 +33,10 @@ struct Args {
     /// Client area (ISO country code or group).
     #[arg(long)]
     area: Option<String>,
-    /// Tenant.
+    /// API key or signed token (or MERIDIAN_API_KEY); it decides the tenant.
+    #[arg(long, env = "MERIDIAN_API_KEY")]
+    api_key: Option<String>,
+    /// Tenant claimed; must match the credential's tenant.
     #[arg(long)]
     tenant: Option<String>,
     /// Residency policy.
@@ -59,6 +62,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = ClientConfig::new(trust);
     config.server_name = args.server_name.clone();
+    if let Some(key) = &args.api_key {
+        config = config.with_credential(key.clone());
+    }
     let client = Client::connect(args.edge, config).await?;
     let mut request = Request::new(args.model, args.prompt);
     request.headers.area = args.area;

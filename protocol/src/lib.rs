@@ -31,8 +31,8 @@ pub mod io;
 
 pub use error_code::ErrorCode;
 pub use frame::{
-    body_format, DecodeError, End, ErrorFrame, FinishReason, Frame, FrameHead, FrameType, GoAway,
-    Load, RequestHeaders, Routed, Settings,
+    body_format, Credential, DecodeError, End, ErrorFrame, FinishReason, Frame, FrameHead,
+    FrameType, GoAway, Load, RequestHeaders, Routed, Settings,
 };
 
 /// The ALPN protocol id of this version (PROTOCOL.md §1).

@@ -16,6 +16,8 @@ pub const MAX_AREA_LEN: usize = 16;
 pub const MAX_SHARD_KEY_LEN: usize = 256;
 /// Largest `trace_context` header field.
 pub const MAX_TRACE_CONTEXT_LEN: usize = 512;
+/// Largest `credential` header field (an API key or a signed token).
+pub const MAX_CREDENTIAL_LEN: usize = 2048;
 /// Largest ERROR message.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
 /// Largest `priority` value.

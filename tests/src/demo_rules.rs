@@ -9,7 +9,7 @@ async fn demo_scenario_every_rule_holds() {
     let client = client(&demo).await;
     let outcomes = within("scenario", run_scenario(&mut demo, &client)).await;
     let region = |i: usize| outcomes[i].region.as_deref();
-    assert_eq!(outcomes.len(), 7);
+    assert_eq!(outcomes.len(), 8);
     assert_eq!(region(0), Some("seoul"), "Tokyo user → seoul");
     assert_eq!(region(1), Some("frankfurt"), "Paris user → frankfurt");
     assert_eq!(
@@ -18,13 +18,19 @@ async fn demo_scenario_every_rule_holds() {
         "bund → sovereign pool"
     );
     assert_eq!(
-        outcomes[3].worker, outcomes[4].worker,
+        outcomes[3].error.as_deref(),
+        Some("UNAUTHORIZED"),
+        "claiming bund with acme's key is refused"
+    );
+    assert_eq!(region(3), None);
+    assert_eq!(
+        outcomes[4].worker, outcomes[5].worker,
         "same shard key → same worker"
     );
-    assert!(outcomes[3].worker.is_some());
-    assert_eq!(region(5), Some("tokyo"), "seoul down → tokyo");
-    assert_eq!(outcomes[6].error.as_deref(), Some("RESIDENCY_UNAVAILABLE"));
-    assert_eq!(region(6), None, "bund never routed anywhere else");
+    assert!(outcomes[4].worker.is_some());
+    assert_eq!(region(6), Some("tokyo"), "seoul down → tokyo");
+    assert_eq!(outcomes[7].error.as_deref(), Some("RESIDENCY_UNAVAILABLE"));
+    assert_eq!(region(7), None, "bund never routed anywhere else");
     for o in &outcomes {
         assert!(o.ok, "step {} `{}` did not behave: {o:?}", o.step, o.title);
         if o.error.is_none() {

@@ -14,6 +14,7 @@ async fn edge_drain_finishes_front_door_requests_and_refuses_new_ones() {
     let submitter = demo.edge.submitter();
     let mut headers = RequestHeaders::new(MODEL);
     headers.area = Some("jp".into());
+    headers.credential = credential("acme");
     let prompt = Bytes::from_static(b"drain me");
     let mut sub = submitter.submit(headers.clone(), prompt.clone()).unwrap();
     match within("first token", sub.next_frame()).await {

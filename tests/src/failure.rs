@@ -35,6 +35,7 @@ async fn failure_before_first_token_retries_inside_residency() {
     let client = client(&demo).await;
     let mut req = request("de", "Prüfe den Antrag.");
     req.headers.tenant = Some("bund".into());
+    req.headers.credential = credential("bund");
     let mut g = client.generate(req).await.unwrap();
     let first = routed(&mut g).await;
     assert_eq!(
@@ -65,6 +66,7 @@ async fn failure_before_first_token_retries_inside_residency() {
     .await;
     let mut req = request("de", "Prüfe den Antrag.");
     req.headers.tenant = Some("bund".into());
+    req.headers.credential = credential("bund");
     let err = within("fail closed", client.generate(req).await.unwrap().collect())
         .await
         .unwrap_err();

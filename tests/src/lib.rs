@@ -16,6 +16,8 @@ mod failure;
 #[cfg(test)]
 mod malformed;
 #[cfg(test)]
+mod mtls;
+#[cfg(test)]
 mod openai_backend;
 #[cfg(test)]
 mod process;

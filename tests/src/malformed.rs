@@ -26,7 +26,9 @@ async fn raw_exchange(conn: &quinn::Connection, bytes: Bytes) -> ErrorCode {
     }
 }
 
-fn headers(h: RequestHeaders) -> BytesMut {
+/// HEADERS with the demo credential (the edge authenticates before it routes).
+fn headers(mut h: RequestHeaders) -> BytesMut {
+    h.credential = credential("acme");
     let mut b = BytesMut::new();
     Frame::Headers(h).encode(&mut b);
     b

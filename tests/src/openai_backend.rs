@@ -79,7 +79,9 @@ pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option
     let mut id = Identity::self_signed().unwrap();
     id.write(&dir).unwrap();
     let cert = id.cert_path.clone().unwrap();
-    let mut toml = String::from("[edge]\nlisten = \"127.0.0.1:0\"\n[[region]]\nname = \"r\"\n");
+    let mut toml = String::from(
+        "[edge]\nlisten = \"127.0.0.1:0\"\n[auth]\nrequired = false\n[[region]]\nname = \"r\"\n",
+    );
     let telemetry = otlp.map(|authority| OtlpSettings {
         authority: authority.to_owned(),
         path: "/v1/traces".into(),
@@ -112,6 +114,7 @@ pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option
             load_report: Duration::from_millis(100),
             ack_eliciting_threshold: None,
             tls: ServerTls::Dev { dir: dir.clone() },
+            client_ca: None,
             backend: Backend::OpenAi(backend),
             telemetry: telemetry.clone(),
         };

@@ -97,7 +97,7 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
         &edge_cfg,
         format!(
             "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"test-pop\"\nintake_timeout_ms = 300\nadmin = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n[tls]\ndev_cert_dir = \"edge-cert\"\n\n\
-             [[region]]\nname = \"seoul\"\n\n[[region]]\nname = \"tokyo\"\n\n[areas]\njp = [\"seoul\", \"tokyo\"]\n{entries}"
+             [[region]]\nname = \"seoul\"\n\n[[region]]\nname = \"tokyo\"\n\n[areas]\njp = [\"seoul\", \"tokyo\"]\n{entries}\n[auth]\nrequired = false\n"
         ),
     )
     .unwrap();

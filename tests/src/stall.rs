@@ -36,6 +36,7 @@ async fn setup(
         load_report: Duration::from_millis(100),
         ack_eliciting_threshold: None,
         tls: ServerTls::Dev { dir: dir.clone() },
+        client_ca: None,
         backend: Backend::Synthetic(SyntheticBackend {
             ttft: Duration::from_millis(ttft_ms),
             itl: Duration::from_millis(itl_ms),
@@ -47,7 +48,7 @@ async fn setup(
     let toml = format!(
         "[edge]\nlisten = \"127.0.0.1:0\"\nupstream_stall_timeout_ms = 200\n[upstream]\nmax_attempts = 1\n\
          [[region]]\nname = \"r\"\n[[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"{}\"\n\
-         models = [\"m\"]\npin = \"{}\"\n",
+         models = [\"m\"]\npin = \"{}\"\n[auth]\nrequired = false\n",
         w.addr,
         cert.display()
     );

@@ -54,12 +54,21 @@ pub async fn topology(name: &str, ttft_ms: u64, itl_ms: u64, max_tokens: u64) ->
 /// A client connected to the demo's edge.
 pub async fn client(demo: &Demo) -> Client {
     let trust = Trust::pin_file(&demo.cert_path).expect("demo cert is readable");
+    let key = meridian_fabric::demo::demo_key("acme").expect("demo key");
     within(
         "connect",
-        Client::connect(demo.edge.addr, ClientConfig::new(trust)),
+        Client::connect(
+            demo.edge.addr,
+            ClientConfig::new(trust).with_credential(key),
+        ),
     )
     .await
     .expect("client connects")
+}
+
+/// The demo credential of `tenant`.
+pub fn credential(tenant: &str) -> Option<meridian_protocol::Credential> {
+    meridian_fabric::demo::demo_key(tenant).map(|k| meridian_protocol::Credential(k.into()))
 }
 
 /// A request for the demo model from `area`.

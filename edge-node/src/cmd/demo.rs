@@ -100,6 +100,10 @@ async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, http_url: &
                 "admin_url": admin_url,
                 "http_url": http_url,
                 "otlp_traces": traces,
+                "api_keys": meridian_fabric::demo::DEMO_KEYS
+                    .iter()
+                    .map(|(t, k)| (t.to_string(), k.to_string()))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
             })
         );
     } else {
@@ -109,8 +113,12 @@ async fn serve(demo: &Demo, cert: &std::path::Path, admin_url: &str, http_url: &
             demo.config.workers.len()
         );
         println!("  certificate to pin: {}", cert.display());
-        println!("  try: cargo run --example generate -p meridian-protocol -- --edge {addr} --cert {} --area jp \"Hello\"", cert.display());
-        println!("  OpenAI-compatible HTTP: {http_url}/v1  (curl {http_url}/v1/chat/completions -H 'content-type: application/json' -H 'x-meridian-area: jp' -d '{{\"model\":\"llama-3-8b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}],\"stream\":true}}')");
+        let acme = meridian_fabric::demo::demo_key("acme").expect("demo key");
+        for (tenant, key) in meridian_fabric::demo::DEMO_KEYS {
+            println!("  demo API key of tenant {tenant}: {key}");
+        }
+        println!("  try: cargo run --example generate -p meridian-protocol -- --edge {addr} --cert {} --api-key {acme} --area jp \"Hello\"", cert.display());
+        println!("  OpenAI-compatible HTTP: {http_url}/v1  (curl {http_url}/v1/chat/completions -H 'authorization: Bearer {acme}' -H 'content-type: application/json' -H 'x-meridian-area: jp' -d '{{\"model\":\"llama-3-8b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}],\"stream\":true}}')");
         println!("  admin: {admin_url}/metrics {admin_url}/healthz {admin_url}/readyz {admin_url}/routes");
         match &traces {
             Some(url) => println!("  traces: OTLP/HTTP to {url}"),

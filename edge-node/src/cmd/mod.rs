@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod keys;
 pub mod route;
 pub mod serve;
 

@@ -26,7 +26,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_fabric::edge::{Delivery, Submission, Submitter};
 use meridian_fabric::telemetry::TraceContext;
-use meridian_protocol::{body_format, ErrorCode, Frame, RequestHeaders};
+use meridian_protocol::{body_format, Credential, ErrorCode, ErrorFrame, Frame, RequestHeaders};
 use serde_json::json;
 
 use crate::listen::Version;
@@ -130,6 +130,40 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
 
 fn error(code: ErrorCode, message: &str) -> Resp {
     json_response(status_of(code).0, error_body(code, message))
+}
+
+/// The answer to an ERROR from the edge or a worker; a retry-after hint becomes
+/// `Retry-After` (whole seconds, rounded up).
+fn error_frame(e: &ErrorFrame) -> Resp {
+    let mut resp = error(e.code, &e.message);
+    if let Some(ms) = e.retry_after_ms {
+        let secs = ms.div_ceil(1000).max(1);
+        resp.headers_mut()
+            .insert("retry-after", hyper::header::HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// The credential of `Authorization: Bearer <credential>`; `Err` for any other
+/// `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Result<Option<Credential>, &'static str> {
+    let Some(v) = headers.get(hyper::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| "Authorization header is not visible ASCII")?;
+    let (scheme, cred) = v
+        .split_once(' ')
+        .ok_or("Authorization must be `Bearer <API key or token>`")?;
+    let cred = cred.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || cred.is_empty() {
+        return Err("Authorization must be `Bearer <API key or token>`");
+    }
+    if cred.len() > meridian_protocol::limits::MAX_CREDENTIAL_LEN {
+        return Err("the bearer credential is longer than 2048 bytes");
+    }
+    Ok(Some(Credential(cred.to_owned())))
 }
 
 /// The hyper (HTTP/1.1, HTTP/2) adapter: reads the body within the limit, then [`handle`].
@@ -247,6 +281,10 @@ async fn completion(
     ids: &AtomicU64,
     kind: Kind,
 ) -> Resp {
+    let credential = match bearer(headers) {
+        Ok(c) => c,
+        Err(m) => return error(ErrorCode::UNAUTHORIZED, m),
+    };
     let inputs = match routing_headers(headers) {
         Ok(h) => h,
         Err(m) => return error(ErrorCode::BAD_REQUEST, &m),
@@ -267,8 +305,22 @@ async fn completion(
     headers.area = inputs.area;
     headers.shard_key = inputs.session;
     headers.trace_context = inputs.traceparent;
-    headers.tenant = front.tenant.clone();
+    // A credential names its own tenant; the configured one applies only without one (on an
+    // edge with `[auth] required = false`).
+    if credential.is_none() {
+        headers.tenant = front.tenant.clone();
+    }
+    headers.credential = credential;
     headers.max_tokens = peek.max_tokens.or(peek.max_completion_tokens);
+    if headers
+        .max_tokens
+        .is_some_and(|n| n > meridian_protocol::varint::MAX)
+    {
+        return error(
+            ErrorCode::BAD_REQUEST,
+            "`max_tokens` must be at most 4611686018427387903 (2^62 - 1)",
+        );
+    }
     headers.body_format = Some(match kind {
         Kind::Chat => body_format::OPENAI_CHAT,
         Kind::Completions => body_format::OPENAI_COMPLETIONS,
@@ -297,9 +349,7 @@ async fn completion(
     let first = loop {
         match sub.next().await {
             Some(Delivery::Routed(r)) => route = Some(r),
-            Some(Delivery::Frame(Frame::Error(e)) | Delivery::Failed(e)) => {
-                return error(e.code, &e.message)
-            }
+            Some(Delivery::Frame(Frame::Error(e)) | Delivery::Failed(e)) => return error_frame(&e),
             Some(Delivery::Frame(f)) => break f,
             None => {
                 return error(

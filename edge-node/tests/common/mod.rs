@@ -21,6 +21,13 @@ pub fn exchange(
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
     }
+    // Authenticated as the demo tenant `acme` unless the test says otherwise.
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        req += &format!("Authorization: Bearer {}\r\n", demo_key());
+    }
     req += "\r\n";
     tcp.write_all(req.as_bytes()).unwrap();
     tcp.write_all(body.as_bytes()).unwrap();
@@ -48,6 +55,24 @@ fn dechunk(mut s: &str) -> String {
         out += &rest[..n];
         s = &rest[n + 2..];
     }
+}
+
+/// The demo API key of tenant `acme`.
+pub fn demo_key() -> &'static str {
+    meridian_fabric::demo::demo_key("acme").expect("demo key")
+}
+
+/// An `[auth]` section that accepts the demo's keys (as `meridian demo` does).
+pub fn demo_auth() -> String {
+    let mut s = String::from("[auth]\n");
+    for (tenant, key) in meridian_fabric::demo::DEMO_KEYS {
+        let id = key.split('_').nth(1).expect("mk_<id>_<secret>");
+        s += &format!(
+            "[[auth.api_keys]]\nid = \"{id}\"\ntenant = \"{tenant}\"\nsha256 = \"{}\"\n",
+            meridian_fabric::auth::key::hex(&meridian_fabric::auth::key::digest(key))
+        );
+    }
+    s
 }
 
 /// A running `meridian demo --serve`: addresses without `http://`, killed on drop.
@@ -103,7 +128,10 @@ pub fn edge_with(config: &str) -> Serve {
     let dir = std::env::temp_dir().join(format!("meridian-edge-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("edge.toml");
-    std::fs::write(&path, config.replace("{dir}", dir.to_str().unwrap())).unwrap();
+    let config = config
+        .replace("{dir}", dir.to_str().unwrap())
+        .replace("{auth}", &demo_auth());
+    std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian"));
     cmd.args(["edge", "--json", "--config", path.to_str().unwrap()]);
     started(cmd, dir)

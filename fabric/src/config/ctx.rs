@@ -186,6 +186,18 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A path from the config that must name a readable file now.
+    pub(super) fn file(&mut self, s: &Spanned<String>, what: &str) -> PathBuf {
+        let p = self.path(s);
+        if let Err(e) = std::fs::File::open(&p) {
+            self.err(
+                Some(s.span()),
+                format!("{what} `{}` cannot be read: {e}", p.display()),
+            );
+        }
+        p
+    }
+
     pub(super) fn tls(&mut self, raw: Option<&RawTls>) -> ServerTls {
         let Some(t) = raw else {
             return ServerTls::Dev {
@@ -194,8 +206,8 @@ impl<'a> Ctx<'a> {
         };
         match (&t.cert, &t.key) {
             (Some(c), Some(k)) => ServerTls::Files {
-                cert: self.path(c),
-                key: self.path(k),
+                cert: self.file(c, "[tls] cert"),
+                key: self.file(k, "[tls] key"),
             },
             (Some(s), None) | (None, Some(s)) => {
                 self.err(Some(s.span()), "[tls] needs both `cert` and `key`, or neither (then a development certificate is generated)");

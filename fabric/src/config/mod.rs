@@ -3,6 +3,7 @@
 //! `RawConfig` mirrors the file; `TryFrom` turns it into [`Config`] (edge/topology) or
 //! [`WorkerConfig`], collecting **every** problem with its `file:line:col` before failing.
 
+mod auth;
 mod ctx;
 mod raw;
 mod telemetry;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use auth::{ApiKey, AuthSettings, SigningKey, TenantLimits};
 pub use validate::parse_config;
 pub use worker::parse_worker_config;
 
@@ -219,6 +221,8 @@ pub struct UpstreamSettings {
     pub backoff_max: Duration,
     /// Idle timeout (failure detection) of each upstream connection.
     pub idle_timeout: Duration,
+    /// Client certificate and key presented to workers that require mutual TLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// A validated topology and edge configuration.
@@ -240,6 +244,10 @@ pub struct Config {
     pub residency: HashMap<String, RegionSet>,
     /// Tenant → its residency policy, if any.
     pub tenants: HashMap<String, Option<String>>,
+    /// Tenant → its limits (tenants without limits are absent).
+    pub tenant_limits: HashMap<String, TenantLimits>,
+    /// How tenants are identified (`[auth]`).
+    pub auth: AuthSettings,
     /// Workers, indexed by [`WorkerId`].
     pub workers: Vec<WorkerEntry>,
     /// Trace export (`[telemetry]`); `None` = tracing off.
@@ -349,6 +357,9 @@ pub struct WorkerConfig {
     pub ack_eliciting_threshold: Option<u32>,
     /// Certificate.
     pub tls: ServerTls,
+    /// CA whose client certificates the worker requires (mutual TLS); `None`: any client
+    /// may connect.
+    pub client_ca: Option<PathBuf>,
     /// The backend.
     pub backend: Backend,
     /// Trace export (`[telemetry]`); `None` = tracing off.

@@ -31,6 +31,35 @@ pub struct RawConfig {
     pub workers: Vec<Spanned<RawWorkerEntry>>,
     #[serde(default)]
     pub telemetry: Option<Spanned<RawTelemetry>>,
+    #[serde(default)]
+    pub auth: Option<Spanned<RawAuth>>,
+}
+
+/// `[auth]`, in an edge's config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub required: Option<bool>,
+    #[serde(default)]
+    pub api_keys: Vec<Spanned<RawApiKey>>,
+    #[serde(default)]
+    pub signing_keys: Vec<Spanned<RawSigningKey>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub id: Spanned<String>,
+    pub tenant: Spanned<String>,
+    pub sha256: Spanned<String>,
+    pub expires: Option<Spanned<toml::value::Datetime>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigningKey {
+    pub id: Spanned<String>,
+    pub secret_file: Spanned<String>,
 }
 
 /// `[telemetry]`, in edge and worker configs.
@@ -72,6 +101,7 @@ pub struct RawTls {
     pub cert: Option<Spanned<String>>,
     pub key: Option<Spanned<String>>,
     pub dev_cert_dir: Option<Spanned<String>>,
+    pub client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +113,8 @@ pub struct RawUpstream {
     pub backoff_max_ms: Option<Spanned<u64>>,
     pub idle_timeout_ms: Option<Spanned<u64>>,
     pub max_attempts: Option<Spanned<u64>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +142,10 @@ pub struct RawRegion {
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
     pub residency: Option<Spanned<String>>,
+    pub requests_per_s: Option<Spanned<f64>>,
+    pub burst: Option<Spanned<u64>>,
+    pub max_concurrent: Option<Spanned<u64>>,
+    pub tokens_per_min: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

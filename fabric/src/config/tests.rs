@@ -48,6 +48,7 @@ pin = "c.pem"
     let errs = parse_config(src, Path::new("bad.toml")).unwrap_err();
     let text = errs.to_string();
     let expect = [
+        ("bad.toml:1:1", "no [auth] section"),
         ("bad.toml:6:8", "duplicate region `seoul`"),
         ("bad.toml:9:16", "unknown region `atlantis`"),
         ("bad.toml:12:7", "unknown region `frankfurt`"),

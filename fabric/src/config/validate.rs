@@ -121,7 +121,12 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         residency.insert(policy.clone(), set);
     }
     let mut tenants = HashMap::new();
+    let mut tenant_limits = HashMap::new();
     for (tenant, t) in &raw.tenants {
+        let limits = cx.tenant_limits(t.get_ref());
+        if limits != TenantLimits::default() {
+            tenant_limits.insert(tenant.clone(), limits);
+        }
         let policy = t.get_ref().residency.as_ref().map(|p| {
             if !residency.contains_key(p.get_ref()) {
                 cx.err(
@@ -176,7 +181,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         let weight = cx.count(w.weight.as_ref(), "weight", 1..1001, 1) as u32;
         let trust = match (&w.pin, raw.upstream.as_ref().and_then(|u| u.ca.as_ref())) {
             (Some(pin), _) => UpstreamTrust::Pin(cx.path(pin)),
-            (None, Some(ca)) => UpstreamTrust::Ca(cx.path(ca)),
+            (None, Some(ca)) => UpstreamTrust::Ca(cx.file(ca, "[upstream] ca")),
             (None, None) => {
                 cx.err(Some(span), format!("worker `{}` has no way to trust its certificate: set `pin = \"<cert.pem>\"` or [upstream] ca", w.name.get_ref()));
                 UpstreamTrust::Pin(PathBuf::new())
@@ -316,7 +321,30 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
                 DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             )
             .max(Duration::from_millis(100)),
+        client_identity: match (
+            u.and_then(|u| u.client_cert.as_ref()),
+            u.and_then(|u| u.client_key.as_ref()),
+        ) {
+            (Some(c), Some(k)) => Some((
+                cx.file(c, "[upstream] client_cert"),
+                cx.file(k, "[upstream] client_key"),
+            )),
+            (Some(s), None) | (None, Some(s)) => {
+                cx.err(
+                    Some(s.span()),
+                    "[upstream] needs both `client_cert` and `client_key` for mutual TLS, or neither",
+                );
+                None
+            }
+            (None, None) => None,
+        },
     };
+    if let Some(ca) = raw.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
+        cx.err(
+            Some(ca.span()),
+            "[tls] client_ca belongs in a worker config (workers verify edges); an edge presents [upstream] client_cert",
+        );
+    }
     let r = raw.routing.as_ref();
     let load_factor = match r.and_then(|r| r.load_factor.as_ref()) {
         Some(f) if !(*f.get_ref() > 1.0 && *f.get_ref() <= 100.0) => {
@@ -362,6 +390,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         ) as u32,
     };
     let telemetry = cx.telemetry(raw.telemetry.as_ref(), "meridian-edge");
+    let auth = cx.auth(raw.auth.as_ref(), &tenants);
     cx.finish(Config {
         edge,
         upstream,
@@ -371,6 +400,8 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         area_groups,
         residency,
         tenants,
+        tenant_limits,
+        auth,
         workers,
         telemetry,
     })

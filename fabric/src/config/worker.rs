@@ -60,17 +60,20 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
             1..(64 << 20) + 1,
             meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES as u64,
         ) as usize,
-        load_report: cx.millis(
+        load_report: Duration::from_millis(cx.count(
             w.load_report_ms.as_ref(),
             "load_report_ms",
-            60_000,
-            DEFAULT_LOAD_REPORT,
-        ),
+            1..60_001,
+            DEFAULT_LOAD_REPORT.as_millis() as u64,
+        )),
         ack_eliciting_threshold: w
             .ack_eliciting_threshold
             .as_ref()
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
         tls: cx.tls(raw.tls.as_ref()),
+        client_ca: (raw.tls.as_ref())
+            .and_then(|t| t.client_ca.as_ref())
+            .map(|c| cx.file(c, "[tls] client_ca")),
         backend,
         telemetry: cx.telemetry(raw.telemetry.as_ref(), "meridian-worker"),
     };

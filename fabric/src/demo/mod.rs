@@ -25,6 +25,27 @@ pub const TOPOLOGY: &str = include_str!("topology.toml");
 /// The model every demo worker serves.
 pub const MODEL: &str = "llama-3-8b";
 
+/// The demo's API keys, `(tenant, key)`. They are public — the embedded topology holds their
+/// SHA-256 digests — so never use them outside the demo.
+pub const DEMO_KEYS: [(&str, &str); 2] = [
+    (
+        "acme",
+        "mk_demo-acme_ZGVtby1vbmx5LWFjbWUta2V5LW5ldmVyLWluLXByb2Q",
+    ),
+    (
+        "bund",
+        "mk_demo-bund_ZGVtby1vbmx5LWJ1bmQta2V5LW5ldmVyLWluLXByb2Q",
+    ),
+];
+
+/// The demo API key of `tenant` (`acme` or `bund`).
+pub fn demo_key(tenant: &str) -> Option<&'static str> {
+    DEMO_KEYS
+        .iter()
+        .find(|(t, _)| *t == tenant)
+        .map(|(_, k)| *k)
+}
+
 /// A running demo topology.
 #[derive(Debug)]
 pub struct Demo {
@@ -111,6 +132,7 @@ impl Demo {
                 tls: ServerTls::Dev {
                     dir: cert_dir.into(),
                 },
+                client_ca: None,
                 backend: Backend::Synthetic(backend.clone()),
                 telemetry: worker_telemetry.clone(),
             };

@@ -45,6 +45,8 @@ pub struct StepOutcome {
 
 struct Spec {
     step: u32,
+    /// Tenant whose credential the request carries, when not its own `tenant`.
+    credential_of: Option<&'static str>,
     title: &'static str,
     area: &'static str,
     tenant: Option<&'static str>,
@@ -57,6 +59,10 @@ async fn send(client: &Client, s: &Spec) -> StepOutcome {
     let mut req = Request::new(MODEL, s.prompt);
     req.headers.area = Some(s.area.into());
     req.headers.tenant = s.tenant.map(Into::into);
+    // Every demo request authenticates: as its tenant, or as `acme` when it names none.
+    let owner = s.credential_of.or(s.tenant).unwrap_or("acme");
+    req.headers.credential =
+        super::demo_key(owner).map(|k| meridian_protocol::Credential(k.into()));
     req.headers.shard_key = s.shard_key.map(|k| bytes::Bytes::from_static(k.as_bytes()));
     let mut out = StepOutcome {
         step: s.step,
@@ -120,6 +126,7 @@ pub async fn run_scenario(demo: &mut Demo, client: &Client) -> Vec<StepOutcome> 
     let mut out = Vec::new();
     let spec = |step, title, area, tenant, shard_key, prompt| Spec {
         step,
+        credential_of: None,
         title,
         area,
         tenant,
@@ -161,6 +168,21 @@ pub async fn run_scenario(demo: &mut Demo, client: &Client) -> Vec<StepOutcome> 
         send(client, &bund).await,
         "frankfurt-sovereign",
     ));
+    // Identity decides the tenant, so a client cannot pick another tenant's policy.
+    let mut impostor = spec(
+        3,
+        "Claiming tenant `bund` with acme's key is refused",
+        "de",
+        Some("bund"),
+        None,
+        "Prüfe den Antrag.",
+    );
+    impostor.credential_of = Some("acme");
+    let mut o = send(client, &impostor).await;
+    o.expected = "UNAUTHORIZED".into();
+    o.ok = o.error.as_deref() == Some(ErrorCode::UNAUTHORIZED.name().expect("named"))
+        && o.region.is_none();
+    out.push(o);
 
     let sticky = spec(
         4,

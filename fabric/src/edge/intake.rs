@@ -3,7 +3,7 @@
 //! forward upstream, and to replay if the first worker fails before any token.
 
 use bytes::{Bytes, BytesMut};
-use meridian_protocol::frame::with_trace_context;
+use meridian_protocol::frame::for_upstream;
 use meridian_protocol::limits::MAX_HEADERS_LEN;
 use meridian_protocol::scan::{FrameScanner, Scanned};
 use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, RequestHeaders};
@@ -155,13 +155,20 @@ pub(crate) async fn read(
 }
 
 impl Intake {
-    /// The bytes to send a worker: as received, or — to carry `trace` — the received HEADERS
-    /// with only its `trace_context` field replaced (unknown fields kept), then the received
-    /// bytes after it (sliced, not copied). Once per attempt, never per token.
-    pub fn upstream_chunks(&self, trace: Option<&TraceContext>) -> Vec<Bytes> {
-        let Some(trace) = trace else {
+    /// The bytes to send a worker: as received, or — to carry `trace`, to name the
+    /// authenticated `tenant`, or to drop the client's credential — the received HEADERS
+    /// with only those fields rewritten (unknown fields kept), then the received bytes after
+    /// it (sliced, not copied). Once per attempt, never per token.
+    pub fn upstream_chunks(
+        &self,
+        trace: Option<&TraceContext>,
+        tenant: Option<&str>,
+    ) -> Vec<Bytes> {
+        let h = &self.headers;
+        let retenant = tenant.is_some() && tenant != h.tenant.as_deref();
+        if trace.is_none() && !retenant && h.credential.is_none() {
             return self.chunks.clone();
-        };
+        }
         let first = self.chunks.iter().find(|c| !c.is_empty());
         let head = match first {
             Some(c) if c.len() >= self.headers_len => c.slice(..self.headers_len),
@@ -174,21 +181,36 @@ impl Intake {
                 all.freeze()
             }
         };
-        let Some(rewritten) = with_trace_context(&head, &trace.to_string()) else {
-            return self.chunks.clone();
+        let trace = trace.map(ToString::to_string);
+        let tenant = tenant.filter(|_| retenant);
+        let Some(rewritten) = for_upstream(&head, trace.as_deref(), tenant) else {
+            // Unreachable for HEADERS this edge decoded; never forward a credential.
+            let mut headers = self.headers.clone();
+            headers.credential = None;
+            headers.tenant = tenant.map(str::to_owned).or(headers.tenant);
+            let mut out = vec![Frame::Headers(headers).to_bytes()];
+            out.extend(self.after_headers());
+            return out;
         };
         let mut out = Vec::with_capacity(self.chunks.len() + 1);
         out.push(rewritten);
+        out.extend(self.after_headers());
+        out
+    }
+
+    /// The received bytes after the HEADERS frame, sliced.
+    fn after_headers(&self) -> impl Iterator<Item = Bytes> + '_ {
         let mut skip = self.headers_len;
-        for c in &self.chunks {
+        self.chunks.iter().filter_map(move |c| {
             if skip >= c.len() {
                 skip -= c.len();
+                None
             } else {
-                out.push(c.slice(skip..));
+                let part = c.slice(skip..);
                 skip = 0;
+                Some(part)
             }
-        }
-        out
+        })
     }
 }
 
@@ -217,9 +239,9 @@ mod tests {
                 headers_len: head.len(),
                 prefix: Vec::new(),
             };
-            assert_eq!(intake.upstream_chunks(None), chunks);
+            assert_eq!(intake.upstream_chunks(None, None), chunks);
             let mut out = BytesMut::new();
-            for c in intake.upstream_chunks(Some(&ctx)) {
+            for c in intake.upstream_chunks(Some(&ctx), None) {
                 out.extend_from_slice(&c);
             }
             let mut out = out.freeze();

@@ -46,6 +46,10 @@ pub(crate) struct EdgeShared {
     pub shutdown: Shutdown,
     /// In-process submissions in flight.
     pub submissions: submit::InFlight,
+    /// Tenant identity and limits.
+    pub auth: crate::auth::Auth,
+    /// Time base of the tenants' rate limits.
+    pub epoch: tokio::time::Instant,
 }
 
 /// ALPN of HTTP/3, served beside `meridian/1` on the same UDP port when an [`H3Handler`] is
@@ -170,6 +174,8 @@ pub fn spawn_with_h3(
         tracer: telemetry::start(config.telemetry.as_ref(), &instance),
         shutdown: shutdown.clone(),
         submissions: submit::InFlight::default(),
+        auth: crate::auth::Auth::new(&config),
+        epoch: tokio::time::Instant::now(),
     });
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
     let task = tokio::spawn(serve(

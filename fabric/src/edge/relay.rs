@@ -54,14 +54,15 @@ impl Drop for ActiveStream<'_> {
 enum Attempt {
     /// END or ERROR (`worker_error`) relayed; the client stream is finished.
     Done { tokens: u64, worker_error: bool },
-    /// The client went away; upstream was cancelled.
-    ClientGone,
-    /// The deadline passed; the client was told.
-    Deadline,
+    /// The client went away after `tokens` were relayed; upstream was cancelled.
+    ClientGone { tokens: u64 },
+    /// The deadline passed after `tokens` were relayed; the client was told.
+    Deadline { tokens: u64 },
     /// The worker failed before any of its bytes reached the client: safe to retry.
     FailedClean(String),
-    /// The worker failed after bytes reached the client: the client was told.
-    FailedDirty(String),
+    /// The worker failed after bytes (`tokens` TOKENS frames) reached the client: the
+    /// client was told.
+    FailedDirty { msg: String, tokens: u64 },
 }
 
 /// Serves one client QUIC request stream to completion.
@@ -128,20 +129,39 @@ pub(crate) async fn dispatch(
         if let Some(a) = h.area.as_deref() {
             span.set("meridian.area", a);
         }
-        if let Some(t) = h.tenant.as_deref() {
+    }
+    // Identity and limits first: the tenant — and so the residency policy — is the
+    // credential's, never the claim's.
+    let now_ns = arrived.duration_since(edge.epoch).as_nanos() as u64;
+    let mut admission = match edge
+        .auth
+        .admit(&intake.headers, crate::auth::unix_now(), now_ns)
+    {
+        Ok(a) => a,
+        Err(e) => {
+            span_error(&mut span, e.code, &e.message);
+            return fail(sink, edge, e).await;
+        }
+    };
+    let tenant = admission.tenant();
+    if span.recording() {
+        if let Some(t) = tenant {
             span.set("meridian.tenant", t);
         }
     }
-    route_and_relay(intake, arrived, sink, edge, &mut span).await;
+    let tokens = route_and_relay(intake, tenant, arrived, sink, edge, &mut span).await;
+    admission.settle(tokens);
 }
 
+/// Routes and relays; returns the tokens relayed to the client.
 async fn route_and_relay(
     intake: &Intake,
+    tenant: Option<&str>,
     arrived: Instant,
     sink: &mut impl Sink,
     edge: &EdgeShared,
     span: &mut Span,
-) {
+) -> u64 {
     let cfg = edge.router.config();
     let deadline = intake
         .headers
@@ -162,7 +182,7 @@ async fn route_and_relay(
         let req = RouteRequest {
             model: &intake.headers.model,
             area,
-            tenant: intake.headers.tenant.as_deref(),
+            tenant,
             residency: intake.headers.residency.as_deref(),
             shard_key: &shard_key,
             exclude: &exclude,
@@ -174,7 +194,8 @@ async fn route_and_relay(
                     edge.stats.residency_rejections.fetch_add(1, Relaxed);
                 }
                 span_error(span, e.code(), &e.to_string());
-                return fail(sink, edge, ErrorFrame::new(e.code(), e.to_string())).await;
+                fail(sink, edge, ErrorFrame::new(e.code(), e.to_string())).await;
+                return 0;
             }
         };
         let worker_id = decision.worker;
@@ -195,7 +216,7 @@ async fn route_and_relay(
         if !sink.routed(routed).await {
             edge.stats.cancelled.fetch_add(1, Relaxed);
             span.set("meridian.outcome", "cancelled");
-            return;
+            return 0;
         }
         edge.stats.routed(decision.region);
         let timing = Timing {
@@ -206,7 +227,7 @@ async fn route_and_relay(
             Some(conn) => {
                 let up = Upstream {
                     conn: &conn,
-                    chunks: intake.upstream_chunks(att.context()),
+                    chunks: intake.upstream_chunks(att.context(), tenant),
                 };
                 forward(up, sink, deadline, &timing, edge).await
             }
@@ -224,22 +245,24 @@ async fn route_and_relay(
                     att.fail(msg);
                     span.fail(msg);
                 }
-                return;
+                return tokens;
             }
-            Attempt::FailedDirty(msg) => {
+            Attempt::FailedDirty { msg, tokens } => {
                 span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &msg);
-                return span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
+                span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
+                return tokens;
             }
-            Attempt::Deadline => {
+            Attempt::Deadline { tokens } => {
                 let msg = "the request's deadline passed";
                 span_error(&mut att, ErrorCode::DEADLINE_EXCEEDED, msg);
-                return span_error(span, ErrorCode::DEADLINE_EXCEEDED, msg);
+                span_error(span, ErrorCode::DEADLINE_EXCEEDED, msg);
+                return tokens;
             }
-            Attempt::ClientGone => {
+            Attempt::ClientGone { tokens } => {
                 edge.stats.cancelled.fetch_add(1, Relaxed);
                 att.set("meridian.outcome", "cancelled");
                 span.set("meridian.outcome", "cancelled");
-                return;
+                return tokens;
             }
             Attempt::FailedClean(reason) => {
                 span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &reason);
@@ -255,17 +278,23 @@ async fn route_and_relay(
     );
     span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
     fail(sink, edge, ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg)).await;
+    0
 }
 
 /// Tells the client its deadline passed.
-async fn deadline_passed(sink: &mut impl Sink, edge: &EdgeShared, at_boundary: bool) -> Attempt {
+async fn deadline_passed(
+    sink: &mut impl Sink,
+    edge: &EdgeShared,
+    at_boundary: bool,
+    tokens: u64,
+) -> Attempt {
     edge.stats.error(ErrorCode::DEADLINE_EXCEEDED);
     let e = ErrorFrame::new(
         ErrorCode::DEADLINE_EXCEEDED,
         "the request's deadline passed",
     );
     sink.fail(e, at_boundary).await;
-    Attempt::Deadline
+    Attempt::Deadline { tokens }
 }
 
 /// One attempt's upstream: the worker's connection and the request bytes to send.
@@ -298,8 +327,8 @@ async fn forward(
             Ok(s) => s,
             Err(e) => return Attempt::FailedClean(e.to_string()),
         },
-        _ = sink.gone() => return Attempt::ClientGone,
-        _ = &mut sleep, if deadline.is_some() => return deadline_passed(sink, edge, true).await,
+        _ = sink.gone() => return Attempt::ClientGone { tokens: 0 },
+        _ = &mut sleep, if deadline.is_some() => return deadline_passed(sink, edge, true, 0).await,
     };
     let mut chunks = up.chunks;
     let stopped = tokio::select! {
@@ -315,9 +344,9 @@ async fn forward(
         Some(c) => {
             cancel_upstream(&mut up_send, &mut up_recv, c);
             if c == ErrorCode::CANCELLED {
-                return Attempt::ClientGone;
+                return Attempt::ClientGone { tokens: 0 };
             }
-            return deadline_passed(sink, edge, true).await;
+            return deadline_passed(sink, edge, true, 0).await;
         }
     }
     let _ = up_send.finish();
@@ -360,7 +389,7 @@ async fn forward(
                     };
                     if !sink.chunk(chunk.bytes).await {
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                        return Attempt::ClientGone;
+                        return Attempt::ClientGone { tokens: relayed };
                     }
                 }
                 Ok(None) if tracker.complete() => {
@@ -375,13 +404,13 @@ async fn forward(
             },
             _ = sink.gone() => {
                 cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                return Attempt::ClientGone;
+                return Attempt::ClientGone { tokens: relayed };
             }
             _ = &mut sleep, if timed => {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
                     cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
-                    return deadline_passed(sink, edge, tracker.at_boundary()).await;
+                    return deadline_passed(sink, edge, tracker.at_boundary(), relayed).await;
                 }
                 match stall {
                     Some(limit) if now >= heard + limit => {
@@ -402,5 +431,8 @@ async fn forward(
     let msg = format!("worker failed mid-stream: {failure}");
     let e = ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg.clone());
     sink.fail(e, tracker.at_boundary()).await;
-    Attempt::FailedDirty(msg)
+    Attempt::FailedDirty {
+        msg,
+        tokens: relayed,
+    }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_protocol::client::tls::ClientIdentity;
 use meridian_protocol::client::{ClientConfig, Trust};
 use meridian_protocol::io::{FrameReader, ReadFrameError};
 use meridian_protocol::{varint, ErrorCode, Frame, CONTROL_STREAM_TYPE};
@@ -63,6 +64,7 @@ impl Upstreams {
 fn client_config(
     entry: &WorkerEntry,
     idle_timeout: Duration,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
 ) -> Result<quinn::ClientConfig, String> {
     let trust = match &entry.trust {
         UpstreamTrust::Ca(p) => Trust::ca_file(p),
@@ -72,6 +74,10 @@ fn client_config(
     let mut cfg = ClientConfig::new(trust);
     cfg.server_name = entry.server_name.clone();
     cfg.transport = Some(Arc::new(transport::upstream_transport(idle_timeout)));
+    if let Some((cert, key)) = identity {
+        let id = ClientIdentity::from_files(cert, key).map_err(|e| e.to_string())?;
+        cfg.identity = Some(Arc::new(id));
+    }
     cfg.quinn_config().map_err(|e| e.to_string())
 }
 
@@ -92,7 +98,11 @@ async fn maintain(
         }
         // Re-read trust each attempt: a dev worker may write its certificate after we start.
         let attempt = async {
-            let cfg = client_config(&entry, settings.idle_timeout)?;
+            let cfg = client_config(
+                &entry,
+                settings.idle_timeout,
+                settings.client_identity.as_ref(),
+            )?;
             let connecting = endpoint
                 .connect_with(cfg, entry.address, &entry.server_name)
                 .map_err(|e| e.to_string())?;

@@ -1,6 +1,8 @@
 //! Lock-free shared state of the hot path, and the shim that swaps std's sync types for
 //! loom's under `--cfg loom` so each piece is model-checked (`loom_*` tests).
 
+pub mod bucket;
+pub mod budget;
 pub mod load;
 pub mod rcu;
 
@@ -18,6 +20,8 @@ pub(crate) use std::sync::{Arc, Mutex};
 #[cfg(not(loom))]
 pub(crate) use std::thread::yield_now;
 
+pub use bucket::Bucket;
+pub use budget::{ByteBudget, Reservation};
 pub use load::{InFlight, LoadGuard};
 pub use rcu::RcuCell;
 

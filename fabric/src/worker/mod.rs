@@ -82,7 +82,11 @@ pub fn spawn(
 ) -> Result<WorkerHandle, WorkerError> {
     let mut transport = transport::transport(config.max_concurrent.saturating_mul(2).max(16));
     transport::ack_frequency(&mut transport, config.ack_eliciting_threshold);
-    let server = identity.server_config(&[meridian_protocol::ALPN], transport)?;
+    let server = identity.server_config_verifying(
+        &[meridian_protocol::ALPN],
+        transport,
+        config.client_ca.as_deref(),
+    )?;
     let endpoint = quinn::Endpoint::server(server, config.listen)
         .map_err(|e| WorkerError::Bind(config.listen, e))?;
     let addr = endpoint

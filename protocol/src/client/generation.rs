@@ -30,7 +30,13 @@ pub enum ClientError {
         retryable: bool,
         /// Server's detail.
         message: String,
+        /// The server's hint how long to wait before retrying (RATE_LIMITED).
+        retry_after: Option<std::time::Duration>,
     },
+    /// The request cannot be encoded (a value out of the protocol's range); nothing was
+    /// sent. Fix the request.
+    #[error("invalid request: {0}")]
+    InvalidRequest(#[source] crate::DecodeError),
     /// The server reset the stream with this code (e.g. the worker failed mid-frame).
     #[error("stream reset by server: {0}")]
     Reset(ErrorCode),
@@ -48,6 +54,7 @@ impl ClientError {
         match self {
             ClientError::Remote { code, .. } | ClientError::Reset(code) => Some(*code),
             ClientError::Protocol(_) => Some(ErrorCode::PROTOCOL_ERROR),
+            ClientError::InvalidRequest(e) => Some(e.code()),
             ClientError::Connection(_) => None,
         }
     }
@@ -130,6 +137,7 @@ impl Generation {
                     code: e.code,
                     retryable: e.retryable,
                     message: e.message,
+                    retry_after: e.retry_after_ms.map(std::time::Duration::from_millis),
                 }),
                 Some(Frame::Unknown(_)) => continue,
                 Some(other) => Err(ClientError::Protocol(format!(

@@ -38,7 +38,7 @@ pub use generation::{ClientError, Event, Generation};
 pub use quinn::TransportConfig;
 pub use tls::{TlsError, Trust};
 
-use crate::{Frame, RequestHeaders, ALPN};
+use crate::{Credential, Frame, RequestHeaders, ALPN};
 
 /// How to reach an edge.
 #[derive(Clone, Debug)]
@@ -49,6 +49,11 @@ pub struct ClientConfig {
     pub server_name: String,
     /// Transport tuning; quinn's defaults if `None`.
     pub transport: Option<Arc<quinn::TransportConfig>>,
+    /// Credential (API key or signed token) sent with every request that carries none of
+    /// its own (PROTOCOL.md §4.9).
+    pub credential: Option<Credential>,
+    /// Client certificate for servers that require mutual TLS (an edge to its workers).
+    pub identity: Option<Arc<tls::ClientIdentity>>,
 }
 
 impl ClientConfig {
@@ -58,12 +63,20 @@ impl ClientConfig {
             trust,
             server_name: "localhost".into(),
             transport: None,
+            credential: None,
+            identity: None,
         }
+    }
+
+    /// The same configuration, authenticating every request with `credential`.
+    pub fn with_credential(mut self, credential: impl Into<String>) -> Self {
+        self.credential = Some(Credential(credential.into()));
+        self
     }
 
     /// The quinn client configuration this describes.
     pub fn quinn_config(&self) -> Result<quinn::ClientConfig, TlsError> {
-        let crypto = tls::client_crypto(&self.trust, &[ALPN])?;
+        let crypto = tls::client_crypto_with(&self.trust, &[ALPN], self.identity.as_deref())?;
         let crypto = QuicClientConfig::try_from(crypto)
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -131,6 +144,7 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     draining: Arc<AtomicBool>,
+    credential: Option<Credential>,
 }
 
 impl Client {
@@ -153,6 +167,7 @@ impl Client {
             endpoint,
             conn,
             draining,
+            credential: config.credential,
         })
     }
 
@@ -162,7 +177,16 @@ impl Client {
     }
 
     /// Sends `request` on a new stream and returns its event stream.
-    pub async fn generate(&self, request: Request) -> Result<Generation, ClientError> {
+    /// Headers the protocol cannot carry (an integer above 2^62 − 1, a field over its limit)
+    /// fail with [`ClientError::InvalidRequest`] before anything is sent.
+    pub async fn generate(&self, mut request: Request) -> Result<Generation, ClientError> {
+        if request.headers.credential.is_none() {
+            request.headers.credential = self.credential.clone();
+        }
+        request
+            .headers
+            .check()
+            .map_err(ClientError::InvalidRequest)?;
         let (mut send, recv) = self.conn.open_bi().await.map_err(ClientError::Connection)?;
         let mut frames = request.encode();
         send.write_all_chunks(&mut frames)

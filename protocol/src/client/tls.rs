@@ -81,6 +81,47 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// A TLS 1.3 client configuration offering `alpn`.
 pub fn client_crypto(trust: &Trust, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+    client_crypto_with(trust, alpn, None)
+}
+
+/// A client certificate chain and its key, presented to servers that require one (mutual
+/// TLS: an edge to its workers). `Debug` never shows the key.
+pub struct ClientIdentity {
+    /// Certificate chain, leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certs", &self.certs.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ClientIdentity {
+    /// Loads a PEM certificate chain and a PEM private key.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = load_certs(cert)?;
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+                path: key.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(ClientIdentity { certs, key })
+    }
+}
+
+/// [`client_crypto`], presenting `identity` to servers that ask for a client certificate.
+pub fn client_crypto_with(
+    trust: &Trust,
+    alpn: &[&[u8]],
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -90,15 +131,24 @@ pub fn client_crypto(trust: &Trust, alpn: &[&[u8]]) -> Result<rustls::ClientConf
             for c in certs {
                 roots.add(c.clone())?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let b = builder.with_root_certificates(roots);
+            match identity {
+                Some(id) => b.with_client_auth_cert(id.certs.clone(), id.key.clone_key())?,
+                None => b.with_no_client_auth(),
+            }
         }
-        Trust::Pinned(certs) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                certs: certs.clone(),
-                provider,
-            }))
-            .with_no_client_auth(),
+        Trust::Pinned(certs) => {
+            let b = builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    certs: certs.clone(),
+                    provider,
+                }));
+            match identity {
+                Some(id) => b.with_client_auth_cert(id.certs.clone(), id.key.clone_key())?,
+                None => b.with_no_client_auth(),
+            }
+        }
     };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)

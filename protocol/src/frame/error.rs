@@ -19,6 +19,9 @@ pub struct ErrorFrame {
     pub retryable: bool,
     /// Human-readable detail, at most 1024 bytes of UTF-8.
     pub message: String,
+    /// How long the client should wait before retrying, in milliseconds (RATE_LIMITED,
+    /// OVERLOADED); `None` when the sender gives no hint. PROTOCOL.md §4.6.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorFrame {
@@ -37,17 +40,31 @@ impl ErrorFrame {
             code,
             retryable: code.default_retryable(),
             message,
+            retry_after_ms: None,
         }
+    }
+
+    /// The same error with a retry-after hint (capped at 2^62 − 1 ms).
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms.min(varint::MAX));
+        self
     }
 
     pub(super) fn decode_payload(p: &mut Bytes) -> Result<Self, DecodeError> {
         let code = ErrorCode(get_varint(p, FRAME)?);
         let flags = get_varint(p, FRAME)?;
         let message = get_string(p, FRAME, "message", MAX_ERROR_MESSAGE_LEN)?;
+        // An optional trailing field; bytes after it stay reserved and are ignored.
+        let retry_after_ms = if p.is_empty() {
+            None
+        } else {
+            Some(get_varint(p, FRAME)?)
+        };
         Ok(ErrorFrame {
             code,
             retryable: flags & FLAG_RETRYABLE != 0,
             message,
+            retry_after_ms,
         })
     }
 
@@ -60,12 +77,20 @@ impl ErrorFrame {
     }
 
     pub(super) fn payload_len(&self) -> usize {
-        varint::size(self.code.0) + varint::size(self.flags()) + bytes_len(self.message.as_bytes())
+        varint::size(self.code.0)
+            + varint::size(self.flags())
+            + bytes_len(self.message.as_bytes())
+            + self
+                .retry_after_ms
+                .map_or(0, |v| varint::size(v.min(varint::MAX)))
     }
 
     pub(super) fn encode_payload<B: BufMut>(&self, buf: &mut B) {
         varint::encode(self.code.0, buf);
         varint::encode(self.flags(), buf);
         put_bytes(buf, self.message.as_bytes());
+        if let Some(v) = self.retry_after_ms {
+            varint::encode(v.min(varint::MAX), buf);
+        }
     }
 }

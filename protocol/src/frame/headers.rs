@@ -9,7 +9,7 @@ use bytes::{Buf, BufMut, Bytes};
 use super::wire::{bytes_len, get_varint, put_bytes, utf8};
 use super::DecodeError;
 use crate::limits::{
-    MAX_AREA_LEN, MAX_MODEL_LEN, MAX_NAME_LEN, MAX_PRIORITY, MAX_SHARD_KEY_LEN,
+    MAX_AREA_LEN, MAX_CREDENTIAL_LEN, MAX_MODEL_LEN, MAX_NAME_LEN, MAX_PRIORITY, MAX_SHARD_KEY_LEN,
     MAX_TRACE_CONTEXT_LEN,
 };
 use crate::varint;
@@ -28,6 +28,33 @@ mod id {
     pub const PRIORITY: u64 = 0x08;
     pub const TRACE_CONTEXT: u64 = 0x09;
     pub const BODY_FORMAT: u64 = 0x0a;
+    pub const CREDENTIAL: u64 = 0x0b;
+}
+
+/// The most bytes a field's value may have, checked from its declared length before its
+/// bytes are looked at (PROTOCOL.md §2.2). Integer fields hold one varint (≤ 8 bytes).
+fn field_limit(field: u64) -> Option<(&'static str, usize)> {
+    Some(match field {
+        id::MODEL => ("model", MAX_MODEL_LEN),
+        id::TENANT => ("tenant", MAX_NAME_LEN),
+        id::SHARD_KEY => ("shard_key", MAX_SHARD_KEY_LEN),
+        id::RESIDENCY => ("residency", MAX_NAME_LEN),
+        id::AREA => ("area", MAX_AREA_LEN),
+        id::TRACE_CONTEXT => ("trace_context", MAX_TRACE_CONTEXT_LEN),
+        id::CREDENTIAL => ("credential", MAX_CREDENTIAL_LEN),
+        _ => return None,
+    })
+}
+
+/// A client credential (HEADERS field `credential`, PROTOCOL.md §4.9): an API key or a
+/// signed token. Its `Debug` never shows the secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credential(pub String);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential(<{} bytes redacted>)", self.0.len())
+    }
 }
 
 /// What the BODY bytes are (HEADERS field `body_format`, PROTOCOL.md §4.1).
@@ -64,6 +91,9 @@ pub struct RequestHeaders {
     pub trace_context: Option<String>,
     /// What the BODY bytes are ([`body_format`]); absent means plain prompt text.
     pub body_format: Option<u64>,
+    /// The client's credential (API key or signed token); the edge authenticates it and
+    /// never forwards it.
+    pub credential: Option<Credential>,
 }
 
 impl RequestHeaders {
@@ -75,6 +105,50 @@ impl RequestHeaders {
         }
     }
 
+    /// Checks that the headers can be sent: every integer fits a varint (≤ 2^62 − 1,
+    /// PROTOCOL.md §2.1), every field is within its limit and the whole HEADERS payload
+    /// within 8 KiB. Encoding headers that fail this check panics, so a sender that takes
+    /// values from its own caller checks first.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        for (id, f) in self.fields() {
+            match f {
+                Field::Int(v) if v > varint::MAX => {
+                    return Err(DecodeError::InvalidField {
+                        field: field_name(id),
+                        reason: "integer above 2^62 - 1",
+                    })
+                }
+                Field::Bytes(b) => {
+                    if let Some((name, max)) = field_limit(id) {
+                        if b.len() > max {
+                            return Err(DecodeError::FieldTooLong {
+                                field: name,
+                                len: b.len(),
+                                max,
+                            });
+                        }
+                    }
+                }
+                Field::Int(_) => {}
+            }
+        }
+        if self.priority.is_some_and(|p| p > MAX_PRIORITY) {
+            return Err(DecodeError::InvalidField {
+                field: "priority",
+                reason: "must be 0-7",
+            });
+        }
+        let len = self.payload_len();
+        if len > crate::limits::MAX_HEADERS_LEN {
+            return Err(DecodeError::TooLarge {
+                ty: FRAME,
+                len: len as u64,
+                max: crate::limits::MAX_HEADERS_LEN,
+            });
+        }
+        Ok(())
+    }
+
     pub(super) fn decode_payload(p: &mut Bytes) -> Result<Self, DecodeError> {
         let mut h = RequestHeaders::default();
         let mut seen = 0u32;
@@ -82,6 +156,16 @@ impl RequestHeaders {
         while p.has_remaining() {
             let field = get_varint(p, FRAME)?;
             let len = get_varint(p, FRAME)?;
+            // PROTOCOL.md §2.2: the limit first (TOO_LARGE), then the frame's end.
+            if let Some((name, max)) = field_limit(field) {
+                if len > max as u64 {
+                    return Err(DecodeError::FieldTooLong {
+                        field: name,
+                        len: usize::try_from(len).unwrap_or(usize::MAX),
+                        max,
+                    });
+                }
+            }
             if (p.remaining() as u64) < len {
                 return Err(DecodeError::Malformed {
                     frame: FRAME,
@@ -137,6 +221,16 @@ impl RequestHeaders {
                 id::TRACE_CONTEXT => {
                     h.trace_context = Some(string(value, "trace_context", MAX_TRACE_CONTEXT_LEN)?)
                 }
+                id::CREDENTIAL => {
+                    let c = string(value, "credential", MAX_CREDENTIAL_LEN)?;
+                    if c.is_empty() {
+                        return Err(DecodeError::InvalidField {
+                            field: "credential",
+                            reason: "empty",
+                        });
+                    }
+                    h.credential = Some(Credential(c));
+                }
                 _ => {} // PROTOCOL.md §4.1: unknown fields are skipped.
             }
         }
@@ -175,6 +269,9 @@ impl RequestHeaders {
                 .as_deref()
                 .map(|v| (id::TRACE_CONTEXT, Field::Bytes(v.as_bytes()))),
             self.body_format.map(|v| (id::BODY_FORMAT, Field::Int(v))),
+            self.credential
+                .as_ref()
+                .map(|v| (id::CREDENTIAL, Field::Bytes(v.0.as_bytes()))),
         ]
         .into_iter()
         .flatten()
@@ -186,7 +283,7 @@ impl RequestHeaders {
                 varint::size(id)
                     + match f {
                         Field::Bytes(b) => bytes_len(b),
-                        Field::Int(v) => 1 + varint::size(v),
+                        Field::Int(v) => 1 + varint::size(v.min(varint::MAX)),
                     }
             })
             .sum()
@@ -207,22 +304,27 @@ impl RequestHeaders {
 }
 
 /// Rewrites one whole, already validated HEADERS frame (`frame`, header and payload as
-/// received) with `trace_context` set to `value`. Every other field — unknown ones included —
-/// is copied byte for byte in its original order; an existing `trace_context` is replaced.
-/// This is how an edge continues a trace (PROTOCOL.md §4.8) without dropping fields it does
-/// not understand. `None` when `frame` is not exactly one well-formed HEADERS frame or the
-/// result would exceed the limits.
-pub fn with_trace_context(frame: &[u8], value: &str) -> Option<Bytes> {
+/// received) for the next hop: `trace_context` set to `trace` (when given), `tenant` set to
+/// `tenant` (when given), and the `credential` field always removed. Every other field —
+/// unknown ones included — is copied byte for byte in its original order. This is how an
+/// edge passes on the authenticated tenant and continues a trace (PROTOCOL.md §4.8, §4.9)
+/// without dropping fields it does not understand, and without handing a client's secret to
+/// a worker. `None` when `frame` is not exactly one well-formed HEADERS frame or the result
+/// would exceed the limits.
+pub fn for_upstream(frame: &[u8], trace: Option<&str>, tenant: Option<&str>) -> Option<Bytes> {
     use super::{encode_header, FrameHead, FrameType};
     let head = FrameHead::peek(frame).ok()?;
     if head.ty != FrameType::HEADERS || head.total_len() != frame.len() {
         return None;
     }
-    if value.len() > MAX_TRACE_CONTEXT_LEN {
+    if trace.is_some_and(|t| t.len() > MAX_TRACE_CONTEXT_LEN)
+        || tenant.is_some_and(|t| t.len() > MAX_NAME_LEN)
+    {
         return None;
     }
     let mut payload = &frame[head.header_len..];
-    let mut out = bytes::BytesMut::with_capacity(payload.len() + value.len() + 4);
+    let extra = trace.map_or(0, str::len) + tenant.map_or(0, str::len) + 8;
+    let mut out = bytes::BytesMut::with_capacity(payload.len() + extra);
     while !payload.is_empty() {
         let (field, n1) = varint::peek(payload)?;
         let (len, n2) = varint::peek(&payload[n1..])?;
@@ -230,13 +332,20 @@ pub fn with_trace_context(frame: &[u8], value: &str) -> Option<Bytes> {
         if end > payload.len() {
             return None;
         }
-        if field != id::TRACE_CONTEXT {
+        let replaced = field == id::CREDENTIAL
+            || (field == id::TRACE_CONTEXT && trace.is_some())
+            || (field == id::TENANT && tenant.is_some());
+        if !replaced {
             out.put_slice(&payload[..end]);
         }
         payload = &payload[end..];
     }
-    varint::encode(id::TRACE_CONTEXT, &mut out);
-    put_bytes(&mut out, value.as_bytes());
+    for (field, value) in [(id::TENANT, tenant), (id::TRACE_CONTEXT, trace)] {
+        if let Some(v) = value {
+            varint::encode(field, &mut out);
+            put_bytes(&mut out, v.as_bytes());
+        }
+    }
     if out.len() > crate::limits::MAX_HEADERS_LEN {
         return None;
     }
@@ -244,6 +353,21 @@ pub fn with_trace_context(frame: &[u8], value: &str) -> Option<Bytes> {
     encode_header(FrameType::HEADERS, out.len(), &mut frame);
     frame.put_slice(&out);
     Some(frame.freeze())
+}
+
+/// [`for_upstream`] with only `trace_context` set (the credential is still removed).
+pub fn with_trace_context(frame: &[u8], value: &str) -> Option<Bytes> {
+    for_upstream(frame, Some(value), None)
+}
+
+fn field_name(field: u64) -> &'static str {
+    match field {
+        id::DEADLINE_MS => "deadline_ms",
+        id::MAX_TOKENS => "max_tokens",
+        id::PRIORITY => "priority",
+        id::BODY_FORMAT => "body_format",
+        other => field_limit(other).map_or("field", |(n, _)| n),
+    }
 }
 
 enum Field<'a> {

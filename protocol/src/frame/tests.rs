@@ -21,6 +21,7 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
         (
             proptest::option::of(".{0,40}"),
             proptest::option::of(0..=varint::MAX),
+            proptest::option::of("[!-~]{1,300}"),
         ),
     )
         .prop_map(
@@ -33,7 +34,7 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
                 deadline,
                 max_tokens,
                 prio,
-                (trace, body_format),
+                (trace, body_format, credential),
             )| {
                 RequestHeaders {
                     model,
@@ -46,6 +47,7 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
                     priority: prio,
                     trace_context: trace,
                     body_format,
+                    credential: credential.map(Credential),
                 }
             },
         )
@@ -82,13 +84,20 @@ fn frame() -> impl Strategy<Value = Frame> {
                 ttft_us: t,
                 total_us: d,
             })),
-        (0..=varint::MAX, any::<bool>(), ".{0,200}").prop_map(|(code, retryable, message)| {
-            Frame::Error(ErrorFrame {
-                code: ErrorCode(code),
-                retryable,
-                message,
-            })
-        }),
+        (
+            0..=varint::MAX,
+            any::<bool>(),
+            ".{0,200}",
+            proptest::option::of(0..=varint::MAX)
+        )
+            .prop_map(|(code, retryable, message, retry_after_ms)| {
+                Frame::Error(ErrorFrame {
+                    code: ErrorCode(code),
+                    retryable,
+                    message,
+                    retry_after_ms,
+                })
+            }),
         (
             proptest::option::of(0..=varint::MAX),
             proptest::option::of(0..=varint::MAX)
@@ -168,7 +177,8 @@ proptest! {
         let mut decoded = out.clone();
         let Frame::Headers(got) = Frame::decode(&mut decoded).unwrap() else { panic!("HEADERS") };
         prop_assert!(decoded.is_empty());
-        prop_assert_eq!(got, RequestHeaders { trace_context: Some(tp.into()), ..h.clone() });
+        // The credential never travels past the edge.
+        prop_assert_eq!(got, RequestHeaders { trace_context: Some(tp.into()), credential: None, ..h.clone() });
         prop_assert!(out.windows(ext_field.len()).any(|w| w == ext_field.as_slice()), "extension field kept");
         // Not a whole HEADERS frame: no rewrite.
         prop_assert_eq!(with_trace_context(&frame[..frame.len() - 1], tp), None);
