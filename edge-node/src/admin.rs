@@ -5,16 +5,22 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use meridian_fabric::edge::EdgeStats;
 use meridian_fabric::route::Router;
 use meridian_fabric::telemetry::TraceStats;
 use serde_json::json;
+
+/// Most admin connections served at once; more wait in the listen backlog.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Longest an admin client may take to send a request head, and the longest an idle
+/// keep-alive connection stays open.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -23,28 +29,71 @@ pub struct Admin {
     pub stats: Arc<EdgeStats>,
     /// Span export counters, when tracing is on.
     pub traces: Option<Arc<TraceStats>>,
+    /// Bearer token every request must carry (`[edge] admin_token_env`); `None`: open.
+    pub token: Option<Arc<str>>,
 }
 
 /// Binds `addr` and serves the admin endpoints in the background; returns the bound address.
+/// Bounded: [`MAX_ADMIN_CONNECTIONS`] at once, each closed after [`ADMIN_TIMEOUT`] without a
+/// request head.
 pub async fn spawn(addr: SocketAddr, admin: Admin) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    let h1 = Arc::new(h1);
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let tcp = crate::listen::accept(&listener, "admin").await;
-            let admin = admin.clone();
+            let (admin, h1) = (admin.clone(), h1.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(handle(&req, &admin)) }
+                    async move { Ok::<_, Infallible>(authorized(&req, &admin)) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let _ = h1.serve_connection(TokioIo::new(tcp), svc).await;
+                drop(slot);
             });
         }
     });
     Ok(bound)
+}
+
+/// [`handle`] behind the bearer token, when one is configured (compared in constant time).
+fn authorized<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
+    if let Some(token) = &a.token {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let ok = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0;
+        if !ok {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "admin token required: Authorization: Bearer <token>\n".into(),
+            );
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    handle(req, a)
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -55,7 +104,7 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
         .expect("valid response")
 }
 
-fn handle(req: &Request<Incoming>, a: &Admin) -> Response<Full<Bytes>> {
+fn handle<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -153,4 +202,40 @@ pub fn routes(router: &Router) -> serde_json::Value {
     let areas: serde_json::Map<String, serde_json::Value> =
         areas.into_iter().map(|(k, v)| (k, json!(v))).collect();
     json!({ "epoch": table.epoch, "regions": regions, "workers": workers, "areas": areas })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_token_is_required_when_configured() {
+        let cfg = meridian_fabric::config::parse_config(
+            meridian_fabric::demo::TOPOLOGY,
+            std::path::Path::new("demo.toml"),
+        )
+        .unwrap();
+        let router = Arc::new(Router::new(Arc::new(cfg.clone())));
+        let mut a = Admin {
+            router,
+            stats: Arc::new(EdgeStats::new(&cfg)),
+            traces: None,
+            token: Some("s3cret-admin-token-1".into()),
+        };
+        let req = |auth: Option<&str>| {
+            let mut b = Request::get("/healthz");
+            if let Some(v) = auth {
+                b = b.header("authorization", v);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(authorized(&req(None), &a).status(), 401);
+        assert_eq!(authorized(&req(Some("Bearer wrong")), &a).status(), 401);
+        assert_eq!(
+            authorized(&req(Some("Bearer s3cret-admin-token-1")), &a).status(),
+            200
+        );
+        a.token = None;
+        assert_eq!(authorized(&req(None), &a).status(), 200);
+    }
 }

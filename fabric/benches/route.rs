@@ -28,6 +28,7 @@ fn topology() -> String {
     s += "[areas]\njp = [\"seoul\", \"tokyo\"]\nde = [\"frankfurt\"]\n";
     s += "[residency]\nde-sovereign = [\"frankfurt-sovereign\"]\neu = [\"frankfurt\", \"frankfurt-sovereign\"]\n";
     s += "[tenants]\nbund = { residency = \"de-sovereign\" }\nacme = {}\n";
+    s += "[auth]\nrequired = false\n";
     for (ri, r) in REGIONS.iter().enumerate() {
         for w in 0..64 {
             let _ = write!(
@@ -81,5 +82,54 @@ fn route(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route);
+/// Identity and limits per request (`Auth::admit`): an API key (SHA-256 + constant-time
+/// compare), the same tenant with request-rate, concurrency and token limits, and an HS256
+/// token (base64url + JSON + HMAC).
+fn admission(c: &mut Criterion) {
+    use meridian_fabric::auth::{token, Auth};
+    use meridian_protocol::{Credential, RequestHeaders};
+    let dir = std::env::temp_dir().join(format!("meridian-bench-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = [9u8; 32];
+    std::fs::write(dir.join("fleet.key"), token::format_secret(&secret)).unwrap();
+    let topo = meridian_fabric::demo::TOPOLOGY
+        .replace(
+            "acme = {}",
+            "acme = { requests_per_s = 1000000, burst = 1000000, max_concurrent = 1000000, tokens_per_min = 1000000000 }",
+        )
+        .replace(
+            "required = true",
+            "required = true\n[[auth.signing_keys]]\nid = \"fleet\"\nsecret_file = \"fleet.key\"",
+        );
+    let cfg = parse_config(&topo, &dir.join("edge.toml")).unwrap();
+    let auth = Auth::new(&cfg);
+    let now = meridian_fabric::auth::unix_now();
+    let headers = |cred: &str| {
+        let mut h = RequestHeaders::new("llama-3-8b");
+        h.credential = Some(Credential(cred.to_owned()));
+        h.max_tokens = Some(16);
+        h
+    };
+    let bund = headers(meridian_fabric::demo::demo_key("bund").unwrap());
+    let acme = headers(meridian_fabric::demo::demo_key("acme").unwrap());
+    let jwt = headers(&token::issue("fleet", &secret, "bund", now, now + 3600));
+    let mut t = 0u64;
+    let mut g = c.benchmark_group("admission");
+    g.bench_function("api_key", |b| {
+        b.iter(|| drop(black_box(auth.admit(black_box(&bund), now, 0).unwrap())))
+    });
+    g.bench_function("api_key_with_limits", |b| {
+        b.iter(|| {
+            t += 1_000;
+            let mut a = auth.admit(black_box(&acme), now, t).unwrap();
+            a.settle(16);
+        })
+    });
+    g.bench_function("hs256_token", |b| {
+        b.iter(|| drop(black_box(auth.admit(black_box(&jwt), now, 0).unwrap())))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, route, admission);
 criterion_main!(benches);

@@ -108,6 +108,25 @@ async fn malformed_frames_fail_only_their_stream() {
         Ok(Some(Frame::Routed(_)))
     ));
 
+    // An extension frame before HEADERS is skipped too (PROTOCOL.md §3.2), split across
+    // writes, and the request is served.
+    let mut leading = BytesMut::new();
+    varint::encode(0x21, &mut leading);
+    varint::encode(4, &mut leading);
+    leading.put_slice(b"xtra");
+    leading.put(headers(RequestHeaders::new("llama-3-8b")));
+    Frame::Body(Bytes::from_static(b"hello")).encode(&mut leading);
+    let leading = leading.freeze();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_chunk(leading.slice(..3)).await.unwrap();
+    send.write_chunk(leading.slice(3..)).await.unwrap();
+    send.finish().unwrap();
+    let mut reader = FrameReader::new(recv);
+    assert!(matches!(
+        within("routed after a leading extension frame", reader.next()).await,
+        Ok(Some(Frame::Routed(_)))
+    ));
+
     // The good stream on the same connection and a second connection are unaffected.
     let (_, text, end) = within("good stream", good.collect()).await.unwrap();
     assert_eq!(end.completion_tokens, 40);

@@ -69,6 +69,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             router: demo.edge.router.clone(),
             stats: demo.edge.stats.clone(),
             traces: demo.edge.trace_stats(),
+            token: None,
         };
         let admin_url = format!("http://{}", crate::admin::spawn(args.admin, admin).await?);
         let front = crate::http::Front::new(demo.edge.submitter(), None);

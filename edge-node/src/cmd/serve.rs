@@ -31,6 +31,14 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let workers = config.workers.len();
     let (admin_addr, http_addr) = (config.edge.admin, config.edge.http);
     let http_tenant = config.edge.http_tenant.clone();
+    let admin_token: Option<Arc<str>> = match &config.edge.admin_token_env {
+        Some(var) => Some(
+            std::env::var(var)
+                .with_context(|| format!("reading the admin token from ${var}"))?
+                .into(),
+        ),
+        None => None,
+    };
     // `[edge] http` also serves HTTP/3 on the edge's UDP port (ALPN h3 beside meridian/1).
     let h3 = http_addr.map(|_| crate::http::h3::handler(http_tenant.clone()));
     let handle = edge::spawn_with_h3(Arc::new(config), &identity, Shutdown::new(), h3)?;
@@ -41,6 +49,7 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 router: handle.router.clone(),
                 stats: handle.stats.clone(),
                 traces: handle.trace_stats(),
+                token: admin_token.clone(),
             };
             let bound = crate::admin::spawn(a, admin)
                 .await

@@ -179,6 +179,9 @@ pub struct EdgeSettings {
     pub upstream_stall_timeout: Option<Duration>,
     /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/routes`); `None`: off.
     pub admin: Option<SocketAddr>,
+    /// Environment variable holding the bearer token admin requests must carry; `None`:
+    /// no token (then the listener must be on loopback unless `admin_public`).
+    pub admin_token_env: Option<String>,
     /// OpenAI-compatible HTTP front door (HTTP/1.1 and HTTP/2 over TCP); `None`: off.
     pub http: Option<SocketAddr>,
     /// Tenant applied to HTTP front-door requests (until authentication exists).

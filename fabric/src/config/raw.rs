@@ -90,6 +90,8 @@ pub struct RawEdge {
     pub keep_alive_ms: Option<Spanned<u64>>,
     pub initial_rtt_ms: Option<Spanned<u64>>,
     pub admin: Option<Spanned<String>>,
+    pub admin_token_env: Option<Spanned<String>>,
+    pub admin_public: Option<bool>,
     pub http: Option<Spanned<String>>,
     pub http_tenant: Option<Spanned<String>>,
     pub ack_eliciting_threshold: Option<Spanned<u64>>,

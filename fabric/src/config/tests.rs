@@ -198,3 +198,46 @@ fn upstream_stall_timeout_applies_unless_zero() {
     let c = parse_config(&src, Path::new("demo.toml")).unwrap();
     assert_eq!(c.edge.upstream_stall_timeout, None);
 }
+
+#[test]
+fn configs_that_would_fail_at_run_time_fail_check() {
+    let edge = |extra: &str| {
+        let src = format!(
+            "[edge]\n{extra}\n[auth]\nrequired = false\n[[region]]\nname = \"r\"\n[[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:1\"\nmodels = [\"m\"]\npin = \"p.pem\"\n"
+        );
+        parse_config(&src, Path::new("e.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(edge("intake_timeout_ms = 0")
+        .contains("e.toml:2:21: intake_timeout_ms must be in 10..600001"));
+    assert!(
+        edge("admin = \"127.0.0.1:9000\"\nhttp = \"127.0.0.1:9000\"")
+            .contains("e.toml:2:9: admin and http are both 127.0.0.1:9000")
+    );
+    assert!(edge("admin = \"0.0.0.0:9000\"").contains("is not on loopback"));
+    assert!(
+        edge("admin = \"0.0.0.0:9000\"\nadmin_public = true").contains("needs `admin_token_env`")
+    );
+    assert!(edge("admin_token_env = \"MERIDIAN_TEST_UNSET_VAR\"").contains("is not set"));
+    assert_eq!(edge("admin = \"127.0.0.1:9000\""), "");
+    let tls = "[tls]\ncert = \"missing-cert.pem\"\nkey = \"missing-key.pem\"";
+    let src = format!("{tls}\n[auth]\nrequired = false\n[[region]]\nname = \"r\"\n");
+    let errs = parse_config(&src, Path::new("e.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errs.contains("e.toml:2:8: [tls] cert `missing-cert.pem` cannot be read"),
+        "{errs}"
+    );
+    assert!(errs.contains("e.toml:3:7: [tls] key"), "{errs}");
+    let worker = "[worker]\nname = \"w\"\nregion = \"r\"\nmodels = [\"m\"]\nload_report_ms = 0\n";
+    let errs = parse_worker_config(worker, Path::new("w.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errs.contains("w.toml:5:18: load_report_ms must be in 1..60001"),
+        "{errs}"
+    );
+}

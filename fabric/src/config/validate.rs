@@ -262,6 +262,26 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         admin: e
             .and_then(|e| e.admin.as_ref())
             .map(|a| cx.addr(Some(a), "127.0.0.1:9090")),
+        admin_token_env: e.and_then(|e| e.admin_token_env.as_ref()).map(|v| {
+            match std::env::var(v.get_ref()) {
+                Ok(t) if t.len() >= 16 => {}
+                Ok(_) => cx.err(
+                    Some(v.span()),
+                    format!(
+                        "admin token in ${} must be at least 16 characters",
+                        v.get_ref()
+                    ),
+                ),
+                Err(_) => cx.err(
+                    Some(v.span()),
+                    format!(
+                        "admin_token_env: environment variable ${} is not set",
+                        v.get_ref()
+                    ),
+                ),
+            }
+            v.get_ref().clone()
+        }),
         http: e
             .and_then(|e| e.http.as_ref())
             .map(|a| cx.addr(Some(a), "127.0.0.1:8080")),
@@ -274,14 +294,12 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             }
             t.get_ref().clone()
         }),
-        intake_timeout: cx
-            .millis(
-                e.and_then(|e| e.intake_timeout_ms.as_ref()),
-                "intake_timeout_ms",
-                600_000,
-                DEFAULT_INTAKE_TIMEOUT,
-            )
-            .max(Duration::from_millis(10)),
+        intake_timeout: Duration::from_millis(cx.count(
+            e.and_then(|e| e.intake_timeout_ms.as_ref()),
+            "intake_timeout_ms",
+            10..600_001,
+            DEFAULT_INTAKE_TIMEOUT.as_millis() as u64,
+        )),
         upstream_stall_timeout: Some(cx.millis(
             e.and_then(|e| e.upstream_stall_timeout_ms.as_ref()),
             "upstream_stall_timeout_ms",
@@ -339,6 +357,26 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             (None, None) => None,
         },
     };
+    if let (Some(a), Some(h)) = (edge.admin, edge.http) {
+        if a == h && a.port() != 0 {
+            let span = e.and_then(|e| e.admin.as_ref()).map(|s| s.span());
+            cx.err(
+                span,
+                format!("admin and http are both {a}: give each its own address"),
+            );
+        }
+    }
+    if let Some(a) = edge.admin {
+        let public = e.and_then(|e| e.admin_public).unwrap_or(false);
+        if !a.ip().is_loopback() && !public {
+            let span = e.and_then(|e| e.admin.as_ref()).map(|s| s.span());
+            cx.err(span, format!("admin listener {a} is not on loopback: /metrics and /routes expose the topology. Bind 127.0.0.1, or set `admin_public = true` (with `admin_token_env`) to expose it"));
+        }
+        if !a.ip().is_loopback() && public && edge.admin_token_env.is_none() {
+            let span = e.and_then(|e| e.admin.as_ref()).map(|s| s.span());
+            cx.err(span, "a public admin listener needs `admin_token_env` (a bearer token every admin request must carry)");
+        }
+    }
     if let Some(ca) = raw.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
         cx.err(
             Some(ca.span()),

@@ -58,6 +58,8 @@ pub(crate) async fn read(
     let mut prompt_len = 0usize;
     let mut prefix = Vec::new();
     let mut headers_len = 0;
+    // Bytes of extension frames before HEADERS.
+    let mut skipped = 0usize;
     let body =
         |scanner: &mut FrameScanner, data: &[u8], prompt_len: &mut usize, prefix: &mut Vec<u8>| {
             scanner.scan(data, |ev| {
@@ -108,30 +110,32 @@ pub(crate) async fn read(
             chunk
         } else {
             head.extend_from_slice(&chunk);
-            head.clone().freeze()
+            head.split().freeze()
         };
-        let before = src.len();
-        match Frame::decode(&mut src) {
-            Ok(Frame::Headers(h)) => {
-                headers = Some(h);
-                // `src` starts at the stream's start: it is the first non-empty chunk, or
-                // every chunk so far when HEADERS was split.
-                headers_len = before - src.len();
-                head.clear();
-                body(&mut scanner, &src, &mut prompt_len, &mut prefix)?;
-            }
-            Ok(other) => {
-                return Err(reject(
-                    ErrorCode::PROTOCOL_ERROR,
-                    format!("expected HEADERS first, got {}", other.ty().name()),
-                ))
-            }
-            Err(DecodeError::Incomplete) => {
-                if head.is_empty() {
-                    head.extend_from_slice(&src);
+        loop {
+            let before = src.len();
+            match Frame::decode(&mut src) {
+                Ok(Frame::Headers(h)) => {
+                    headers = Some(h);
+                    headers_len = before - src.len();
+                    body(&mut scanner, &src, &mut prompt_len, &mut prefix)?;
+                    break;
                 }
+                // PROTOCOL.md §3.2: extension frames may come before HEADERS too; they are
+                // skipped (and not forwarded), within the raw byte bound above.
+                Ok(Frame::Unknown(_)) => skipped += before - src.len(),
+                Ok(other) => {
+                    return Err(reject(
+                        ErrorCode::PROTOCOL_ERROR,
+                        format!("expected HEADERS first, got {}", other.ty().name()),
+                    ))
+                }
+                Err(DecodeError::Incomplete) => {
+                    head.extend_from_slice(&src);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
     }
     let headers = headers.ok_or_else(|| {
@@ -145,6 +149,19 @@ pub(crate) async fn read(
             ErrorCode::PROTOCOL_ERROR,
             "stream ended inside a frame",
         ));
+    }
+    // Drop what was skipped, so `chunks` starts with HEADERS (sliced, not copied).
+    if skipped > 0 {
+        let mut drop = skipped;
+        chunks.retain_mut(|c| {
+            if drop >= c.len() {
+                drop -= c.len();
+                return false;
+            }
+            *c = c.slice(drop..);
+            drop = 0;
+            true
+        });
     }
     Ok(Intake {
         headers,

@@ -159,7 +159,12 @@ async fn read_request(
         ReadFrameError::Decode(d) => ErrorFrame::new(d.code(), d.to_string()),
         other => ErrorFrame::new(ErrorCode::PROTOCOL_ERROR, other.to_string()),
     };
-    let headers = match reader.next().await.map_err(map)? {
+    // PROTOCOL.md §3.2: extension frames may come first too; they are skipped.
+    let mut first = reader.next().await.map_err(map)?;
+    while let Some(Frame::Unknown(_)) = first {
+        first = reader.next().await.map_err(map)?;
+    }
+    let headers = match first {
         Some(Frame::Headers(h)) => h,
         Some(f) => {
             return Err(ErrorFrame::new(

@@ -202,6 +202,44 @@ fn raw(ty: u64, payload: &[u8]) -> Bytes {
     Bytes::from(b)
 }
 
+#[test]
+fn a_field_over_its_limit_is_too_large_even_when_it_runs_past_the_frame() {
+    // PROTOCOL.md §2.2: the declared length is checked against the limit first.
+    let mut payload = field(0x01, b"m");
+    varint::encode(0x03, &mut payload); // shard_key, limit 256
+    varint::encode(300, &mut payload);
+    payload.extend_from_slice(b"short");
+    let err = Frame::decode(&mut raw(0x01, &payload)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecodeError::FieldTooLong {
+                field: "shard_key",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), ErrorCode::TOO_LARGE);
+}
+
+#[test]
+fn headers_check_rejects_what_cannot_be_encoded() {
+    let mut h = RequestHeaders::new("m");
+    h.max_tokens = Some(1 << 62);
+    assert!(matches!(
+        h.check(),
+        Err(DecodeError::InvalidField {
+            field: "max_tokens",
+            ..
+        })
+    ));
+    h.max_tokens = Some(varint::MAX);
+    h.check().unwrap();
+    h.credential = Some(Credential("k".repeat(MAX_CREDENTIAL_LEN + 1)));
+    assert!(matches!(h.check(), Err(DecodeError::FieldTooLong { .. })));
+}
+
 fn field(id: u64, value: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     varint::encode(id, &mut b);
