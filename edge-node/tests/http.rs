@@ -406,3 +406,83 @@ fn tcp_connections_beyond_max_connections_wait_their_turn() {
         .unwrap();
     assert!(answer(&mut second).unwrap().starts_with("HTTP/1.1 200"));
 }
+
+#[test]
+fn request_bytes_beyond_the_edge_budget_get_503_and_come_back() {
+    let s = common::edge_with(
+        "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nmax_buffered_bytes = 65536\n\
+         [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
+         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n[tenants]\nacme = {}\nbund = {}\n{auth}",
+    );
+    // A slow client holds 50 KB of a 100 KB body.
+    let mut slow = TcpStream::connect(&s.http).unwrap();
+    write!(
+        slow,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100000\r\n\r\n",
+        common::demo_key()
+    )
+    .unwrap();
+    slow.write_all(&[b' '; 50_000]).unwrap();
+    // Another 30 KB body no longer fits: 503 `overloaded` at once. (Polled: the slow
+    // client's bytes are held once the edge has read them.)
+    let other = " ".repeat(30_000);
+    let bound = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, head, body) =
+            common::exchange(&s.http, "POST", "/v1/chat/completions", &[JSON], &other);
+        if status == 503 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["code"], "overloaded", "{v}");
+            assert!(head.contains("retry-after: 1"), "{head}");
+            break;
+        }
+        assert_eq!(status, 400, "{body}");
+        assert!(std::time::Instant::now() < bound, "the budget never filled");
+    }
+    // The slow client leaves: its bytes are released and the same body is read again (then
+    // refused as invalid JSON, which shows it got past the budget).
+    drop(slow);
+    loop {
+        let (status, _, body) =
+            common::exchange(&s.http, "POST", "/v1/chat/completions", &[JSON], &other);
+        if status == 400 {
+            assert!(body.contains("invalid request body"), "{body}");
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            std::time::Instant::now() < bound,
+            "the budget was never released"
+        );
+    }
+}
+
+#[test]
+fn malformed_chunked_bodies_are_400_and_huge_declared_lengths_413_at_once() {
+    let s = serve("1", "4");
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    write!(
+        tcp,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx\r\n",
+        common::demo_key()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = tcp.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        tcp,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 2147483648\r\n\r\n{{",
+        common::demo_key()
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tcp
+        .read(&mut buf)
+        .expect("answered without waiting for the body");
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+}

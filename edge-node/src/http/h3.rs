@@ -9,10 +9,10 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use meridian_fabric::edge::{H3Handler, Submitter};
-use meridian_protocol::ErrorCode;
+use meridian_fabric::sync::Reservation;
 use tracing::debug;
 
-use super::{error, handle, Front, FrontBody};
+use super::{handle, Front, FrontBody};
 
 /// The handler the edge calls for every `h3` connection.
 pub fn handler(tenant: Option<String>) -> H3Handler {
@@ -65,7 +65,7 @@ async fn serve(
             else {
                 return;
             };
-            let read = read_body(&mut stream, front.max_body);
+            let read = read_body(&mut stream, &front);
             let resp = match tokio::time::timeout_at(deadline, read).await {
                 Err(_) => front.too_slow(),
                 Ok(None) => return,
@@ -122,23 +122,25 @@ const MAX_FIELD_SECTION: u64 = 16 * 1024;
 
 /// Reads a request body within `max` bytes: `None` if the client went away, `Err` with the
 /// answer if it is too large.
-async fn read_body(stream: &mut Stream, max: usize) -> Option<Result<Bytes, super::Resp>> {
+async fn read_body(
+    stream: &mut Stream,
+    front: &Front,
+) -> Option<Result<(Bytes, Reservation), super::Resp>> {
     let mut body = BytesMut::new();
+    let mut held = front.submitter.reservation();
     loop {
         match stream.recv_data().await {
             Ok(Some(mut chunk)) => {
-                if body.len() + chunk.remaining() > max {
-                    let msg = format!("request body exceeds {max} bytes");
-                    return Some(Err(error(ErrorCode::TOO_LARGE, &msg)));
-                }
                 while chunk.has_remaining() {
                     let part = chunk.chunk();
-                    body.extend_from_slice(part);
+                    if let Err(code) = front.take(&mut body, &mut held, part) {
+                        return Some(Err(front.refusal(code)));
+                    }
                     let n = part.len();
                     chunk.advance(n);
                 }
             }
-            Ok(None) => return Some(Ok(body.freeze())),
+            Ok(None) => return Some(Ok((body.freeze(), held))),
             Err(_) => return None,
         }
     }

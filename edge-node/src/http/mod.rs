@@ -19,12 +19,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::BytesMut;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame as HttpFrame, Incoming};
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_fabric::edge::{Delivery, Submission, Submitter};
+use meridian_fabric::sync::Reservation;
 use meridian_fabric::telemetry::TraceContext;
 use meridian_protocol::{body_format, Credential, ErrorCode, ErrorFrame, Frame, RequestHeaders};
 use serde_json::json;
@@ -166,25 +168,87 @@ fn bearer(headers: &HeaderMap) -> Result<Option<Credential>, &'static str> {
     Ok(Some(Credential(cred.to_owned())))
 }
 
-/// The hyper (HTTP/1.1, HTTP/2) adapter: reads the body within the limit, then [`handle`].
+impl Front {
+    fn too_large(&self) -> Resp {
+        let msg = format!("request body exceeds {} bytes", self.max_body);
+        error(ErrorCode::TOO_LARGE, &msg)
+    }
+
+    fn budget_spent(&self) -> Resp {
+        let msg = format!(
+            "the edge is buffering its limit of {} request bytes; retry shortly",
+            self.submitter.budget()
+        );
+        error_frame(&ErrorFrame::new(ErrorCode::OVERLOADED, msg).retry_after(100))
+    }
+
+    /// Takes one received body chunk into `buf` within the body limit and the edge's buffer
+    /// budget (held in `held` until the request ends).
+    /// `Err(TOO_LARGE | OVERLOADED)`: answer with [`Front::refusal`].
+    fn take(
+        &self,
+        buf: &mut BytesMut,
+        held: &mut Reservation,
+        data: &[u8],
+    ) -> Result<(), ErrorCode> {
+        if buf.len() + data.len() > self.max_body {
+            return Err(ErrorCode::TOO_LARGE);
+        }
+        if !held.grow(data.len() as u64) {
+            return Err(ErrorCode::OVERLOADED);
+        }
+        buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The answer to a body [`Front::take`] refused.
+    fn refusal(&self, code: ErrorCode) -> Resp {
+        if code == ErrorCode::TOO_LARGE {
+            self.too_large()
+        } else {
+            self.budget_spent()
+        }
+    }
+}
+
+/// Reads a hyper body within the limits: a declared length over the limit is 413 at once, a
+/// body that breaks its framing (bad chunked encoding) is 400.
+async fn read_body(mut body: Incoming, front: &Front) -> Result<(Bytes, Reservation), Resp> {
+    if body.size_hint().lower() > front.max_body as u64 {
+        return Err(front.too_large());
+    }
+    let mut held = front.submitter.reservation();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            error(
+                ErrorCode::BAD_REQUEST,
+                &format!("malformed request body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            front
+                .take(&mut buf, &mut held, &data)
+                .map_err(|c| front.refusal(c))?;
+        }
+    }
+    Ok((buf.freeze(), held))
+}
+
+/// The hyper (HTTP/1.1, HTTP/2) adapter: reads the body within the limits, then [`handle`].
 async fn handle_hyper(req: Request<Incoming>, front: &Front, ids: &AtomicU64) -> Resp {
     let (parts, body) = req.into_parts();
-    let read = Limited::new(body, front.max_body).collect();
-    let body = match tokio::time::timeout(front.intake_timeout, read).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => {
-            return error(
-                ErrorCode::TOO_LARGE,
-                &format!("request body exceeds {} bytes", front.max_body),
-            )
-        }
-        Err(_) => return front.too_slow(),
-    };
+    let (body, held) =
+        match tokio::time::timeout(front.intake_timeout, read_body(body, front)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(resp)) => return resp,
+            Err(_) => return front.too_slow(),
+        };
     handle(
         &parts.method,
         parts.uri.path(),
         &parts.headers,
-        body,
+        (body, held),
         front,
         ids,
     )
@@ -196,7 +260,7 @@ pub(crate) async fn handle(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: (Bytes, Reservation),
     front: &Front,
     ids: &AtomicU64,
 ) -> Resp {
@@ -276,7 +340,7 @@ fn routing_headers(headers: &HeaderMap) -> Result<Inputs, String> {
 
 async fn completion(
     headers: &HeaderMap,
-    body: Bytes,
+    (body, held): (Bytes, Reservation),
     front: &Front,
     ids: &AtomicU64,
     kind: Kind,
@@ -325,7 +389,7 @@ async fn completion(
         Kind::Chat => body_format::OPENAI_CHAT,
         Kind::Completions => body_format::OPENAI_COMPLETIONS,
     });
-    let mut sub = match front.submitter.submit(headers, body) {
+    let mut sub = match front.submitter.submit_held(headers, body, held) {
         Ok(s) => s,
         Err(e) => return error(e.code(), &e.to_string()),
     };

@@ -45,6 +45,8 @@ pub const DEFAULT_LOAD_REPORT: Duration = Duration::from_millis(250);
 pub const DEFAULT_UPSTREAM_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default longest time a client may take to send a whole request.
 pub const DEFAULT_INTAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default most request bytes an edge buffers at once, across every connection and protocol.
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 << 20;
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default first reconnect delay.
@@ -164,6 +166,9 @@ pub struct EdgeSettings {
     pub max_streams_per_connection: u32,
     /// Largest prompt accepted.
     pub max_prompt_bytes: usize,
+    /// Most request bytes buffered at once across every client (QUIC, HTTP/1.1, /2, /3);
+    /// beyond it new requests get OVERLOADED / 503 at once.
+    pub max_buffered_bytes: u64,
     /// Certificate.
     pub tls: ServerTls,
     /// quinn `send_fairness` on client connections: round-robin between streams with data

@@ -82,6 +82,7 @@ pub struct RawEdge {
     pub max_connections: Option<Spanned<u64>>,
     pub max_streams_per_connection: Option<Spanned<u64>>,
     pub max_prompt_bytes: Option<Spanned<u64>>,
+    pub max_buffered_bytes: Option<Spanned<u64>>,
     pub send_fairness: Option<bool>,
     pub gso: Option<bool>,
     pub intake_timeout_ms: Option<Spanned<u64>>,

@@ -238,6 +238,12 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             1..(64 << 20) + 1,
             meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES as u64,
         ) as usize,
+        max_buffered_bytes: cx.count(
+            e.and_then(|e| e.max_buffered_bytes.as_ref()),
+            "max_buffered_bytes",
+            (64 << 10)..(64 << 30) + 1,
+            DEFAULT_MAX_BUFFERED_BYTES,
+        ),
         tls: cx.tls(raw.tls.as_ref()),
         send_fairness: e.and_then(|e| e.send_fairness).unwrap_or(true),
         gso: e.and_then(|e| e.gso).unwrap_or(true),

@@ -9,6 +9,7 @@ use meridian_protocol::scan::{FrameScanner, Scanned};
 use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, RequestHeaders};
 use quinn::RecvStream;
 
+use crate::sync::{ByteBudget, Reservation};
 use crate::telemetry::TraceContext;
 
 /// A whole request as received.
@@ -21,6 +22,20 @@ pub(crate) struct Intake {
     pub headers_len: usize,
     /// The prompt's first bytes (for a shard key when the request names none).
     pub prefix: Vec<u8>,
+    /// The edge's buffer budget held for `chunks`; released when the request ends.
+    pub _held: Option<Reservation>,
+}
+
+/// The answer when the edge's request buffer budget is spent.
+pub(crate) fn budget_spent(budget: &ByteBudget) -> ErrorFrame {
+    ErrorFrame::new(
+        ErrorCode::OVERLOADED,
+        format!(
+            "the edge is buffering its limit of {} request bytes; retry shortly",
+            budget.max()
+        ),
+    )
+    .retry_after(100)
 }
 
 /// Why intake stopped.
@@ -48,7 +63,9 @@ pub(crate) async fn read(
     recv: &mut RecvStream,
     max_prompt: usize,
     prefix_len: usize,
+    budget: &std::sync::Arc<ByteBudget>,
 ) -> Result<Intake, IntakeError> {
+    let mut held = ByteBudget::reservation(budget);
     let max_raw = max_prompt + MAX_HEADERS_LEN + 64 * 1024;
     let mut chunks = Vec::new();
     let mut raw_len = 0usize;
@@ -98,6 +115,9 @@ pub(crate) async fn read(
                 ErrorCode::TOO_LARGE,
                 format!("request exceeds {max_raw} bytes on the wire"),
             ));
+        }
+        if !held.grow(chunk.len() as u64) {
+            return Err(IntakeError::Reject(budget_spent(budget)));
         }
         chunks.push(chunk.clone());
         if headers.is_some() {
@@ -168,6 +188,7 @@ pub(crate) async fn read(
         chunks,
         headers_len,
         prefix,
+        _held: Some(held),
     })
 }
 
@@ -255,6 +276,7 @@ mod tests {
                 chunks: chunks.clone(),
                 headers_len: head.len(),
                 prefix: Vec::new(),
+                _held: None,
             };
             assert_eq!(intake.upstream_chunks(None, None), chunks);
             let mut out = BytesMut::new();

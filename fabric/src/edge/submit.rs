@@ -15,6 +15,7 @@ use super::intake::Intake;
 use super::relay;
 use super::sink::{ChannelSink, Delivery};
 use super::EdgeShared;
+use crate::sync::Reservation;
 
 /// Deliveries buffered per request before the relay waits for the consumer.
 const CHANNEL: usize = 64;
@@ -117,6 +118,9 @@ pub enum SubmitError {
     /// The edge is shutting down: answer UNAVAILABLE so the client retries elsewhere.
     #[error("the edge is shutting down")]
     Draining,
+    /// The edge's request buffer budget is spent: answer OVERLOADED; retry shortly.
+    #[error("the edge is buffering its limit of {0} request bytes; retry shortly")]
+    Overloaded(u64),
 }
 
 impl SubmitError {
@@ -125,13 +129,41 @@ impl SubmitError {
         match self {
             SubmitError::TooLarge { .. } => ErrorCode::TOO_LARGE,
             SubmitError::Draining => ErrorCode::UNAVAILABLE,
+            SubmitError::Overloaded(_) => ErrorCode::OVERLOADED,
         }
     }
 }
 
 impl Submitter {
-    /// Submits a request whose prompt is `body` (forwarded unchanged to the worker).
+    /// An empty hold on the edge's request buffer budget: a front door grows it as body
+    /// bytes arrive ([`Reservation::grow`]) and hands it to [`Submitter::submit_held`].
+    pub fn reservation(&self) -> Reservation {
+        crate::sync::ByteBudget::reservation(&self.shared.budget)
+    }
+
+    /// The edge's request buffer budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.shared.budget.max()
+    }
+
+    /// Submits a request whose prompt is `body` (forwarded unchanged to the worker), holding
+    /// `body.len()` of the edge's buffer budget until it ends.
     pub fn submit(&self, headers: RequestHeaders, body: Bytes) -> Result<Submission, SubmitError> {
+        let mut held = self.reservation();
+        if !held.grow(body.len() as u64) {
+            self.shared.stats.error(ErrorCode::OVERLOADED);
+            return Err(SubmitError::Overloaded(self.budget()));
+        }
+        self.submit_held(headers, body, held)
+    }
+
+    /// [`Submitter::submit`] with the budget already held for `body`.
+    pub fn submit_held(
+        &self,
+        headers: RequestHeaders,
+        body: Bytes,
+        held: Reservation,
+    ) -> Result<Submission, SubmitError> {
         // Counted before the check, so the drain either waits for this request or it is
         // refused here (never cut off mid-way).
         let admitted = Admitted::new(self.shared.clone());
@@ -160,6 +192,7 @@ impl Submitter {
             chunks,
             headers_len,
             prefix,
+            _held: Some(held),
         };
         let (tx, rx) = mpsc::channel(CHANNEL);
         let arrived = Instant::now();
