@@ -128,12 +128,39 @@ fn whole_responses_models_and_errors() {
         assert_eq!(v["error"]["code"], code, "{resp}");
         assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string());
     }
-    let big = format!(
-        r#"{{"model":"llama-3-8b","prompt":"{}"}}"#,
-        "a".repeat(1 << 20)
+    // Over the limit by its declared length: answered 413 before the body is sent.
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    write!(
+        tcp,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+        common::demo_key(),
+        (1 << 20) + 20
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tcp.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
     );
-    let (status, _, _) = exchange(&s.http, "POST", "/v1/completions", &[JSON], &big);
-    assert_eq!(status, 413);
+    // Over the limit without a declared length (chunked): 413 once the limit is crossed.
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    write!(
+        tcp,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        common::demo_key()
+    )
+    .unwrap();
+    let chunk = format!("10000\r\n{}\r\n", "a".repeat(0x10000));
+    let mut answered = String::new();
+    for _ in 0..17 {
+        if tcp.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let _ = tcp.read_to_string(&mut answered);
+    assert!(answered.starts_with("HTTP/1.1 413"), "{answered}");
 }
 
 #[test]

@@ -86,13 +86,62 @@ pub(crate) async fn serve_streams<Fut>(
         tokio::select! {
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => { requests.spawn(request(send, recv)); }
-                Err(e) => { debug!(peer = %conn.remote_address(), "connection ended: {e}"); break; }
+                Err(e) => {
+                    debug!(peer = %conn.remote_address(), "connection ended: {e}");
+                    while requests.join_next().await.is_some() {}
+                    return;
+                }
             },
             _ = shutdown.wait() => break,
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
         }
     }
+    // Draining (GOAWAY sent): in-flight requests finish. A request the peer opened before it
+    // saw GOAWAY is answered UNAVAILABLE (retryable) at once, so it never hangs and the peer
+    // knows to send it again elsewhere (PROTOCOL.md §5.4).
+    while !requests.is_empty() {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => { requests.spawn(refuse_draining(send, recv)); }
+                Err(_) => break,
+            },
+            Some(_) = requests.join_next() => {}
+        }
+    }
     while requests.join_next().await.is_some() {}
+}
+
+/// Answers a request opened after GOAWAY: ERROR UNAVAILABLE, retryable.
+async fn refuse_draining(mut send: SendStream, mut recv: RecvStream) {
+    let e = meridian_protocol::ErrorFrame::new(
+        meridian_protocol::ErrorCode::UNAVAILABLE,
+        "draining (GOAWAY sent): send the request on another connection",
+    );
+    let _ = recv.stop(e.code.0.try_into().unwrap_or(quinn::VarInt::MAX));
+    let _ = send.write_chunk(Frame::Error(e).to_bytes()).await;
+    let _ = send.finish();
+    delivered(send.stopped()).await;
+}
+
+/// Longest a finished response waits for the peer to acknowledge its last bytes.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the peer has acknowledged everything sent on a finished (or reset) stream, or
+/// stopped it, at most [`DELIVERY_TIMEOUT`]. A request task that awaits this before it ends
+/// keeps a draining server from closing the connection while answers are still in flight
+/// (closing discards unacknowledged stream data).
+pub(crate) async fn delivered(
+    stopped: impl Future<Output = Result<Option<quinn::VarInt>, quinn::StoppedError>>,
+) {
+    let _ = tokio::time::timeout(DELIVERY_TIMEOUT, stopped).await;
+}
+
+/// Answers every unidirectional stream the peer opens with STOP_SENDING (NO_ERROR) and
+/// discards it: clients open none in this version (PROTOCOL.md §5.1).
+pub(crate) async fn refuse_uni_streams(conn: quinn::Connection) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let _ = recv.stop(0u32.into());
+    }
 }
 
 /// A server's control stream (PROTOCOL.md §5.1): opened with SETTINGS first.

@@ -61,3 +61,40 @@ async fn edge_drain_finishes_front_door_requests_and_refuses_new_ones() {
         w.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_drain_delivers_every_native_answer_before_closing() {
+    // 60 streams of 150 tokens on one client connection; the edge drains while they are all
+    // mid-stream. Each must end with END and every token: the connection may close only
+    // once the client has acknowledged the last bytes.
+    let demo = topology("drain-native", 1, 2, 150).await;
+    let client = client(&demo).await;
+    let mut gens = Vec::new();
+    for i in 0..60 {
+        let mut r = request(if i % 2 == 0 { "jp" } else { "fr" }, "drain me");
+        r.headers.max_tokens = Some(150);
+        gens.push(client.generate(r).await.unwrap());
+    }
+    for g in &mut gens {
+        // Every stream is routed and streaming before the drain starts.
+        loop {
+            match within("first token", g.next()).await.unwrap() {
+                Some(meridian_protocol::client::Event::Tokens(_)) => break,
+                Some(_) => {}
+                None => panic!("ended before its first token"),
+            }
+        }
+    }
+    let Demo { edge, workers, .. } = demo;
+    let stop = tokio::spawn(edge.stop());
+    for (i, g) in gens.into_iter().enumerate() {
+        let (_, _, end) = within("stream finishes during the drain", g.collect())
+            .await
+            .unwrap_or_else(|e| panic!("stream {i} was cut by the drain: {e}"));
+        assert_eq!(end.completion_tokens, 150, "stream {i}");
+    }
+    within("edge stops", stop).await.unwrap();
+    for w in workers.into_iter().flatten() {
+        w.stop().await;
+    }
+}

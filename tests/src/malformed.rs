@@ -127,6 +127,29 @@ async fn malformed_frames_fail_only_their_stream() {
         Ok(Some(Frame::Routed(_)))
     ));
 
+    // A client that resets its send side without STOP_SENDING gets a reset back with
+    // CANCELLED (PROTOCOL.md §4.7), never a bare FIN that looks like an empty answer.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_chunk(
+        headers(RequestHeaders::new("llama-3-8b"))
+            .freeze()
+            .slice(..3),
+    )
+    .await
+    .unwrap();
+    send.reset(0x6u32.into()).unwrap();
+    let mut buf = [0u8; 64];
+    match within("server answers the reset", recv.read(&mut buf)).await {
+        Err(quinn::ReadError::Reset(code)) => assert_eq!(code.into_inner(), 0x6),
+        other => panic!("expected a reset with CANCELLED, got {other:?}"),
+    }
+
+    // An unknown unidirectional stream is answered with STOP_SENDING (NO_ERROR) (§5.1).
+    let mut uni = conn.open_uni().await.unwrap();
+    uni.write_all(&[0x21, 0x00]).await.unwrap();
+    let stopped = within("STOP_SENDING on an unknown uni stream", uni.stopped()).await;
+    assert_eq!(stopped.unwrap().map(|c| c.into_inner()), Some(0));
+
     // The good stream on the same connection and a second connection are unaffected.
     let (_, text, end) = within("good stream", good.collect()).await.unwrap();
     assert_eq!(end.completion_tokens, 40);

@@ -244,8 +244,10 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<EdgeShared>, shutdown
         shared.clone(),
         shutdown.clone(),
     ));
+    let uni = tokio::spawn(server::refuse_uni_streams(conn.clone()));
     let request = |send, recv| relay::serve(send, recv, shared.clone());
     server::serve_streams(&conn, &shutdown, request).await;
+    uni.abort();
     shared.stats.active_connections.fetch_sub(1, Relaxed);
     control.abort();
 }

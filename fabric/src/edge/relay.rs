@@ -85,6 +85,9 @@ pub(crate) async fn serve(send: SendStream, mut recv: RecvStream, edge: Arc<Edge
         Err(IntakeError::Gone) => {
             edge.stats.requests.fetch_add(1, Relaxed);
             edge.stats.cancelled.fetch_add(1, Relaxed);
+            // PROTOCOL.md §4.7: a cancelled request ends with a reset, never a bare FIN
+            // (which is what dropping the stream would send).
+            let _ = sink.send.reset(code(ErrorCode::CANCELLED));
         }
         Err(IntakeError::Reject(e)) => {
             edge.stats.requests.fetch_add(1, Relaxed);
@@ -92,6 +95,9 @@ pub(crate) async fn serve(send: SendStream, mut recv: RecvStream, edge: Arc<Edge
             fail(&mut sink, &edge, e).await;
         }
     }
+    // The request's task (which a draining edge waits for) ends once the client has the
+    // whole answer: closing the connection earlier would discard its last bytes.
+    sink.delivered().await;
 }
 
 /// Answers the client with `e` and ends the response.
@@ -167,10 +173,9 @@ async fn route_and_relay(
         .headers
         .deadline_ms
         .map(|ms| arrived + Duration::from_millis(ms));
-    let shard_key = intake
-        .headers
-        .shard_key
-        .clone()
+    // PROTOCOL.md §4.1: an empty shard_key counts as absent (the prompt's prefix is hashed).
+    let shard_key = (intake.headers.shard_key.clone())
+        .filter(|k| !k.is_empty())
         .unwrap_or_else(|| Bytes::copy_from_slice(&intake.prefix));
     let area = intake
         .headers

@@ -38,6 +38,12 @@ impl QuicSink {
         let stopped = Box::pin(send.stopped());
         QuicSink { send, stopped }
     }
+
+    /// Resolves once the client has acknowledged the whole response (or stopped it),
+    /// bounded by [`crate::server::DELIVERY_TIMEOUT`].
+    pub(crate) async fn delivered(&mut self) {
+        crate::server::delivered(self.stopped.as_mut()).await;
+    }
 }
 
 pub(crate) fn code(c: meridian_protocol::ErrorCode) -> VarInt {

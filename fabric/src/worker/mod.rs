@@ -146,8 +146,10 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Sh
         shared.clone(),
         shutdown.clone(),
     ));
+    let uni = tokio::spawn(server::refuse_uni_streams(conn.clone()));
     let request = |send, recv| request::serve(send, recv, shared.clone());
     server::serve_streams(&conn, &shutdown, request).await;
+    uni.abort();
     let _ = control.await;
 }
 

@@ -45,6 +45,9 @@ pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Sh
     // Continue the trace upstream even when this worker records nothing.
     let traceparent = span.context().or(parent.as_ref()).map(|c| c.to_string());
     let outcome = answer(&mut send, &headers, prompt, traceparent, &shared).await;
+    // A draining worker closes the connection once its request tasks end: end this one only
+    // when the edge has every byte of the answer.
+    crate::server::delivered(send.stopped()).await;
     match outcome {
         Answer::Completed(None) => {}
         Answer::Completed(Some(e)) | Answer::Rejected(e) => {
