@@ -513,3 +513,37 @@ fn malformed_chunked_bodies_are_400_and_huge_declared_lengths_413_at_once() {
     let resp = String::from_utf8_lossy(&buf[..n]);
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
 }
+
+#[test]
+fn idle_http2_connections_are_closed_and_free_their_slot() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let s = common::edge_with(
+        "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nmax_connections = 1\nintake_timeout_ms = 300\n\
+         [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
+         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n[tenants]\nacme = {}\nbund = {}\n{auth}",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // An HTTP/2 connection that makes one request, then stays idle (answering PINGs).
+        let tcp = tokio::net::TcpStream::connect(&s.http).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{}/v1/models", s.http))
+            .header("authorization", format!("Bearer {}", common::demo_key()))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+        // The edge closes it once nothing has been in flight for the intake timeout, so the
+        // only connection slot frees up for the next client.
+        tokio::time::timeout(std::time::Duration::from_secs(20), conn)
+            .await
+            .expect("idle HTTP/2 connection closed by the edge")
+            .unwrap()
+            .unwrap();
+    });
+    let (status, _, _) = exchange(&s.http, "GET", "/v1/models", &[], "");
+    assert_eq!(status, 200);
+}

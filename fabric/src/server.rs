@@ -16,13 +16,25 @@ use crate::shutdown::Shutdown;
 /// How long a draining server lets in-flight requests finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until `shutdown` (refusing them while `admit` says no), then lets the
-/// connections drain for up to [`DRAIN_TIMEOUT`] and closes the endpoint.
+/// What to do with a connection attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Start the handshake.
+    Accept,
+    /// Ask the client to prove its address first (a stateless QUIC Retry): spoofed sources
+    /// never get past it, and it costs no connection state.
+    Retry,
+    /// Refuse (CONNECTION_CLOSE with CONNECTION_REFUSED).
+    Refuse,
+}
+
+/// Accepts connections until `shutdown` (refusing or retrying them as `admit` says), then
+/// lets the connections drain for up to [`DRAIN_TIMEOUT`] and closes the endpoint.
 pub(crate) async fn accept_loop<Fut>(
     endpoint: &Endpoint,
     shutdown: &Shutdown,
     name: &str,
-    mut admit: impl FnMut(&Endpoint) -> bool,
+    mut admit: impl FnMut(&Endpoint, &Incoming) -> Admit,
     mut connection: impl FnMut(Incoming) -> Fut,
 ) where
     Fut: Future<Output = ()> + Send + 'static,
@@ -32,10 +44,10 @@ pub(crate) async fn accept_loop<Fut>(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if admit(endpoint) {
-                    conns.spawn(connection(incoming));
-                } else {
-                    incoming.refuse();
+                match admit(endpoint, &incoming) {
+                    Admit::Accept => { conns.spawn(connection(incoming)); }
+                    Admit::Retry if incoming.may_retry() => { let _ = incoming.retry(); }
+                    Admit::Retry | Admit::Refuse => incoming.refuse(),
                 }
             }
             _ = shutdown.wait() => break,
@@ -53,12 +65,26 @@ pub(crate) async fn accept_loop<Fut>(
     endpoint.close(0u32.into(), b"shutting down");
 }
 
-/// Completes a connection's handshake; `None` (logged) if it failed.
-pub(crate) async fn handshake(incoming: Incoming) -> Option<quinn::Connection> {
-    match incoming.await {
-        Ok(c) => Some(c),
-        Err(e) => {
+/// Completes a connection's handshake within `limit`; `None` (logged) if it failed, took
+/// longer, or the server started draining (the half-open connection is dropped, freeing its
+/// state).
+pub(crate) async fn handshake(
+    incoming: Incoming,
+    limit: Duration,
+    shutdown: &Shutdown,
+) -> Option<quinn::Connection> {
+    let done = tokio::select! {
+        r = tokio::time::timeout(limit, incoming) => r,
+        _ = shutdown.wait() => return None,
+    };
+    match done {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
             debug!("handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            debug!("handshake not completed within {limit:?}; dropped");
             None
         }
     }

@@ -112,6 +112,13 @@ async fn serve(
         });
     }
     while requests.join_next().await.is_some() {}
+    // Linger before the connection closes: closing discards response bytes the client has
+    // not acknowledged yet, and h3 exposes no per-stream delivery signal. The client closing
+    // first ends the wait; otherwise a few RTTs give loss recovery time to deliver them.
+    let linger = (conn.rtt() * 3 + std::time::Duration::from_millis(100))
+        .min(meridian_fabric::edge::DRAIN_TIMEOUT);
+    let _ = tokio::time::timeout(linger, conn.closed()).await;
+    drop(h3c);
     Ok(())
 }
 

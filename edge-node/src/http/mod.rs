@@ -104,14 +104,34 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
                 let Some((version, io)) = crate::listen::detect(tcp, limit).await else {
                     return;
                 };
+                let activity = Arc::new(Activity::default());
+                let seen = activity.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let (front, ids) = (front.clone(), ids.clone());
-                    async move { Ok::<_, Infallible>(handle_hyper(req, &front, &ids).await) }
+                    let busy = Busy::new(seen.clone());
+                    async move {
+                        let resp = handle_hyper(req, &front, &ids).await;
+                        // The request counts as in flight until its body is sent.
+                        Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+                    }
                 });
                 let io = TokioIo::new(io);
                 let _ = match version {
                     Version::H1 => builders.0.serve_connection(io, svc).await,
-                    Version::H2 => builders.1.serve_connection(io, svc).await,
+                    Version::H2 => {
+                        // hyper has no HTTP/2 idle timeout, and a peer that answers PINGs
+                        // would hold its connection slot forever: after `limit` with no
+                        // request in flight, GOAWAY and close.
+                        let conn = builders.1.serve_connection(io, svc);
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = activity.idle_for(limit) => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        }
+                    }
                 };
                 drop(slot);
             });
@@ -121,6 +141,72 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
 }
 
 type Resp = Response<FrontBody>;
+
+/// Requests in flight on one connection and when the last one ended.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Bumped whenever a request ends.
+    ended: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// Resolves once no request has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {
+                        if self.in_flight.load(Ordering::Acquire) == 0 {
+                            return;
+                        }
+                    }
+                    _ = ended => {}
+                }
+            } else {
+                ended.await;
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection, until dropped (with the response body).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(a)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    body: FrontBody,
+    _busy: Busy,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<HttpFrame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+}
 
 fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
     Response::builder()

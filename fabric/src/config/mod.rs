@@ -46,7 +46,11 @@ pub const DEFAULT_UPSTREAM_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default longest time a client may take to send a whole request.
 pub const DEFAULT_INTAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default most request bytes an edge buffers at once, across every connection and protocol.
-pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 << 20;
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 64 << 20;
+/// Default longest client QUIC handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default half-open handshakes beyond which clients must validate their address (Retry).
+pub const DEFAULT_VALIDATE_ADDRESSES_ABOVE: u32 = 64;
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default first reconnect delay.
@@ -166,6 +170,11 @@ pub struct EdgeSettings {
     pub max_streams_per_connection: u32,
     /// Largest prompt accepted.
     pub max_prompt_bytes: usize,
+    /// Longest a client's QUIC handshake may take before it is dropped.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress beyond which a client whose address is not validated gets a
+    /// QUIC Retry first (0: always).
+    pub validate_addresses_above: u32,
     /// Most request bytes buffered at once across every client (QUIC, HTTP/1.1, /2, /3);
     /// beyond it new requests get OVERLOADED / 503 at once.
     pub max_buffered_bytes: u64,

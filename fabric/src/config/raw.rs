@@ -83,6 +83,8 @@ pub struct RawEdge {
     pub max_streams_per_connection: Option<Spanned<u64>>,
     pub max_prompt_bytes: Option<Spanned<u64>>,
     pub max_buffered_bytes: Option<Spanned<u64>>,
+    pub handshake_timeout_ms: Option<Spanned<u64>>,
+    pub validate_addresses_above: Option<Spanned<u64>>,
     pub send_fairness: Option<bool>,
     pub gso: Option<bool>,
     pub intake_timeout_ms: Option<Spanned<u64>>,

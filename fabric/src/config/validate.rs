@@ -238,6 +238,18 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             1..(64 << 20) + 1,
             meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES as u64,
         ) as usize,
+        handshake_timeout: Duration::from_millis(cx.count(
+            e.and_then(|e| e.handshake_timeout_ms.as_ref()),
+            "handshake_timeout_ms",
+            100..60_001,
+            DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64,
+        )),
+        validate_addresses_above: cx.count(
+            e.and_then(|e| e.validate_addresses_above.as_ref()),
+            "validate_addresses_above",
+            0..1_000_001,
+            DEFAULT_VALIDATE_ADDRESSES_ABOVE.into(),
+        ) as u32,
         max_buffered_bytes: cx.count(
             e.and_then(|e| e.max_buffered_bytes.as_ref()),
             "max_buffered_bytes",

@@ -203,13 +203,30 @@ async fn serve(
     shared: Arc<EdgeShared>,
     shutdown: Shutdown,
 ) {
-    let max = shared.router.config().edge.max_connections as usize;
-    let admit = |ep: &quinn::Endpoint| {
-        let ok = ep.open_connections() < max;
-        if !ok {
+    let cfg = shared.router.config();
+    let max = cfg.edge.max_connections as usize;
+    let validate_above = cfg.edge.validate_addresses_above as usize;
+    // Half-open handshakes are counted apart from connections: they never take a
+    // connection slot, and past `validate_addresses_above` of them an unvalidated source
+    // gets a stateless Retry (a spoofed one never comes back), so a flood of Initial
+    // packets cannot lock real clients out.
+    let admit = |ep: &quinn::Endpoint, incoming: &quinn::Incoming| {
+        let handshaking = shared.stats.handshaking.load(Relaxed).max(0) as usize;
+        let established = ep.open_connections().saturating_sub(handshaking);
+        if established >= max {
             shared.stats.refused_connections.fetch_add(1, Relaxed);
+            return server::Admit::Refuse;
         }
-        ok
+        if !incoming.remote_address_validated() && handshaking >= validate_above {
+            shared.stats.address_retries.fetch_add(1, Relaxed);
+            return server::Admit::Retry;
+        }
+        if handshaking >= max {
+            shared.stats.refused_connections.fetch_add(1, Relaxed);
+            return server::Admit::Refuse;
+        }
+        shared.stats.handshaking.fetch_add(1, Relaxed);
+        server::Admit::Accept
     };
     let accept = |incoming| connection(incoming, shared.clone(), shutdown.clone());
     server::accept_loop(&endpoint, &shutdown, "edge", admit, accept).await;
@@ -226,7 +243,10 @@ async fn serve(
 }
 
 async fn connection(incoming: quinn::Incoming, shared: Arc<EdgeShared>, shutdown: Shutdown) {
-    let Some(conn) = server::handshake(incoming).await else {
+    let limit = shared.router.config().edge.handshake_timeout;
+    let conn = server::handshake(incoming, limit, &shutdown).await;
+    shared.stats.handshaking.fetch_sub(1, Relaxed);
+    let Some(conn) = conn else {
         return;
     };
     if server::alpn(&conn).as_deref() == Some(H3_ALPN) {

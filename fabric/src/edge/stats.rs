@@ -76,6 +76,10 @@ pub struct EdgeStats {
     pub active_connections: AtomicI64,
     /// Client connections refused at the connection limit.
     pub refused_connections: AtomicU64,
+    /// Client handshakes in progress (half-open connections).
+    pub handshaking: AtomicI64,
+    /// Connection attempts answered with a QUIC Retry (address validation under load).
+    pub address_retries: AtomicU64,
     /// Request streams accepted.
     pub requests: AtomicU64,
     /// Request streams open now.
@@ -110,6 +114,8 @@ impl EdgeStats {
             connections: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
             refused_connections: AtomicU64::new(0),
+            handshaking: AtomicI64::new(0),
+            address_retries: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             active_streams: AtomicI64::new(0),
             tokens: AtomicU64::new(0),
@@ -149,7 +155,7 @@ impl EdgeStats {
     pub fn render(&self, router: &Router) -> String {
         let cfg = router.config();
         let mut out = String::with_capacity(16 * 1024);
-        let scalars: [(&str, &str, &str, i64); 9] = [
+        let scalars: [(&str, &str, &str, i64); 11] = [
             (
                 "meridian_requests_total",
                 "Request streams accepted.",
@@ -173,6 +179,18 @@ impl EdgeStats {
                 "Client connections refused at the limit.",
                 "counter",
                 self.refused_connections.load(Relaxed) as i64,
+            ),
+            (
+                "meridian_handshakes_in_progress",
+                "Client QUIC handshakes in progress (half-open connections).",
+                "gauge",
+                self.handshaking.load(Relaxed),
+            ),
+            (
+                "meridian_address_retries_total",
+                "Connection attempts answered with a QUIC Retry (address validation).",
+                "counter",
+                self.address_retries.load(Relaxed) as i64,
             ),
             (
                 "meridian_active_connections",

@@ -130,14 +130,18 @@ pub enum WorkerError {
     Bind(SocketAddr, std::io::Error),
 }
 
+/// Longest an edge's handshake may take.
+const WORKER_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Shutdown) {
     let accept = |incoming| connection(incoming, shared.clone(), shutdown.clone());
-    server::accept_loop(&endpoint, &shutdown, &shared.config.name, |_| true, accept).await;
+    let admit = |_: &quinn::Endpoint, _: &quinn::Incoming| server::Admit::Accept;
+    server::accept_loop(&endpoint, &shutdown, &shared.config.name, admit, accept).await;
     endpoint.wait_idle().await;
 }
 
 async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Shutdown) {
-    let Some(conn) = server::handshake(incoming).await else {
+    let Some(conn) = server::handshake(incoming, WORKER_HANDSHAKE_TIMEOUT, &shutdown).await else {
         return;
     };
     debug!(peer = %conn.remote_address(), "edge connected");
