@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"): format, lints, every test, the loom
-# model checks and the docs. Run from anywhere; needs only cargo.
+# model checks and the docs. Run from anywhere; needs cargo, python3 and redis-server (installed
+# with apt-get when missing and run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 jobs="${CARGO_BUILD_JOBS:-2}"
 
 step() { printf '\n== %s\n' "$*"; }
+
+# The shared-limit tests start a real redis-server (Debian package `redis-server`).
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server (Debian package) for the shared-limit tests"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
+  else
+    echo "redis-server is missing: install the Debian package (sudo apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

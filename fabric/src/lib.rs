@@ -21,6 +21,8 @@ pub mod edge;
 #[cfg(not(loom))]
 mod http1;
 #[cfg(not(loom))]
+pub mod redis;
+#[cfg(not(loom))]
 pub mod route;
 #[cfg(not(loom))]
 mod server;

@@ -14,6 +14,8 @@ mod drain;
 #[cfg(test)]
 mod failure;
 #[cfg(test)]
+mod fleet;
+#[cfg(test)]
 mod handshake;
 #[cfg(test)]
 mod malformed;

@@ -4,6 +4,7 @@
 
 use meridian_protocol::{ErrorCode, ErrorFrame};
 
+use super::fleet::Fleet;
 use crate::config::TenantLimits;
 use crate::sync::{Bucket, InFlight, LoadGuard};
 
@@ -19,11 +20,16 @@ pub struct TenantState {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
     concurrent: Option<(InFlight, u64)>,
+    /// Fleet-wide state, with `[limits] redis`.
+    pub(super) fleet: Option<Fleet>,
 }
 
 impl TenantState {
-    pub(super) fn new(name: &str, limits: Option<&TenantLimits>) -> Self {
+    pub(super) fn new(name: &str, limits: Option<&TenantLimits>, fleet: bool) -> Self {
         let l = limits.cloned().unwrap_or_default();
+        let fleet = fleet
+            .then(|| Fleet::new(l.requests_per_s, l.tokens_per_min))
+            .flatten();
         TenantState {
             name: name.to_owned(),
             requests: l.requests_per_s.map(|rate| {
@@ -36,6 +42,7 @@ impl TenantState {
                 .tokens_per_min
                 .map(|per_min| Bucket::new((60.0 * NS_PER_SEC / per_min as f64) as u64, per_min)),
             concurrent: l.max_concurrent.map(|m| (InFlight::new(), u64::from(m))),
+            fleet,
         }
     }
 
@@ -76,6 +83,11 @@ impl<'a> Admission<'a> {
                 reserved: 0,
             });
         };
+        if let Some(wait) = t.fleet.as_ref().map(|f| f.blocked_for(now_ns)) {
+            if wait > 0 {
+                return Err(limited("fleet-wide", wait));
+            }
+        }
         let slot = match &t.concurrent {
             Some((n, max)) => Some(n.try_acquire(*max).ok_or_else(|| {
                 ErrorFrame::new(
@@ -103,6 +115,9 @@ impl<'a> Admission<'a> {
             }
             reserved = want;
         }
+        if let Some(f) = &t.fleet {
+            f.admitted();
+        }
         Ok(Admission {
             tenant: Some(t),
             _slot: slot,
@@ -118,6 +133,9 @@ impl<'a> Admission<'a> {
     /// Settles the token reservation at the `used` tokens really generated: the rest is
     /// given back; more than reserved is charged (it shows in the tenant's next admissions).
     pub fn settle(&mut self, used: u64) {
+        if let Some(f) = self.tenant.and_then(|t| t.fleet.as_ref()) {
+            f.generated(used);
+        }
         let Some(b) = self.tenant.and_then(|t| t.tokens.as_ref()) else {
             return;
         };

@@ -8,6 +8,7 @@
 //! lock-free atomics only ([`crate::sync::Bucket`], [`crate::sync::InFlight`]). Nothing here
 //! runs per token.
 
+pub mod fleet;
 pub mod key;
 mod limits;
 pub mod token;
@@ -111,7 +112,10 @@ impl Auth {
             .collect();
         let tenants = names
             .iter()
-            .map(|n| TenantState::new(n, config.tenant_limits.get(*n)))
+            .map(|n| {
+                let fleet = config.shared_limits.is_some();
+                TenantState::new(n, config.tenant_limits.get(*n), fleet)
+            })
             .collect();
         let keys = config
             .auth

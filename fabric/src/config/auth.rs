@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use toml::Spanned;
 
 use super::ctx::Ctx;
-use super::raw::{RawApiKey, RawAuth, RawSigningKey, RawTenant};
+use super::raw::{RawApiKey, RawAuth, RawLimits, RawSigningKey, RawTenant};
 use crate::auth::{key, token};
 
 /// `[auth]`: how the edge identifies tenants.
@@ -48,6 +48,20 @@ impl std::fmt::Debug for SigningKey {
             .field("secret", &"<redacted>")
             .finish()
     }
+}
+
+/// `[limits]`: tenants' `requests_per_s` and `tokens_per_min` hold across every edge that
+/// shares this Redis (see `meridian_fabric::auth::fleet`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedLimitSettings {
+    /// `host:port` of the Redis server.
+    pub addr: String,
+    /// How often each edge syncs its counts.
+    pub sync_interval: std::time::Duration,
+    /// Longest a Redis exchange may take before the edge treats Redis as down.
+    pub timeout: std::time::Duration,
+    /// Prefix of the counter keys.
+    pub key_prefix: String,
 }
 
 /// A tenant's limits; `None` = unlimited.
@@ -207,6 +221,58 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+
+    pub(super) fn shared_limits(
+        &mut self,
+        raw: Option<&Spanned<RawLimits>>,
+    ) -> Option<SharedLimitSettings> {
+        let l = raw?.get_ref();
+        let addr = l.redis.get_ref();
+        let hostport = addr
+            .strip_prefix("redis://")
+            .unwrap_or(addr)
+            .trim_end_matches('/');
+        let ok = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            self.err(
+                Some(l.redis.span()),
+                "redis must be `host:port` or `redis://host:port`, e.g. \"127.0.0.1:6379\"",
+            );
+        }
+        let ms = |cx: &mut Self,
+                  v: &Option<Spanned<u64>>,
+                  what: &str,
+                  range: std::ops::Range<u64>,
+                  d: u64| {
+            std::time::Duration::from_millis(cx.count(v.as_ref(), what, range, d))
+        };
+        let prefix = l
+            .key_prefix
+            .as_ref()
+            .map_or("meridian".to_owned(), |p| p.get_ref().clone());
+        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+            if let Some(p) = &l.key_prefix {
+                self.err(
+                    Some(p.span()),
+                    "key_prefix must be non-empty without spaces",
+                );
+            }
+        }
+        Some(SharedLimitSettings {
+            addr: hostport.to_owned(),
+            sync_interval: ms(
+                self,
+                &l.sync_interval_ms,
+                "sync_interval_ms",
+                10..10_001,
+                100,
+            ),
+            timeout: ms(self, &l.timeout_ms, "timeout_ms", 1..10_001, 50),
+            key_prefix: prefix,
+        })
     }
 
     pub(super) fn tenant_limits(&mut self, t: &RawTenant) -> TenantLimits {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use auth::{ApiKey, AuthSettings, SigningKey, TenantLimits};
+pub use auth::{ApiKey, AuthSettings, SharedLimitSettings, SigningKey, TenantLimits};
 pub use validate::parse_config;
 pub use worker::parse_worker_config;
 
@@ -265,6 +265,8 @@ pub struct Config {
     pub tenant_limits: HashMap<String, TenantLimits>,
     /// How tenants are identified (`[auth]`).
     pub auth: AuthSettings,
+    /// The fleet-wide limit backend (`[limits]`); `None`: limits are per edge.
+    pub shared_limits: Option<SharedLimitSettings>,
     /// Workers, indexed by [`WorkerId`].
     pub workers: Vec<WorkerEntry>,
     /// Trace export (`[telemetry]`); `None` = tracing off.

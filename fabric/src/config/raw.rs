@@ -33,6 +33,18 @@ pub struct RawConfig {
     pub telemetry: Option<Spanned<RawTelemetry>>,
     #[serde(default)]
     pub auth: Option<Spanned<RawAuth>>,
+    #[serde(default)]
+    pub limits: Option<Spanned<RawLimits>>,
+}
+
+/// `[limits]`: the shared (fleet-wide) limit backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub redis: Spanned<String>,
+    pub sync_interval_ms: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub key_prefix: Option<Spanned<String>>,
 }
 
 /// `[auth]`, in an edge's config.

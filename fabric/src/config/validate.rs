@@ -447,6 +447,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
     };
     let telemetry = cx.telemetry(raw.telemetry.as_ref(), "meridian-edge");
     let auth = cx.auth(raw.auth.as_ref(), &tenants);
+    let shared_limits = cx.shared_limits(raw.limits.as_ref());
     cx.finish(Config {
         edge,
         upstream,
@@ -458,6 +459,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         tenants,
         tenant_limits,
         auth,
+        shared_limits,
         workers,
         telemetry,
     })

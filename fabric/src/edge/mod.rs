@@ -180,6 +180,12 @@ pub fn spawn_with_h3(
         epoch: tokio::time::Instant::now(),
         budget: crate::sync::ByteBudget::new(config.edge.max_buffered_bytes),
     });
+    if let Some(settings) = config.shared_limits.clone() {
+        let (shared, stop) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            crate::auth::fleet::run(&shared.auth, &settings, shared.epoch, stop.wait()).await
+        });
+    }
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
     let task = tokio::spawn(serve(
         endpoint,

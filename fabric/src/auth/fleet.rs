@@ -1,0 +1,187 @@
+//! Fleet-wide tenant limits through Redis (`[limits] redis`), for tenants whose
+//! `requests_per_s` or `tokens_per_min` should hold across every edge rather than per edge.
+//!
+//! The request path never waits for Redis. Each admission adds one to a local atomic; a
+//! background task on every edge, each `sync_interval`, adds what it admitted to the fleet's
+//! counter for the current wall-clock window (`INCRBY`, one-second windows for requests,
+//! one-minute windows for tokens) and reads the fleet total back. A tenant whose fleet total
+//! reached its limit is blocked on this edge until the window ends (one atomic load per
+//! admission). The local buckets keep enforcing the per-edge limit throughout.
+//!
+//! Failure: when Redis is down, slow (no answer within `timeout_ms`) or unreachable, edges
+//! fail **open to their local limits** — each still admits at most the tenant's rate, so a
+//! fleet of N edges admits at most N × the rate until Redis is back. Between syncs the fleet
+//! can overshoot by what N edges admit in one sync interval.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::Auth;
+use crate::config::SharedLimitSettings;
+use crate::redis::{cmd, Redis, RedisError, Reply};
+
+/// One tenant's fleet-wide limit state on this edge.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    /// Requests per one-second window, fleet-wide.
+    requests: Option<u64>,
+    /// Tokens per one-minute window, fleet-wide.
+    tokens: Option<u64>,
+    /// Admitted here since the last sync.
+    pending_requests: AtomicU64,
+    /// Tokens generated here since the last sync.
+    pending_tokens: AtomicU64,
+    /// Refuse until this instant (nanoseconds on the limits' clock): the fleet is at its limit.
+    blocked_until: AtomicU64,
+}
+
+impl Fleet {
+    pub(crate) fn new(requests_per_s: Option<f64>, tokens_per_min: Option<u64>) -> Option<Fleet> {
+        (requests_per_s.is_some() || tokens_per_min.is_some()).then(|| Fleet {
+            requests: requests_per_s.map(|r| r.ceil() as u64),
+            tokens: tokens_per_min,
+            pending_requests: AtomicU64::new(0),
+            pending_tokens: AtomicU64::new(0),
+            blocked_until: AtomicU64::new(0),
+        })
+    }
+
+    /// Nanoseconds until the fleet admits this tenant again (0: it does).
+    pub(crate) fn blocked_for(&self, now_ns: u64) -> u64 {
+        self.blocked_until.load(Relaxed).saturating_sub(now_ns)
+    }
+
+    pub(crate) fn admitted(&self) {
+        self.pending_requests.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn generated(&self, tokens: u64) {
+        self.pending_tokens.fetch_add(tokens, Relaxed);
+    }
+}
+
+impl Auth {
+    /// One sync with Redis at wall-clock `now_unix_ms` and limits-clock `now_ns`: adds what
+    /// this edge admitted since the last sync to the fleet's window counters and blocks each
+    /// tenant whose fleet total reached its limit until its window ends. On error the
+    /// counts since the last sync are dropped (fail open to the local limits).
+    pub async fn sync_fleet(
+        &self,
+        redis: &mut Redis,
+        prefix: &str,
+        now_unix_ms: u64,
+        now_ns: u64,
+    ) -> Result<(), RedisError> {
+        let (sec, min) = (now_unix_ms / 1000, now_unix_ms / 60_000);
+        let mut commands = Vec::new();
+        let mut plan = Vec::new();
+        for t in &self.tenants {
+            let Some(f) = &t.fleet else { continue };
+            let reqs = f.pending_requests.swap(0, Relaxed);
+            let toks = f.pending_tokens.swap(0, Relaxed);
+            if f.requests.is_some() {
+                let key = format!("{prefix}:{}:r:{sec}", t.name());
+                commands.push(cmd([
+                    b"INCRBY",
+                    key.as_bytes(),
+                    reqs.to_string().as_bytes(),
+                ]));
+                commands.push(cmd([b"PEXPIRE", key.as_bytes(), b"5000"]));
+            }
+            if f.tokens.is_some() {
+                let key = format!("{prefix}:{}:t:{min}", t.name());
+                commands.push(cmd([
+                    b"INCRBY",
+                    key.as_bytes(),
+                    toks.to_string().as_bytes(),
+                ]));
+                commands.push(cmd([b"PEXPIRE", key.as_bytes(), b"180000"]));
+            }
+            plan.push(f);
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let replies = redis.pipeline(&commands).await?;
+        let mut replies = replies.into_iter();
+        let mut next_total = || match replies.next() {
+            Some(Reply::Int(n)) => {
+                let _ = replies.next(); // PEXPIRE's answer
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+            _ => Err(RedisError::Protocol("INCRBY did not answer an integer")),
+        };
+        let ms = 1_000_000u64;
+        for f in plan {
+            let mut until = 0;
+            if let Some(limit) = f.requests {
+                if next_total()? >= limit {
+                    until = now_ns + (1000 - now_unix_ms % 1000) * ms;
+                }
+            }
+            if let Some(limit) = f.tokens {
+                if next_total()? >= limit {
+                    until = until.max(now_ns + (60_000 - now_unix_ms % 60_000) * ms);
+                }
+            }
+            if until > 0 {
+                f.blocked_until.fetch_max(until, Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Syncs `auth` with Redis every `settings.sync_interval` until `stop` resolves,
+/// reconnecting after failures (logged once per outage).
+pub(crate) async fn run(
+    auth: &Auth,
+    settings: &SharedLimitSettings,
+    epoch: tokio::time::Instant,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(settings.sync_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<Redis> = None;
+    let mut up = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        if conn.is_none() {
+            conn = Redis::connect(&settings.addr, settings.timeout).await.ok();
+        }
+        let now_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let now_ns = epoch.elapsed().as_nanos() as u64;
+        let result = match conn.as_mut() {
+            Some(c) => {
+                auth.sync_fleet(c, &settings.key_prefix, now_unix_ms, now_ns)
+                    .await
+            }
+            None => Err(RedisError::Timeout(settings.timeout)),
+        };
+        match result {
+            Ok(()) if !up => {
+                info!(redis = %settings.addr, "shared limits: redis reachable again");
+                up = true;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                conn = None;
+                if up {
+                    warn!(redis = %settings.addr, "shared limits: {e}; enforcing per-edge limits only until redis is back");
+                    up = false;
+                }
+            }
+        }
+    }
+}
+
+/// Default interval between syncs.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
