@@ -437,11 +437,21 @@ fn tcp_connections_beyond_max_connections_wait_their_turn() {
 #[test]
 fn request_bytes_beyond_the_edge_budget_get_503_and_come_back() {
     let s = common::edge_with(
-        "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nmax_buffered_bytes = 65536\n\
+        "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nmax_buffered_bytes = 65536\n\
          [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
          [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n[tenants]\nacme = {}\nbund = {}\n{auth}",
     );
-    // A slow client holds 50 KB of a 100 KB body.
+    let buffered = || {
+        let (_, _, m) = exchange(&s.admin, "GET", "/metrics", &[], "");
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("meridian_buffered_request_bytes "))
+            .expect("gauge in /metrics")
+            .to_owned();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let bound = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // A slow client holds 50 KB of a 100 KB body; wait until the edge holds its bytes.
     let mut slow = TcpStream::connect(&s.http).unwrap();
     write!(
         slow,
@@ -450,38 +460,33 @@ fn request_bytes_beyond_the_edge_budget_get_503_and_come_back() {
     )
     .unwrap();
     slow.write_all(&[b' '; 50_000]).unwrap();
-    // Another 30 KB body no longer fits: 503 `overloaded` at once. (Polled: the slow
-    // client's bytes are held once the edge has read them.)
-    let other = " ".repeat(30_000);
-    let bound = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (status, head, body) =
-            common::exchange(&s.http, "POST", "/v1/chat/completions", &[JSON], &other);
-        if status == 503 {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(v["error"]["code"], "overloaded", "{v}");
-            assert!(head.contains("retry-after: 1"), "{head}");
-            break;
-        }
-        assert_eq!(status, 400, "{body}");
-        assert!(std::time::Instant::now() < bound, "the budget never filled");
+    while buffered() < 50_000 {
+        assert!(
+            std::time::Instant::now() < bound,
+            "the edge never read the body"
+        );
+        std::thread::yield_now();
     }
+    // Another 30 KB body no longer fits: 503 `overloaded` at once, with a retry-after.
+    let other = " ".repeat(30_000);
+    let (status, head, body) = exchange(&s.http, "POST", "/v1/chat/completions", &[JSON], &other);
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert!(head.contains("retry-after: 1"), "{head}");
     // The slow client leaves: its bytes are released and the same body is read again (then
     // refused as invalid JSON, which shows it got past the budget).
     drop(slow);
-    loop {
-        let (status, _, body) =
-            common::exchange(&s.http, "POST", "/v1/chat/completions", &[JSON], &other);
-        if status == 400 {
-            assert!(body.contains("invalid request body"), "{body}");
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
+    while buffered() > 0 {
         assert!(
             std::time::Instant::now() < bound,
             "the budget was never released"
         );
+        std::thread::yield_now();
     }
+    let (status, _, body) = exchange(&s.http, "POST", "/v1/chat/completions", &[JSON], &other);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid request body"), "{body}");
 }
 
 #[test]

@@ -19,6 +19,15 @@ fn traces(t: Option<&OtlpSettings>) -> String {
 pub fn run(path: &Path) -> ExitCode {
     match load_any(path) {
         Ok(AnyConfig::Edge(c)) => {
+            for w in &c.warnings {
+                eprintln!(
+                    "{}:{}:{}: warning: {}",
+                    w.file.display(),
+                    w.line,
+                    w.col,
+                    w.message
+                );
+            }
             println!(
                 "{}: valid edge config: {} regions, {} workers, {} residency policies, {} tenants{}",
                 path.display(),

@@ -16,6 +16,7 @@ pub(super) struct Ctx<'a> {
     src: &'a str,
     file: &'a Path,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl<'a> Ctx<'a> {
@@ -24,7 +25,20 @@ impl<'a> Ctx<'a> {
             src,
             file,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// Something that does not stop the config from running but will not work as is yet.
+    pub(super) fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.err(span, message);
+        let w = self.errors.pop().expect("just pushed");
+        self.warnings.push(w);
+    }
+
+    /// The warnings so far.
+    pub(super) fn take_warnings(&mut self) -> Vec<ConfigError> {
+        std::mem::take(&mut self.warnings)
     }
 
     pub(super) fn err(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {

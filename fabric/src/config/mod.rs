@@ -267,6 +267,9 @@ pub struct Config {
     pub auth: AuthSettings,
     /// The fleet-wide limit backend (`[limits]`); `None`: limits are per edge.
     pub shared_limits: Option<SharedLimitSettings>,
+    /// Problems that do not stop the edge but will keep something from working yet (a pin
+    /// file not written yet); `meridian check` prints them.
+    pub warnings: Vec<ConfigError>,
     /// Workers, indexed by [`WorkerId`].
     pub workers: Vec<WorkerEntry>,
     /// Trace export (`[telemetry]`); `None` = tracing off.

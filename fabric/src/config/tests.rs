@@ -241,3 +241,15 @@ fn configs_that_would_fail_at_run_time_fail_check() {
         "{errs}"
     );
 }
+
+#[test]
+fn a_missing_pin_file_is_a_located_warning() {
+    let src = "[auth]\nrequired = false\n[[region]]\nname = \"r\"\n[[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:1\"\nmodels = [\"m\"]\npin = \"not-written-yet.pem\"\n";
+    let c = parse_config(src, Path::new("e.toml")).expect("a warning, not an error");
+    assert_eq!(c.warnings.len(), 1);
+    let w = c.warnings[0].to_string();
+    assert!(
+        w.starts_with("e.toml:10:7: pin `not-written-yet.pem` of worker `w` does not exist"),
+        "{w}"
+    );
+}

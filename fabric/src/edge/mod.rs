@@ -50,8 +50,6 @@ pub(crate) struct EdgeShared {
     pub auth: crate::auth::Auth,
     /// Time base of the tenants' rate limits.
     pub epoch: tokio::time::Instant,
-    /// Request bytes buffered across every client.
-    pub budget: Arc<crate::sync::ByteBudget>,
 }
 
 /// ALPN of HTTP/3, served beside `meridian/1` on the same UDP port when an [`H3Handler`] is
@@ -178,7 +176,6 @@ pub fn spawn_with_h3(
         submissions: submit::InFlight::default(),
         auth: crate::auth::Auth::new(&config),
         epoch: tokio::time::Instant::now(),
-        budget: crate::sync::ByteBudget::new(config.edge.max_buffered_bytes),
     });
     if let Some(settings) = config.shared_limits.clone() {
         let (shared, stop) = (shared.clone(), shutdown.clone());

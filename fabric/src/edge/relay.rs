@@ -72,7 +72,7 @@ pub(crate) async fn serve(send: SendStream, mut recv: RecvStream, edge: Arc<Edge
     let mut sink = QuicSink::new(send);
     let cfg = edge.router.config();
     let intake = tokio::select! {
-        r = intake::read(&mut recv, cfg.edge.max_prompt_bytes, cfg.routing.prefix_bytes, &edge.budget) => r,
+        r = intake::read(&mut recv, cfg.edge.max_prompt_bytes, cfg.routing.prefix_bytes, &edge.stats.budget) => r,
         _ = sink.gone() => Err(IntakeError::Gone),
         // A client that never finishes sending must not hold a stream and its buffers.
         _ = tokio::time::sleep(cfg.edge.intake_timeout) => Err(IntakeError::Reject(ErrorFrame::new(

@@ -80,6 +80,8 @@ pub struct EdgeStats {
     pub handshaking: AtomicI64,
     /// Connection attempts answered with a QUIC Retry (address validation under load).
     pub address_retries: AtomicU64,
+    /// Request bytes buffered across every client (`[edge] max_buffered_bytes`).
+    pub budget: std::sync::Arc<crate::sync::ByteBudget>,
     /// Request streams accepted.
     pub requests: AtomicU64,
     /// Request streams open now.
@@ -116,6 +118,7 @@ impl EdgeStats {
             refused_connections: AtomicU64::new(0),
             handshaking: AtomicI64::new(0),
             address_retries: AtomicU64::new(0),
+            budget: crate::sync::ByteBudget::new(config.edge.max_buffered_bytes),
             requests: AtomicU64::new(0),
             active_streams: AtomicI64::new(0),
             tokens: AtomicU64::new(0),
@@ -155,7 +158,7 @@ impl EdgeStats {
     pub fn render(&self, router: &Router) -> String {
         let cfg = router.config();
         let mut out = String::with_capacity(16 * 1024);
-        let scalars: [(&str, &str, &str, i64); 11] = [
+        let scalars: [(&str, &str, &str, i64); 12] = [
             (
                 "meridian_requests_total",
                 "Request streams accepted.",
@@ -185,6 +188,12 @@ impl EdgeStats {
                 "Client QUIC handshakes in progress (half-open connections).",
                 "gauge",
                 self.handshaking.load(Relaxed),
+            ),
+            (
+                "meridian_buffered_request_bytes",
+                "Request bytes buffered now across every client (bounded by max_buffered_bytes).",
+                "gauge",
+                self.budget.used() as i64,
             ),
             (
                 "meridian_address_retries_total",

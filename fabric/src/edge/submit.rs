@@ -138,12 +138,12 @@ impl Submitter {
     /// An empty hold on the edge's request buffer budget: a front door grows it as body
     /// bytes arrive ([`Reservation::grow`]) and hands it to [`Submitter::submit_held`].
     pub fn reservation(&self) -> Reservation {
-        crate::sync::ByteBudget::reservation(&self.shared.budget)
+        crate::sync::ByteBudget::reservation(&self.shared.stats.budget)
     }
 
     /// The edge's request buffer budget in bytes.
     pub fn budget(&self) -> u64 {
-        self.shared.budget.max()
+        self.shared.stats.budget.max()
     }
 
     /// Submits a request whose prompt is `body` (forwarded unchanged to the worker), holding

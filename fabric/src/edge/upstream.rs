@@ -92,6 +92,9 @@ async fn maintain(
     let entry = router.config().workers[w].clone();
     let settings = router.config().upstream.clone();
     let mut backoff = settings.backoff_min;
+    // The last connect error, logged as a warning when it first appears or changes (a
+    // missing pin file, a refused certificate), then only at debug level while it repeats.
+    let mut last_error: Option<String> = None;
     loop {
         if shutdown.is_triggered() {
             return;
@@ -121,6 +124,7 @@ async fn maintain(
         };
         match conn {
             Ok(conn) => {
+                last_error = None;
                 info!(worker = %entry.name, addr = %entry.address, "upstream connected");
                 backoff = settings.backoff_min;
                 ups.conns[w].store(SyncArc::new(Some(conn.clone())));
@@ -141,7 +145,12 @@ async fn maintain(
                 ups.conns[w].store(SyncArc::new(None));
             }
             Err(e) => {
-                debug!(worker = %entry.name, addr = %entry.address, "connect failed: {e}");
+                if last_error.as_deref() != Some(e.as_str()) {
+                    warn!(worker = %entry.name, addr = %entry.address, "cannot connect (retrying with backoff): {e}");
+                    last_error = Some(e);
+                } else {
+                    debug!(worker = %entry.name, addr = %entry.address, "connect failed: {e}");
+                }
                 if router.worker(w).is_healthy() {
                     router.set_healthy(w, false);
                 }
