@@ -49,6 +49,16 @@ async fn every_request_error_has_its_code() {
     r.headers.deadline_ms = Some(20);
     assert_eq!(code_of(&c, r).await, ErrorCode::DEADLINE_EXCEEDED);
 
+    // The largest integers the protocol carries are served, not a crash: a deadline of
+    // 2^62 - 1 ms (past what the clock represents) and max_tokens of 2^62 - 1.
+    let mut r = request("jp", "x");
+    r.headers.deadline_ms = Some(meridian_protocol::varint::MAX);
+    r.headers.max_tokens = Some(meridian_protocol::varint::MAX);
+    let (_, _, end) = within("huge integers", c.generate(r).await.unwrap().collect())
+        .await
+        .unwrap();
+    assert_eq!(end.completion_tokens, 4);
+
     // A residency policy the tenant allows narrows routing; an unknown area uses config order.
     let mut r = request("zz", "x");
     r.headers.residency = Some("eu".into());

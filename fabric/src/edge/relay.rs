@@ -169,10 +169,10 @@ async fn route_and_relay(
     span: &mut Span,
 ) -> u64 {
     let cfg = edge.router.config();
-    let deadline = intake
-        .headers
-        .deadline_ms
-        .map(|ms| arrived + Duration::from_millis(ms));
+    // A deadline beyond what the clock can represent (any varint up to 2^62 - 1 ms may come
+    // from a peer) is no deadline, never an overflow.
+    let deadline =
+        (intake.headers.deadline_ms).and_then(|ms| arrived.checked_add(Duration::from_millis(ms)));
     // PROTOCOL.md §4.1: an empty shard_key counts as absent (the prompt's prefix is hashed).
     let shard_key = (intake.headers.shard_key.clone())
         .filter(|k| !k.is_empty())

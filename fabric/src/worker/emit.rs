@@ -62,10 +62,11 @@ impl<'a> Emitter<'a> {
         prompt_tokens: u64,
         completion_tokens: u64,
     ) -> Result<(), GenError> {
+        // Counts may come from the backend's JSON (any u64): clamp to what a varint carries.
         let end = End {
             finish_reason,
-            prompt_tokens,
-            completion_tokens,
+            prompt_tokens: prompt_tokens.min(meridian_protocol::varint::MAX),
+            completion_tokens: completion_tokens.min(meridian_protocol::varint::MAX),
             ttft_us: self.first.unwrap_or_default().as_micros() as u64,
             total_us: self.received.elapsed().as_micros() as u64,
         };
