@@ -121,6 +121,9 @@ pub(crate) fn routing_headers(
     if let Some(a) = &job.area {
         req = req.header("x-meridian-area", a);
     }
+    if let Some(c) = &job.credential {
+        req = req.header("authorization", format!("Bearer {c}"));
+    }
     req
 }
 

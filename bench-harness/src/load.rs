@@ -57,6 +57,14 @@ pub struct LoadArgs {
     /// Most requests in flight in open-loop mode (arrivals beyond it count as `DROPPED`).
     #[arg(long, default_value_t = 100_000)]
     pub max_in_flight: usize,
+    /// Credential (API key or token) sent with every request (or MERIDIAN_API_KEY): a
+    /// Meridian edge requires one (`meridian demo --serve` prints its keys).
+    #[arg(long, env = "MERIDIAN_API_KEY")]
+    pub api_key: Option<String>,
+    /// Credential for requests of one tenant of `--tenants`, as `TENANT=KEY`; repeat per
+    /// tenant. Requests of other tenants use `--api-key`.
+    #[arg(long, value_name = "TENANT=KEY")]
+    pub tenant_key: Vec<String>,
 }
 
 struct Shape {
@@ -64,6 +72,8 @@ struct Shape {
     areas: Mix,
     tenants: Mix,
     prompt: Bytes,
+    api_key: Option<std::sync::Arc<str>>,
+    tenant_keys: Vec<(String, std::sync::Arc<str>)>,
 }
 
 impl Shape {
@@ -74,22 +84,37 @@ impl Shape {
             .cycle()
             .take(a.prompt_bytes)
             .collect();
+        let tenant_keys = (a.tenant_key.iter())
+            .map(|tk| {
+                tk.split_once('=')
+                    .map(|(t, k)| (t.to_owned(), k.into()))
+                    .ok_or_else(|| anyhow::anyhow!("--tenant-key wants TENANT=KEY, got `{tk}`"))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Shape {
             keys: KeyDist::parse(&a.keys).map_err(err)?,
             areas: Mix::parse(&a.areas).map_err(err)?,
             tenants: Mix::parse(&a.tenants).map_err(err)?,
             prompt: Bytes::from(prompt),
+            api_key: a.api_key.as_deref().map(Into::into),
+            tenant_keys,
         })
     }
 
     fn job(&self, a: &LoadArgs, rng: &mut Rng) -> Job {
+        let tenant = self.tenants.draw(rng);
+        let credential = (self.tenant_keys.iter())
+            .find(|(t, _)| Some(t) == tenant.as_ref())
+            .map(|(_, k)| k.clone())
+            .or_else(|| self.api_key.clone());
         Job {
             model: a.model.clone(),
             prompt: self.prompt.clone(),
             max_tokens: a.max_tokens,
             session: self.keys.draw(rng).map(|k| format!("session-{k}")),
             area: self.areas.draw(rng),
-            tenant: self.tenants.draw(rng),
+            tenant,
+            credential,
         }
     }
 }

@@ -301,6 +301,7 @@ mod tests {
             session: Some("s".into()),
             area: None,
             tenant: None,
+            credential: None,
         }
     }
 

@@ -149,12 +149,24 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
         addrs.push(addr.parse()?);
         workers.push(p);
     }
+    // Requests through the edge authenticate like a client's: an API key from
+    // `meridian keygen`, so the measured cost includes admission.
+    let keygen = std::process::Command::new(&bin)
+        .args(["keygen", "--id", "bench", "--tenant", "bench"])
+        .output()
+        .context("running meridian keygen")?;
+    let keygen = String::from_utf8(keygen.stdout).context("keygen output")?;
+    let api_key = keygen
+        .lines()
+        .find_map(|l| l.strip_prefix("# mk_").map(|k| format!("mk_{k}")))
+        .context("keygen printed no key")?;
     let edge_cfg = dir.join("edge.toml");
     std::fs::write(
         &edge_cfg,
         format!(
             "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"bench\"\nmax_streams_per_connection = {}\n{}\n\n\
-             [tls]\ndev_cert_dir = \"edge-certs\"\n\n[[region]]\nname = \"bench\"\n{entries}\n[auth]\nrequired = false\n",
+             [tls]\ndev_cert_dir = \"edge-certs\"\n\n[[region]]\nname = \"bench\"\n{entries}\n\
+             [tenants]\nbench = {{}}\n[auth]\n{keygen}",
             a.edge_streams,
             a.edge_config.join("\n")
         ),
@@ -204,6 +216,12 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
             model: "llama-3-8b".into(),
             seed: level,
             max_in_flight: 100_000,
+            api_key: None,
+            tenant_key: Vec::new(),
+        };
+        let via_load = LoadArgs {
+            api_key: Some(api_key.clone()),
+            ..load.clone()
         };
         eprintln!("suite: {level} streams direct …");
         let direct = Arc::new(
@@ -228,7 +246,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
             .await?,
         );
         let cpu_before = edge.cpu_us()?;
-        let edge_report = load::run(via.clone(), &load).await?;
+        let edge_report = load::run(via.clone(), &via_load).await?;
         let cpu = edge.cpu_us()? - cpu_before;
         close(via).await;
         let total_tokens = edge_report.tokens.max(1) as f64;

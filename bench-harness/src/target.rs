@@ -25,6 +25,8 @@ pub struct Job {
     pub area: Option<String>,
     /// Tenant.
     pub tenant: Option<String>,
+    /// Credential (API key or token) authenticating the request.
+    pub credential: Option<std::sync::Arc<str>>,
 }
 
 /// What happened to one request. Times are from the intended send time.
@@ -149,6 +151,8 @@ async fn native(client: &Client, job: &Job, intended: Instant) -> Outcome {
     req.headers.max_tokens = job.max_tokens;
     req.headers.area = job.area.clone();
     req.headers.tenant = job.tenant.clone();
+    req.headers.credential =
+        (job.credential.as_deref()).map(|c| meridian_protocol::Credential(c.to_owned()));
     req.headers.shard_key = job.session.clone().map(Bytes::from);
     let mut out = Outcome::default();
     let mut last = None;
