@@ -363,8 +363,10 @@ fn slow_clients_get_408_or_are_closed_within_the_intake_timeout() {
     // A body that never completes: 408 with OpenAI's error shape.
     let mut tcp = TcpStream::connect(&s.http).unwrap();
     tcp.set_read_timeout(Some(bound)).unwrap();
-    tcp.write_all(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"",
+    write!(
+        tcp,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{\"model\"",
+        common::demo_key()
     )
     .unwrap();
     let mut resp = vec![0u8; 4096];
@@ -402,7 +404,11 @@ fn tcp_connections_beyond_max_connections_wait_their_turn() {
          [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
          [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n[tenants]\nacme = {}\nbund = {}\n{auth}",
     );
-    let models = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    let models = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        common::demo_key()
+    );
+    let models = models.as_bytes();
     let answer = |tcp: &mut TcpStream| {
         let mut buf = vec![0u8; 4096];
         let n = tcp.read(&mut buf)?;
@@ -551,4 +557,23 @@ fn idle_http2_connections_are_closed_and_free_their_slot() {
     });
     let (status, _, _) = exchange(&s.http, "GET", "/v1/models", &[], "");
     assert_eq!(status, 200);
+}
+
+#[test]
+fn a_bad_credential_is_refused_before_the_body_is_read() {
+    let s = serve("1", "4");
+    // The body is never sent: the 401 must come from the head alone.
+    let mut tcp = TcpStream::connect(&s.http).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        tcp,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer mk_demo-acme_wrong\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tcp.read(&mut buf).expect("answered without the body");
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert!(resp.contains("\"code\":\"unauthorized\""), "{resp}");
 }

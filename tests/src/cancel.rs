@@ -5,6 +5,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_stream_stops_the_worker() {
     // A long generation: 100k tokens at 5 ms would run for minutes if not cancelled.
+    let panics = resumed_panics();
     let demo = topology("cancel", 0, 5, 100_000).await;
     let client = client(&demo).await;
     let mut g = client
@@ -49,7 +50,13 @@ async fn dropping_the_stream_stops_the_worker() {
     assert!(!text.is_empty());
     assert!(end.completion_tokens > 0);
     client.close().await;
+    // The drain waits for every request task: a panic in one would have happened by now.
     demo.shutdown().await;
+    assert_eq!(
+        resumed_panics(),
+        panics,
+        "a request task polled a finished future"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

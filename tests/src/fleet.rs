@@ -93,9 +93,15 @@ async fn edges_sharing_redis_hold_the_fleet_limit_and_fail_open_to_local_limits(
     let mut rb = Redis::connect(&redis.addr, Duration::from_secs(1))
         .await
         .unwrap();
-    a.sync_fleet(&mut ra, &prefix, wall_ms, t0).await.unwrap();
-    b.sync_fleet(&mut rb, &prefix, wall_ms, t0).await.unwrap();
-    a.sync_fleet(&mut ra, &prefix, wall_ms, t0).await.unwrap();
+    a.sync_fleet(Some(&mut ra), &prefix, wall_ms, t0)
+        .await
+        .unwrap();
+    b.sync_fleet(Some(&mut rb), &prefix, wall_ms, t0)
+        .await
+        .unwrap();
+    a.sync_fleet(Some(&mut ra), &prefix, wall_ms, t0)
+        .await
+        .unwrap();
     // The fleet is at 12 of 10: both edges refuse for the rest of the second, although
     // each one's local bucket still has room.
     for auth in [&a, &b] {
@@ -108,14 +114,40 @@ async fn edges_sharing_redis_hold_the_fleet_limit_and_fail_open_to_local_limits(
     let t1 = t0 + 600_000_000;
     a.admit(&h, now, t1).unwrap();
 
+    // While the edge has no connection, what it admits is dropped at each sync, so the
+    // outage does not land in one window later and block the tenant on recovery.
+    let t2 = t1 + 10_000_000_000;
+    let mut during_outage = 0;
+    for tick in 0..3u64 {
+        let t = t2 + tick * 2_000_000_000;
+        during_outage += (0..10).filter(|_| a.admit(&h, now, t).is_ok()).count();
+        assert!(a
+            .sync_fleet(None, &prefix, wall_ms + 1000, t)
+            .await
+            .is_err());
+    }
+    assert!(
+        during_outage >= 20,
+        "local limits keep admitting: {during_outage}"
+    );
+    let t3 = t2 + 8_000_000_000;
+    a.admit(&h, now, t3).unwrap();
+    a.sync_fleet(Some(&mut ra), &prefix, wall_ms + 5000, t3)
+        .await
+        .unwrap();
+    a.admit(&h, now, t3)
+        .expect("one admission in a fresh window is under the fleet limit");
+
     // Redis down: syncs fail and each edge enforces its local limit alone (fail open).
     drop(redis);
-    let sync = a.sync_fleet(&mut ra, &prefix, wall_ms + 1000, t1).await;
+    let sync = a
+        .sync_fleet(Some(&mut ra), &prefix, wall_ms + 6000, t3)
+        .await;
     assert!(
         sync.is_err(),
         "sync with redis down must fail, got {sync:?}"
     );
-    let t2 = t1 + 10_000_000_000; // local buckets full again
-    let admitted = (0..20).filter(|_| a.admit(&h, now, t2).is_ok()).count();
+    let t4 = t3 + 10_000_000_000; // local buckets full again
+    let admitted = (0..20).filter(|_| a.admit(&h, now, t4).is_ok()).count();
     assert_eq!(admitted, 10, "the local burst, no more");
 }

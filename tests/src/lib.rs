@@ -16,6 +16,8 @@ mod failure;
 #[cfg(test)]
 mod fleet;
 #[cfg(test)]
+mod goaway_race;
+#[cfg(test)]
 mod handshake;
 #[cfg(test)]
 mod malformed;

@@ -150,6 +150,22 @@ async fn malformed_frames_fail_only_their_stream() {
     let stopped = within("STOP_SENDING on an unknown uni stream", uni.stopped()).await;
     assert_eq!(stopped.unwrap().map(|c| c.into_inner()), Some(0));
 
+    // A wrong credential is refused as soon as HEADERS arrive, before the prompt (no FIN).
+    let mut h = RequestHeaders::new("llama-3-8b");
+    h.credential = Some(meridian_protocol::Credential("mk_demo-acme_wrong".into()));
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_chunk(Frame::Headers(h).to_bytes())
+        .await
+        .unwrap();
+    send.write_chunk(Frame::Body(Bytes::from_static(b"part of a prompt")).to_bytes())
+        .await
+        .unwrap();
+    let mut reader = FrameReader::new(recv);
+    match within("refused before FIN", reader.next()).await {
+        Ok(Some(Frame::Error(e))) => assert_eq!(e.code, ErrorCode::UNAUTHORIZED),
+        other => panic!("expected ERROR UNAUTHORIZED, got {other:?}"),
+    }
+
     // The good stream on the same connection and a second connection are unaffected.
     let (_, text, end) = within("good stream", good.collect()).await.unwrap();
     assert_eq!(end.completion_tokens, 40);

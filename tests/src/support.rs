@@ -16,6 +16,25 @@ use meridian_protocol::Routed;
 /// Upper bound for any single wait: a hung test fails instead of hanging CI.
 pub const LIMIT: Duration = Duration::from_secs(30);
 
+/// Panics anywhere in this test process (spawned server tasks included) from polling a
+/// finished future — a bug tokio would otherwise swallow with the task.
+static RESUMED_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts counting "resumed after completion" panics; returns the count so far.
+pub fn resumed_panics() -> usize {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.to_string().contains("after completion") {
+                RESUMED_PANICS.fetch_add(1, Ordering::Relaxed);
+            }
+            prev(info)
+        }));
+    });
+    RESUMED_PANICS.load(Ordering::Relaxed)
+}
+
 /// Awaits `f`, failing the test if it hangs.
 pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, f)

@@ -65,18 +65,25 @@ async fn serve(
             else {
                 return;
             };
-            let read = read_body(&mut stream, &front);
-            let resp = match tokio::time::timeout_at(deadline, read).await {
-                Err(_) => front.too_slow(),
-                Ok(None) => return,
-                Ok(Some(Err(resp))) => resp,
-                Ok(Some(Ok(body))) => {
-                    let (method, path) = (req.method(), req.uri().path());
-                    // Until the response starts, only the connection closing tells us the
-                    // client is gone: stop waiting (dropping the submission cancels it).
-                    tokio::select! {
-                        r = handle(method, path, req.headers(), body, &front, &ids) => r,
-                        _ = conn.closed() => return,
+            // Authenticated from the head alone: a refused request's body is never read.
+            let resp = match super::refused(req.headers(), &front) {
+                Some(resp) => resp,
+                None => {
+                    let read = read_body(&mut stream, &front);
+                    match tokio::time::timeout_at(deadline, read).await {
+                        Err(_) => front.too_slow(),
+                        Ok(None) => return,
+                        Ok(Some(Err(resp))) => resp,
+                        Ok(Some(Ok(body))) => {
+                            let (method, path) = (req.method(), req.uri().path());
+                            // Until the response starts, only the connection closing tells us
+                            // the client is gone: stop waiting (dropping the submission
+                            // cancels it).
+                            tokio::select! {
+                                r = handle(method, path, req.headers(), body, &front, &ids) => r,
+                                _ = conn.closed() => return,
+                            }
+                        }
                     }
                 }
             };

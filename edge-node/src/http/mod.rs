@@ -327,9 +327,27 @@ async fn read_body(mut body: Incoming, front: &Front) -> Result<(Bytes, Reservat
     Ok((buf.freeze(), held))
 }
 
+/// Authenticates a request from its head alone, so a refused one is answered before its body
+/// is read (and held against the edge's buffer budget): `Some` is the refusal.
+pub(crate) fn refused(headers: &HeaderMap, front: &Front) -> Option<Resp> {
+    let credential = match bearer(headers) {
+        Ok(c) => c,
+        Err(m) => return Some(error(ErrorCode::UNAUTHORIZED, m)),
+    };
+    let mut h = RequestHeaders::new("-");
+    if credential.is_none() {
+        h.tenant = front.tenant.clone();
+    }
+    h.credential = credential;
+    front.submitter.identify(&h).err().map(|e| error_frame(&e))
+}
+
 /// The hyper (HTTP/1.1, HTTP/2) adapter: reads the body within the limits, then [`handle`].
 async fn handle_hyper(req: Request<Incoming>, front: &Front, ids: &AtomicU64) -> Resp {
     let (parts, body) = req.into_parts();
+    if let Some(resp) = refused(&parts.headers, front) {
+        return resp;
+    }
     let (body, held) =
         match tokio::time::timeout(front.intake_timeout, read_body(body, front)).await {
             Ok(Ok(b)) => b,
@@ -467,7 +485,12 @@ async fn completion(
         headers.tenant = front.tenant.clone();
     }
     headers.credential = credential;
-    headers.max_tokens = peek.max_tokens.or(peek.max_completion_tokens);
+    // The larger of the two: backends differ in which one wins, and the edge reserves the
+    // tenant's tokens for it (the worker lowers both to it).
+    headers.max_tokens = match (peek.max_tokens, peek.max_completion_tokens) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
     if headers
         .max_tokens
         .is_some_and(|n| n > meridian_protocol::varint::MAX)

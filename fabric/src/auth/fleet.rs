@@ -65,11 +65,12 @@ impl Fleet {
 impl Auth {
     /// One sync with Redis at wall-clock `now_unix_ms` and limits-clock `now_ns`: adds what
     /// this edge admitted since the last sync to the fleet's window counters and blocks each
-    /// tenant whose fleet total reached its limit until its window ends. On error the
-    /// counts since the last sync are dropped (fail open to the local limits).
+    /// tenant whose fleet total reached its limit until its window ends. Without a
+    /// connection (`None`), or on error, the counts since the last sync are dropped: an
+    /// outage never lands in one later window (fail open to the local limits).
     pub async fn sync_fleet(
         &self,
-        redis: &mut Redis,
+        redis: Option<&mut Redis>,
         prefix: &str,
         now_unix_ms: u64,
         now_ns: u64,
@@ -101,6 +102,9 @@ impl Auth {
             }
             plan.push(f);
         }
+        let Some(redis) = redis else {
+            return Err(RedisError::Protocol("not connected"));
+        };
         if commands.is_empty() {
             return Ok(());
         }
@@ -159,13 +163,9 @@ pub(crate) async fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let now_ns = epoch.elapsed().as_nanos() as u64;
-        let result = match conn.as_mut() {
-            Some(c) => {
-                auth.sync_fleet(c, &settings.key_prefix, now_unix_ms, now_ns)
-                    .await
-            }
-            None => Err(RedisError::Timeout(settings.timeout)),
-        };
+        let result = auth
+            .sync_fleet(conn.as_mut(), &settings.key_prefix, now_unix_ms, now_ns)
+            .await;
         match result {
             Ok(()) if !up => {
                 info!(redis = %settings.addr, "shared limits: redis reachable again");

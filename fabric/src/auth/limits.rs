@@ -125,6 +125,14 @@ impl<'a> Admission<'a> {
         })
     }
 
+    /// The most tokens the request may generate under its tenant's tokens-per-minute limit:
+    /// what was reserved for it (`None`: the tenant has no token limit).
+    pub fn token_cap(&self) -> Option<u64> {
+        self.tenant
+            .and_then(|t| t.tokens.as_ref())
+            .map(|_| self.reserved)
+    }
+
     /// The admitted tenant (`None`: anonymous on an edge that allows it).
     pub fn tenant(&self) -> Option<&'a str> {
         self.tenant.map(TenantState::name)

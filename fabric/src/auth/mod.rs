@@ -189,6 +189,18 @@ impl Auth {
         now_unix: u64,
         now_ns: u64,
     ) -> Result<Admission<'_>, ErrorFrame> {
+        let tenant = self.identify(headers, now_unix)?;
+        let state = tenant.map(|t| &self.tenants[t]);
+        Admission::new(state, headers.max_tokens, now_ns)
+    }
+
+    /// The tenant a request runs as (index into the tenants), or the UNAUTHORIZED answer.
+    /// Cheap enough to run as soon as HEADERS arrive, before a prompt is buffered.
+    pub fn identify(
+        &self,
+        headers: &RequestHeaders,
+        now_unix: u64,
+    ) -> Result<Option<usize>, ErrorFrame> {
         let unauthorized = |e: AuthError| ErrorFrame::new(ErrorCode::UNAUTHORIZED, e.to_string());
         let claimed = headers.tenant.as_deref();
         let tenant = match &headers.credential {
@@ -211,8 +223,7 @@ impl Auth {
                 None => None,
             },
         };
-        let state = tenant.map(|t| &self.tenants[t]);
-        Admission::new(state, headers.max_tokens, now_ns)
+        Ok(tenant)
     }
 }
 

@@ -3,7 +3,7 @@
 //! forward upstream, and to replay if the first worker fails before any token.
 
 use bytes::{Bytes, BytesMut};
-use meridian_protocol::frame::for_upstream;
+use meridian_protocol::frame::rewrite;
 use meridian_protocol::limits::MAX_HEADERS_LEN;
 use meridian_protocol::scan::{FrameScanner, Scanned};
 use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, RequestHeaders};
@@ -59,11 +59,14 @@ fn reject(code: ErrorCode, msg: impl Into<String>) -> IntakeError {
 
 /// Reads the request to FIN. `max_prompt` bounds the prompt; raw bytes (frame overhead
 /// included) are bounded too, so empty frames cannot grow the chunk list without limit.
+/// `early` vets the HEADERS as soon as they are decoded (authentication): a refused request
+/// is answered before its prompt is buffered.
 pub(crate) async fn read(
     recv: &mut RecvStream,
     max_prompt: usize,
     prefix_len: usize,
     budget: &std::sync::Arc<ByteBudget>,
+    early: impl Fn(&RequestHeaders) -> Result<(), ErrorFrame>,
 ) -> Result<Intake, IntakeError> {
     let mut held = ByteBudget::reservation(budget);
     let max_raw = max_prompt + MAX_HEADERS_LEN + 64 * 1024;
@@ -136,6 +139,7 @@ pub(crate) async fn read(
             let before = src.len();
             match Frame::decode(&mut src) {
                 Ok(Frame::Headers(h)) => {
+                    early(&h).map_err(IntakeError::Reject)?;
                     headers = Some(h);
                     headers_len = before - src.len();
                     body(&mut scanner, &src, &mut prompt_len, &mut prefix)?;
@@ -201,10 +205,12 @@ impl Intake {
         &self,
         trace: Option<&TraceContext>,
         tenant: Option<&str>,
+        max_tokens: Option<u64>,
     ) -> Vec<Bytes> {
         let h = &self.headers;
         let retenant = tenant.is_some() && tenant != h.tenant.as_deref();
-        if trace.is_none() && !retenant && h.credential.is_none() {
+        let recap = max_tokens.is_some() && max_tokens != h.max_tokens;
+        if trace.is_none() && !retenant && !recap && h.credential.is_none() {
             return self.chunks.clone();
         }
         let first = self.chunks.iter().find(|c| !c.is_empty());
@@ -221,11 +227,13 @@ impl Intake {
         };
         let trace = trace.map(ToString::to_string);
         let tenant = tenant.filter(|_| retenant);
-        let Some(rewritten) = for_upstream(&head, trace.as_deref(), tenant) else {
+        let max_tokens = max_tokens.filter(|_| recap);
+        let Some(rewritten) = rewrite(&head, trace.as_deref(), tenant, max_tokens) else {
             // Unreachable for HEADERS this edge decoded; never forward a credential.
             let mut headers = self.headers.clone();
             headers.credential = None;
             headers.tenant = tenant.map(str::to_owned).or(headers.tenant);
+            headers.max_tokens = max_tokens.or(headers.max_tokens);
             let mut out = vec![Frame::Headers(headers).to_bytes()];
             out.extend(self.after_headers());
             return out;
@@ -278,9 +286,9 @@ mod tests {
                 prefix: Vec::new(),
                 _held: None,
             };
-            assert_eq!(intake.upstream_chunks(None, None), chunks);
+            assert_eq!(intake.upstream_chunks(None, None, None), chunks);
             let mut out = BytesMut::new();
-            for c in intake.upstream_chunks(Some(&ctx), None) {
+            for c in intake.upstream_chunks(Some(&ctx), None, None) {
                 out.extend_from_slice(&c);
             }
             let mut out = out.freeze();

@@ -72,7 +72,13 @@ pub(crate) async fn serve(send: SendStream, mut recv: RecvStream, edge: Arc<Edge
     let mut sink = QuicSink::new(send);
     let cfg = edge.router.config();
     let intake = tokio::select! {
-        r = intake::read(&mut recv, cfg.edge.max_prompt_bytes, cfg.routing.prefix_bytes, &edge.stats.budget) => r,
+        r = intake::read(
+            &mut recv,
+            cfg.edge.max_prompt_bytes,
+            cfg.routing.prefix_bytes,
+            &edge.stats.budget,
+            |h| edge.auth.identify(h, crate::auth::unix_now()).map(|_| ()),
+        ) => r,
         _ = sink.gone() => Err(IntakeError::Gone),
         // A client that never finishes sending must not hold a stream and its buffers.
         _ = tokio::time::sleep(cfg.edge.intake_timeout) => Err(IntakeError::Reject(ErrorFrame::new(
@@ -138,7 +144,8 @@ pub(crate) async fn dispatch(
     }
     // Identity and limits first: the tenant — and so the residency policy — is the
     // credential's, never the claim's.
-    let now_ns = arrived.duration_since(edge.epoch).as_nanos() as u64;
+    // Limits run on the admission time, not the stream's arrival (intake may take a while).
+    let now_ns = edge.epoch.elapsed().as_nanos() as u64;
     let mut admission = match edge
         .auth
         .admit(&intake.headers, crate::auth::unix_now(), now_ns)
@@ -155,14 +162,15 @@ pub(crate) async fn dispatch(
             span.set("meridian.tenant", t);
         }
     }
-    let tokens = route_and_relay(intake, tenant, arrived, sink, edge, &mut span).await;
+    let cap = admission.token_cap();
+    let tokens = route_and_relay(intake, (tenant, cap), arrived, sink, edge, &mut span).await;
     admission.settle(tokens);
 }
 
 /// Routes and relays; returns the tokens relayed to the client.
 async fn route_and_relay(
     intake: &Intake,
-    tenant: Option<&str>,
+    (tenant, cap): (Option<&str>, Option<u64>),
     arrived: Instant,
     sink: &mut impl Sink,
     edge: &EdgeShared,
@@ -232,7 +240,7 @@ async fn route_and_relay(
             Some(conn) => {
                 let up = Upstream {
                     conn: &conn,
-                    chunks: intake.upstream_chunks(att.context(), tenant),
+                    chunks: intake.upstream_chunks(att.context(), tenant, cap),
                 };
                 forward(up, sink, deadline, &timing, edge).await
             }
@@ -392,6 +400,17 @@ async fn forward(
                             break e.to_string();
                         }
                     };
+                    // A draining worker answers a stream that crossed its GOAWAY with
+                    // UNAVAILABLE before anything else (PROTOCOL.md §5.4): not the client's
+                    // answer, but a reason to send the request to another worker.
+                    if relayed == 0
+                        && tracker.forwarded() == chunk.bytes.len()
+                        && tracker.complete()
+                        && tracker.error_code() == Some(ErrorCode::UNAVAILABLE)
+                    {
+                        cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
+                        return Attempt::FailedClean("the worker is draining (UNAVAILABLE)".into());
+                    }
                     if !sink.chunk(chunk.bytes).await {
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
                         return Attempt::ClientGone { tokens: relayed };
@@ -402,7 +421,9 @@ async fn forward(
                     if let Some(l) = timing.latencies {
                         l.e2e.observe(timing.arrived.elapsed());
                     }
-                    return Attempt::Done { tokens: relayed, worker_error: tracker.ended_with_error() };
+                    // A TOKENS frame carries one or more tokens: END's count is the real one.
+                    let tokens = relayed.max(tracker.completion_tokens().unwrap_or(0));
+                    return Attempt::Done { tokens, worker_error: tracker.ended_with_error() };
                 }
                 Ok(None) => break "worker finished the stream without END".into(),
                 Err(e) => break e.to_string(),

@@ -31,18 +31,36 @@ type Stopped =
 pub(crate) struct QuicSink {
     pub send: SendStream,
     stopped: Stopped,
+    /// `stopped` completed: it must not be polled again (a finished future panics).
+    stopped_done: bool,
 }
 
 impl QuicSink {
     pub(crate) fn new(send: SendStream) -> Self {
         let stopped = Box::pin(send.stopped());
-        QuicSink { send, stopped }
+        QuicSink {
+            send,
+            stopped,
+            stopped_done: false,
+        }
+    }
+
+    /// Awaits `stopped` once; later calls return at once.
+    async fn stopped(&mut self) {
+        if !self.stopped_done {
+            let _ = self.stopped.as_mut().await;
+            self.stopped_done = true;
+        }
     }
 
     /// Resolves once the client has acknowledged the whole response (or stopped it),
     /// bounded by [`crate::server::DELIVERY_TIMEOUT`].
     pub(crate) async fn delivered(&mut self) {
-        crate::server::delivered(self.stopped.as_mut()).await;
+        crate::server::delivered(async {
+            self.stopped().await;
+            Ok(None)
+        })
+        .await;
     }
 }
 
@@ -52,7 +70,8 @@ pub(crate) fn code(c: meridian_protocol::ErrorCode) -> VarInt {
 
 impl Sink for QuicSink {
     async fn gone(&mut self) {
-        let _ = self.stopped.as_mut().await;
+        // Once gone, gone: later calls resolve at once.
+        self.stopped().await;
     }
 
     async fn routed(&mut self, r: Routed) -> bool {

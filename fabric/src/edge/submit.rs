@@ -141,6 +141,15 @@ impl Submitter {
         crate::sync::ByteBudget::reservation(&self.shared.stats.budget)
     }
 
+    /// Whether a request with `headers` would be authenticated (before its body is read):
+    /// `Err` is the UNAUTHORIZED answer.
+    pub fn identify(&self, headers: &RequestHeaders) -> Result<(), meridian_protocol::ErrorFrame> {
+        self.shared
+            .auth
+            .identify(headers, crate::auth::unix_now())
+            .map(|_| ())
+    }
+
     /// The edge's request buffer budget in bytes.
     pub fn budget(&self) -> u64 {
         self.shared.stats.budget.max()

@@ -29,6 +29,10 @@ impl std::fmt::Display for UpstreamViolation {
     }
 }
 
+/// Bytes kept of the terminal frame's payload: END's first three varints (finish reason,
+/// prompt and completion tokens) or ERROR's code fit in 24.
+const TAIL: usize = 24;
+
 /// State of one relayed response (PROTOCOL.md §4: `TOKENS* (END | ERROR)`).
 #[derive(Debug, Default)]
 pub struct ResponseTracker {
@@ -36,6 +40,9 @@ pub struct ResponseTracker {
     /// END or ERROR, once seen.
     terminal: Option<FrameType>,
     forwarded: usize,
+    /// The start of the terminal frame's payload (fixed size: no allocation).
+    tail: [u8; TAIL],
+    tail_len: usize,
 }
 
 impl ResponseTracker {
@@ -49,7 +56,13 @@ impl ResponseTracker {
     pub fn on_chunk(&mut self, chunk: &[u8]) -> Result<u64, UpstreamViolation> {
         let mut tokens = 0u64;
         let terminal = &mut self.terminal;
+        let (tail, tail_len) = (&mut self.tail, &mut self.tail_len);
         self.scanner.scan(chunk, |ev| {
+            if let Scanned::Payload(FrameType::END | FrameType::ERROR, p) = ev {
+                let take = (TAIL - *tail_len).min(p.len());
+                tail[*tail_len..*tail_len + take].copy_from_slice(&p[..take]);
+                *tail_len += take;
+            }
             if let Scanned::Start(h) = ev {
                 if terminal.is_some() {
                     return Err(UpstreamViolation::Unexpected("frame after END/ERROR"));
@@ -90,6 +103,31 @@ impl ResponseTracker {
     pub fn ended_with_error(&self) -> bool {
         self.terminal == Some(FrameType::ERROR)
     }
+
+    /// The worker's ERROR code, once the frame's first payload bytes were seen.
+    pub fn error_code(&self) -> Option<meridian_protocol::ErrorCode> {
+        if !self.ended_with_error() {
+            return None;
+        }
+        let (code, _) = meridian_protocol::varint::peek(&self.tail[..self.tail_len])?;
+        Some(meridian_protocol::ErrorCode(code))
+    }
+
+    /// END's completion token count (PROTOCOL.md §4.5), once seen: the real number of tokens
+    /// generated, which TOKENS frames (one or more tokens each) only bound from below.
+    pub fn completion_tokens(&self) -> Option<u64> {
+        if self.terminal != Some(FrameType::END) {
+            return None;
+        }
+        let mut rest = &self.tail[..self.tail_len];
+        let mut field = 0;
+        for _ in 0..3 {
+            let (v, n) = meridian_protocol::varint::peek(rest)?;
+            field = v;
+            rest = &rest[n..];
+        }
+        Some(field)
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +156,30 @@ mod tests {
             t.on_chunk(&more),
             Err(UpstreamViolation::Unexpected(_))
         ));
+    }
+
+    #[test]
+    fn reads_the_end_token_count_and_the_error_code_at_any_split() {
+        let end = Frame::End(meridian_protocol::End {
+            finish_reason: meridian_protocol::FinishReason::Stop,
+            prompt_tokens: 300,
+            completion_tokens: 70_000,
+            ttft_us: 5,
+            total_us: 9,
+        })
+        .to_bytes();
+        let err = Frame::Error(ErrorFrame::new(ErrorCode::UNAVAILABLE, "draining")).to_bytes();
+        for split in 0..=end.len() {
+            let mut t = ResponseTracker::new();
+            t.on_chunk(&end[..split]).unwrap();
+            t.on_chunk(&end[split..]).unwrap();
+            assert_eq!(t.completion_tokens(), Some(70_000), "split {split}");
+            assert_eq!(t.error_code(), None);
+        }
+        let mut t = ResponseTracker::new();
+        t.on_chunk(&err).unwrap();
+        assert_eq!(t.error_code(), Some(ErrorCode::UNAVAILABLE));
+        assert_eq!(t.completion_tokens(), None);
     }
 
     #[test]

@@ -103,8 +103,22 @@ impl OpenAiClient {
         body["model"] = model.into();
         body["stream"] = true.into();
         body["stream_options"] = json!({ "include_usage": true });
-        if let (Some(m), None) = (h.max_tokens, body.get("max_tokens")) {
-            body["max_tokens"] = m.into();
+        // HEADERS `max_tokens` is the ceiling (the edge reserved the tenant's tokens for it):
+        // a body's own limits may lower it, never raise it.
+        if let Some(m) = h.max_tokens {
+            let mut any = false;
+            for field in ["max_tokens", "max_completion_tokens"] {
+                if let Some(v) = body.get(field).and_then(|v| v.as_u64()) {
+                    body[field] = v.min(m).into();
+                    any = true;
+                } else if body.get(field).is_some_and(|v| !v.is_null()) {
+                    body[field] = m.into(); // not a count the server could honour: the ceiling
+                    any = true;
+                }
+            }
+            if !any {
+                body["max_tokens"] = m.into();
+            }
         }
         let body = serde_json::to_vec(&body).expect("JSON values serialise");
         Ok((format!("{}/{endpoint}", self.cfg.path_prefix), body))
@@ -303,6 +317,36 @@ mod tests {
         assert!(SseState::default()
             .event(br#"data: {"error":{"message":"boom"}}"#)
             .is_err());
+    }
+
+    #[test]
+    fn headers_max_tokens_caps_the_bodys_limits() {
+        let client = OpenAiClient::new(OpenAiBackend {
+            authority: "127.0.0.1:9".into(),
+            path_prefix: "/v1".into(),
+            api_key: None,
+            model_map: Default::default(),
+            timeout: std::time::Duration::from_secs(1),
+        });
+        let mut h = RequestHeaders::new("m");
+        h.body_format = Some(body_format::OPENAI_CHAT);
+        h.max_tokens = Some(64);
+        let body = |raw: &str| {
+            let (_, b) = client.upstream_request(&h, raw.as_bytes()).unwrap();
+            serde_json::from_slice::<Value>(&b).unwrap()
+        };
+        let v = body(r#"{"messages":[],"max_tokens":100000,"max_completion_tokens":8}"#);
+        assert_eq!(
+            (
+                v["max_tokens"].as_u64(),
+                v["max_completion_tokens"].as_u64()
+            ),
+            (Some(64), Some(8))
+        );
+        let v = body(r#"{"messages":[]}"#);
+        assert_eq!(v["max_tokens"].as_u64(), Some(64));
+        let v = body(r#"{"messages":[],"max_completion_tokens":"lots"}"#);
+        assert_eq!(v["max_completion_tokens"].as_u64(), Some(64));
     }
 
     #[test]

@@ -312,6 +312,17 @@ impl RequestHeaders {
 /// a worker. `None` when `frame` is not exactly one well-formed HEADERS frame or the result
 /// would exceed the limits.
 pub fn for_upstream(frame: &[u8], trace: Option<&str>, tenant: Option<&str>) -> Option<Bytes> {
+    rewrite(frame, trace, tenant, None)
+}
+
+/// [`for_upstream`], also setting `max_tokens` to `max_tokens` when given (an edge caps a
+/// token-limited tenant's request at what it reserved).
+pub fn rewrite(
+    frame: &[u8],
+    trace: Option<&str>,
+    tenant: Option<&str>,
+    max_tokens: Option<u64>,
+) -> Option<Bytes> {
     use super::{encode_header, FrameHead, FrameType};
     let head = FrameHead::peek(frame).ok()?;
     if head.ty != FrameType::HEADERS || head.total_len() != frame.len() {
@@ -334,7 +345,8 @@ pub fn for_upstream(frame: &[u8], trace: Option<&str>, tenant: Option<&str>) -> 
         }
         let replaced = field == id::CREDENTIAL
             || (field == id::TRACE_CONTEXT && trace.is_some())
-            || (field == id::TENANT && tenant.is_some());
+            || (field == id::TENANT && tenant.is_some())
+            || (field == id::MAX_TOKENS && max_tokens.is_some());
         if !replaced {
             out.put_slice(&payload[..end]);
         }
@@ -345,6 +357,12 @@ pub fn for_upstream(frame: &[u8], trace: Option<&str>, tenant: Option<&str>) -> 
             varint::encode(field, &mut out);
             put_bytes(&mut out, v.as_bytes());
         }
+    }
+    if let Some(m) = max_tokens {
+        let m = m.min(varint::MAX);
+        varint::encode(id::MAX_TOKENS, &mut out);
+        varint::encode(varint::size(m) as u64, &mut out);
+        varint::encode(m, &mut out);
     }
     if out.len() > crate::limits::MAX_HEADERS_LEN {
         return None;

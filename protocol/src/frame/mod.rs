@@ -17,7 +17,9 @@ use bytes::{Buf, BufMut, Bytes};
 pub use control::{GoAway, Load, Settings};
 pub use end::{End, FinishReason};
 pub use error::ErrorFrame;
-pub use headers::{body_format, for_upstream, with_trace_context, Credential, RequestHeaders};
+pub use headers::{
+    body_format, for_upstream, rewrite, with_trace_context, Credential, RequestHeaders,
+};
 pub use routed::Routed;
 
 use crate::limits::{MAX_FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD, MAX_HEADERS_LEN};

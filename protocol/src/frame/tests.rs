@@ -224,6 +224,22 @@ fn a_field_over_its_limit_is_too_large_even_when_it_runs_past_the_frame() {
 }
 
 #[test]
+fn rewrite_caps_max_tokens_and_drops_the_credential() {
+    let mut h = RequestHeaders::new("m");
+    h.max_tokens = Some(100_000);
+    h.credential = Some(Credential("mk_a_secret".into()));
+    h.area = Some("jp".into());
+    let frame = Frame::Headers(h.clone()).to_bytes();
+    let out = rewrite(&frame, None, Some("acme"), Some(512)).unwrap();
+    let Frame::Headers(got) = Frame::decode(&mut out.clone()).unwrap() else {
+        panic!("HEADERS")
+    };
+    assert_eq!(got.max_tokens, Some(512));
+    assert_eq!(got.tenant.as_deref(), Some("acme"));
+    assert_eq!((got.credential, got.area.as_deref()), (None, Some("jp")));
+}
+
+#[test]
 fn headers_check_rejects_what_cannot_be_encoded() {
     let mut h = RequestHeaders::new("m");
     h.max_tokens = Some(1 << 62);
