@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -70,16 +70,76 @@ pub async fn detect(mut tcp: TcpStream, limit: Duration) -> Option<(Version, Pre
         pos: 0,
         len,
         inner: tcp,
+        pending: Vec::new(),
     };
     Some((version, io))
 }
 
-/// A connection whose first bytes were already read: they are read again first.
+/// A connection whose first bytes were already read: they are read again first. On the way
+/// out, hyper's own bodiless answers to unparsable requests (400, 414, 431 with
+/// `content-length: 0`) are replaced by the same status with an OpenAI error body, so every
+/// error a client sees has the same shape.
 pub struct Prefixed {
     head: [u8; 24],
     pos: usize,
     len: usize,
     inner: TcpStream,
+    /// A replacement answer not yet written out.
+    pending: Vec<u8>,
+}
+
+/// The OpenAI-shaped replacement for one of hyper's automatic error responses, if `out` is
+/// one (its own responses always carry a body, so `content-length: 0` singles hyper's out).
+fn automatic_error(out: &[u8]) -> Option<Vec<u8>> {
+    let (status, message) = if out.starts_with(b"HTTP/1.1 400 ") {
+        ("400 Bad Request", "malformed HTTP request")
+    } else if out.starts_with(b"HTTP/1.1 431 ") {
+        (
+            "431 Request Header Fields Too Large",
+            "request header fields too large",
+        )
+    } else if out.starts_with(b"HTTP/1.1 414 ") {
+        ("414 URI Too Long", "request URI too long")
+    } else {
+        return None;
+    };
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&out[..head_end])
+        .ok()?
+        .to_ascii_lowercase();
+    if !head.contains("\r\ncontent-length: 0") || out.len() != head_end + 4 {
+        return None;
+    }
+    let code = if status.starts_with("400") {
+        "bad_request"
+    } else {
+        "too_large"
+    };
+    let body = serde_json::json!({ "error": {
+        "message": message, "type": "invalid_request_error", "param": null, "code": code,
+    } })
+    .to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl Prefixed {
+    /// Writes out a pending replacement; `Ready(Ok)` once nothing is pending.
+    fn flush_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -105,7 +165,13 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        ready!(this.flush_pending(cx))?;
+        if let Some(replacement) = automatic_error(buf) {
+            this.pending = replacement;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -113,7 +179,15 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        ready!(this.flush_pending(cx))?;
+        if let [only] = bufs {
+            if let Some(replacement) = automatic_error(only) {
+                this.pending = replacement;
+                return Poll::Ready(Ok(only.len()));
+            }
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -121,10 +195,14 @@ impl AsyncWrite for Prefixed {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.flush_pending(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.flush_pending(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }

@@ -577,3 +577,30 @@ fn a_bad_credential_is_refused_before_the_body_is_read() {
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
     assert!(resp.contains("\"code\":\"unauthorized\""), "{resp}");
 }
+
+#[test]
+fn unparsable_requests_get_openai_error_json_too() {
+    let s = serve("1", "4");
+    let send = |raw: &[u8]| {
+        let mut tcp = TcpStream::connect(&s.http).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let _ = tcp.write_all(raw);
+        let mut resp = String::new();
+        let _ = tcp.read_to_string(&mut resp);
+        resp
+    };
+    // A request line hyper cannot parse: its own 400, now with a body.
+    let resp = send(b"GARBAGE\x01 / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let body: serde_json::Value =
+        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{resp}");
+    // Header fields larger than the read buffer: 431, with a body.
+    let mut big = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 100_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    let resp = send(&big);
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert!(resp.contains("\"code\":\"too_large\""), "{resp}");
+}
