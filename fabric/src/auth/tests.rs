@@ -208,3 +208,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn concurrent_admissions_never_exceed_one_burst() {
+    // 8 threads race 200 admissions each at one instant against a burst of 2 (alpha:
+    // requests_per_s = 5, burst = 2, max_concurrent = 3): exactly the burst is admitted.
+    let (cfg, keys) = config("");
+    let auth = Auth::new(&cfg);
+    let mut h = headers(Some(&keys[0].0), None);
+    h.max_tokens = Some(1);
+    let admitted = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..200 {
+                    if auth.admit(&h, NOW, 5_000_000_000).is_ok() {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.into_inner(), 2);
+}
