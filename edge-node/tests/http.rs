@@ -206,6 +206,15 @@ fn client_disconnect_cancels_upstream() {
 /// Streams one chat completion over HTTP/3 to the edge's UDP port; (status, region, SSE
 /// text). `during` runs once the response headers arrived.
 async fn h3_stream(s: &common::Serve, during: impl FnOnce()) -> (u16, String, String) {
+    h3_stream_as(s, common::demo_key(), during).await
+}
+
+/// [`h3_stream`] authenticated with `key`.
+async fn h3_stream_as(
+    s: &common::Serve,
+    key: &str,
+    during: impl FnOnce(),
+) -> (u16, String, String) {
     use bytes::{Buf, Bytes};
     let trust = meridian_protocol::client::Trust::pin_file(&s.cert).unwrap();
     let crypto = meridian_protocol::client::tls::client_crypto(&trust, &[b"h3"]).unwrap();
@@ -224,7 +233,7 @@ async fn h3_stream(s: &common::Serve, during: impl FnOnce()) -> (u16, String, St
     let req = hyper::Request::post("https://localhost/v1/chat/completions")
         .header("content-type", "application/json")
         .header("x-meridian-area", "jp")
-        .header("authorization", format!("Bearer {}", common::demo_key()))
+        .header("authorization", format!("Bearer {key}"))
         .body(())
         .unwrap();
     let mut stream = send.send_request(req).await.unwrap();
@@ -237,10 +246,8 @@ async fn h3_stream(s: &common::Serve, during: impl FnOnce()) -> (u16, String, St
     stream.finish().await.unwrap();
     let resp = stream.recv_response().await.unwrap();
     during();
-    let region = resp.headers()["x-meridian-region"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let region = (resp.headers().get("x-meridian-region"))
+        .map_or_else(String::new, |v| v.to_str().unwrap().to_owned());
     let mut text = String::new();
     while let Some(mut chunk) = stream.recv_data().await.unwrap() {
         let bytes = chunk.copy_to_bytes(chunk.remaining());
@@ -603,4 +610,53 @@ fn unparsable_requests_get_openai_error_json_too() {
     let resp = send(&big);
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
     assert!(resp.contains("\"code\":\"too_large\""), "{resp}");
+}
+
+#[test]
+fn wrong_credentials_are_refused_on_http2_and_http3() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let s = serve("1", "4");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, region, body) = rt.block_on(h3_stream_as(&s, "mk_demo-acme_wrong", || {}));
+    assert_eq!((status, region.as_str()), (401, ""), "{body}");
+    assert!(body.contains("\"code\":\"unauthorized\""), "{body}");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&s.http).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::post(format!("http://{}/v1/chat/completions", s.http))
+            .header("authorization", "Bearer mk_demo-acme_wrong")
+            .body(Full::new(bytes::Bytes::from_static(
+                br#"{"model":"llama-3-8b","messages":[]}"#,
+            )))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 401);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "unauthorized");
+    });
+}
+
+#[test]
+fn a_tenant_over_its_rate_gets_429_with_retry_after() {
+    let s = common::edge_with(
+        "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\
+         [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
+         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n\
+         [tenants]\nacme = { requests_per_s = 0.5, burst = 1 }\nbund = {}\n{auth}",
+    );
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1}"#;
+    // The first is admitted (then finds no worker: 503); the second is over the rate.
+    let (first, _, _) = exchange(&s.http, "POST", "/v1/chat/completions", &[JSON], body);
+    assert_eq!(first, 503);
+    let (status, head, resp) = exchange(&s.http, "POST", "/v1/chat/completions", &[JSON], body);
+    assert_eq!(status, 429, "{resp}");
+    assert!(head.contains("retry-after: 2"), "{head}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited");
 }

@@ -5,10 +5,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
-use meridian_fabric::config::{parse_config, Backend, ServerTls, SyntheticBackend, WorkerConfig};
+use meridian_fabric::config::{parse_config, ServerTls};
 use meridian_fabric::edge;
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
@@ -59,24 +58,7 @@ async fn unavailable_from_a_draining_worker_is_retried_elsewhere() {
     id.write(&dir).unwrap();
     let cert = id.cert_path.clone().unwrap();
     let draining = always_draining(&id).await;
-    let wc = WorkerConfig {
-        name: "w".into(),
-        region: "r".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        models: vec!["m".into()],
-        max_concurrent: 64,
-        max_prompt_bytes: 1 << 20,
-        load_report: Duration::from_millis(100),
-        ack_eliciting_threshold: None,
-        tls: ServerTls::Dev { dir: dir.clone() },
-        client_ca: None,
-        backend: Backend::Synthetic(SyntheticBackend {
-            ttft: Duration::from_millis(1),
-            itl: Duration::from_millis(1),
-            max_tokens: 2,
-        }),
-        telemetry: None,
-    };
+    let wc = worker_config(ServerTls::Dev { dir: dir.clone() }, (1, 1, 2));
     let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
     let toml = format!(
         "[edge]\nlisten = \"127.0.0.1:0\"\n[auth]\nrequired = false\n[[region]]\nname = \"r\"\n\

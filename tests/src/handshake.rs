@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_fabric::config::{parse_config, Backend, ServerTls, SyntheticBackend, WorkerConfig};
+use meridian_fabric::config::{parse_config, ServerTls};
 use meridian_fabric::edge;
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
@@ -51,20 +51,7 @@ async fn a_flood_of_unanswered_initials_does_not_lock_out_real_clients() {
     let mut id = Identity::self_signed().unwrap();
     id.write(&dir).unwrap();
     let cert = id.cert_path.clone().unwrap();
-    let wc = WorkerConfig {
-        name: "w".into(),
-        region: "r".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        models: vec!["m".into()],
-        max_concurrent: 4,
-        max_prompt_bytes: 1 << 20,
-        load_report: Duration::from_millis(100),
-        ack_eliciting_threshold: None,
-        tls: ServerTls::Dev { dir: dir.clone() },
-        client_ca: None,
-        backend: Backend::Synthetic(SyntheticBackend::default()),
-        telemetry: None,
-    };
+    let wc = worker_config(ServerTls::Dev { dir: dir.clone() }, (20, 10, 32));
     let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
     let toml = format!(
         "[edge]\nlisten = \"127.0.0.1:0\"\nmax_connections = 100\nhandshake_timeout_ms = 20000\n\

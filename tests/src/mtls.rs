@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use meridian_fabric::config::{parse_config, Backend, ServerTls, SyntheticBackend, WorkerConfig};
+use meridian_fabric::config::{parse_config, ServerTls};
 use meridian_fabric::edge;
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
@@ -84,20 +83,8 @@ async fn worker_requiring_client_certs_serves_the_edge_and_refuses_everyone_else
         cert: worker_cert,
         key: worker_key,
     };
-    let wc = WorkerConfig {
-        name: "w".into(),
-        region: "r".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        models: vec!["m".into()],
-        max_concurrent: 4,
-        max_prompt_bytes: 1 << 20,
-        load_report: Duration::from_millis(100),
-        ack_eliciting_threshold: None,
-        tls: tls.clone(),
-        client_ca: Some(dir.join("ca.pem")),
-        backend: Backend::Synthetic(SyntheticBackend::default()),
-        telemetry: None,
-    };
+    let mut wc = worker_config(tls.clone(), (20, 10, 32));
+    wc.client_ca = Some(dir.join("ca.pem"));
     let w = worker::spawn(wc, &Identity::load(&tls).unwrap(), Shutdown::new()).unwrap();
 
     // Refused: no client certificate, and one from another CA. Neither is served.

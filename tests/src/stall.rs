@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_fabric::config::{parse_config, Backend, ServerTls, SyntheticBackend, WorkerConfig};
+use meridian_fabric::config::{parse_config, ServerTls};
 use meridian_fabric::edge::{self, EdgeHandle};
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
@@ -26,24 +26,11 @@ async fn setup(
     let mut id = Identity::self_signed().unwrap();
     id.write(&dir).unwrap();
     let cert = id.cert_path.clone().unwrap();
-    let wc = WorkerConfig {
-        name: "w".into(),
-        region: "r".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        models: vec!["m".into()],
-        max_concurrent: 4,
-        max_prompt_bytes: 1 << 20,
-        load_report: Duration::from_millis(100),
-        ack_eliciting_threshold: None,
-        tls: ServerTls::Dev { dir: dir.clone() },
-        client_ca: None,
-        backend: Backend::Synthetic(SyntheticBackend {
-            ttft: Duration::from_millis(ttft_ms),
-            itl: Duration::from_millis(itl_ms),
-            max_tokens: tokens,
-        }),
-        telemetry: None,
-    };
+    let mut wc = worker_config(
+        ServerTls::Dev { dir: dir.clone() },
+        (ttft_ms, itl_ms, tokens),
+    );
+    wc.max_concurrent = 4;
     let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
     let toml = format!(
         "[edge]\nlisten = \"127.0.0.1:0\"\nupstream_stall_timeout_ms = 200\n[upstream]\nmax_attempts = 1\n\

@@ -85,6 +85,33 @@ pub async fn client(demo: &Demo) -> Client {
     .expect("client connects")
 }
 
+/// A worker `w` in region `r` serving model `m` with a synthetic backend (`ttft`, `itl` in
+/// ms, `tokens` per answer) and certificate `tls`, on a free loopback port.
+pub fn worker_config(
+    tls: meridian_fabric::config::ServerTls,
+    (ttft, itl, tokens): (u64, u64, u64),
+) -> meridian_fabric::config::WorkerConfig {
+    use meridian_fabric::config::{Backend, SyntheticBackend, WorkerConfig};
+    WorkerConfig {
+        name: "w".into(),
+        region: "r".into(),
+        listen: "127.0.0.1:0".parse().expect("valid"),
+        models: vec!["m".into()],
+        max_concurrent: 64,
+        max_prompt_bytes: 1 << 20,
+        load_report: Duration::from_millis(100),
+        ack_eliciting_threshold: None,
+        tls,
+        client_ca: None,
+        backend: Backend::Synthetic(SyntheticBackend {
+            ttft: Duration::from_millis(ttft),
+            itl: Duration::from_millis(itl),
+            max_tokens: tokens,
+        }),
+        telemetry: None,
+    }
+}
+
 /// The demo credential of `tenant`.
 pub fn credential(tenant: &str) -> Option<meridian_protocol::Credential> {
     meridian_fabric::demo::demo_key(tenant).map(|k| meridian_protocol::Credential(k.into()))

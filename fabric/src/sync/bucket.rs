@@ -140,17 +140,7 @@ mod loom_tests {
     fn loom_bucket_never_admits_more_than_the_burst() {
         model(|| {
             let b = Arc::new(Bucket::new(1_000, 2));
-            let handles: Vec<_> = (0..3)
-                .map(|_| {
-                    let b = b.clone();
-                    loom::thread::spawn(move || b.try_take(10_000, 1).is_ok())
-                })
-                .collect();
-            let admitted = handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|a| *a)
-                .count();
+            let admitted = crate::sync::count_true(&b, 3, |b| b.try_take(10_000, 1).is_ok());
             assert_eq!(admitted, 2, "exactly the burst is admitted at one instant");
         });
     }

@@ -112,22 +112,12 @@ mod loom_tests {
     fn loom_budget_never_overcommits_and_returns_to_zero() {
         model(|| {
             let b = ByteBudget::new(10);
-            let handles: Vec<_> = (0..2)
-                .map(|_| {
-                    let b = b.clone();
-                    loom::thread::spawn(move || {
-                        let mut r = ByteBudget::reservation(&b);
-                        let ok = r.grow(6);
-                        assert!(b.used() <= 10, "budget overcommitted");
-                        ok
-                    })
-                })
-                .collect();
-            let admitted = handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|a| *a)
-                .count();
+            let admitted = crate::sync::count_true(&b, 2, |b| {
+                let mut r = ByteBudget::reservation(b);
+                let ok = r.grow(6);
+                assert!(b.used() <= 10, "budget overcommitted");
+                ok
+            });
             assert!(admitted >= 1, "an admissible reservation was refused");
             assert_eq!(b.used(), 0);
         });

@@ -25,6 +25,26 @@ pub use budget::{ByteBudget, Reservation};
 pub use load::{InFlight, LoadGuard};
 pub use rcu::RcuCell;
 
+/// Runs `f` on `n` loom threads sharing `state`; how many of them returned true.
+#[cfg(all(test, loom))]
+pub(crate) fn count_true<T: Send + Sync + 'static>(
+    state: &Arc<T>,
+    n: usize,
+    f: fn(&Arc<T>) -> bool,
+) -> usize {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let s = state.clone();
+            loom::thread::spawn(move || f(&s))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("no panic"))
+        .filter(|ok| *ok)
+        .count()
+}
+
 /// Runs a loom model with a preemption bound of 3: exhaustive for the small models here
 /// within seconds (the loom docs' recommended setting; bugs need few preemptions).
 #[cfg(all(test, loom))]
