@@ -58,7 +58,9 @@ impl Fleet {
     }
 
     pub(crate) fn generated(&self, tokens: u64) {
-        self.pending_tokens.fetch_add(tokens, Relaxed);
+        let _ = self
+            .pending_tokens
+            .fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_add(tokens)));
     }
 }
 
@@ -80,8 +82,9 @@ impl Auth {
         let mut plan = Vec::new();
         for t in &self.tenants {
             let Some(f) = &t.fleet else { continue };
-            let reqs = f.pending_requests.swap(0, Relaxed);
-            let toks = f.pending_tokens.swap(0, Relaxed);
+            // Redis counters are i64.
+            let reqs = f.pending_requests.swap(0, Relaxed).min(i64::MAX as u64 / 2);
+            let toks = f.pending_tokens.swap(0, Relaxed).min(i64::MAX as u64 / 2);
             if f.requests.is_some() {
                 let key = format!("{prefix}:{}:r:{sec}", t.name());
                 commands.push(cmd([

@@ -164,7 +164,9 @@ pub(crate) async fn dispatch(
     }
     let cap = admission.token_cap();
     let tokens = route_and_relay(intake, (tenant, cap), arrived, sink, edge, &mut span).await;
-    admission.settle(tokens);
+    // The worker was told `max_tokens = cap`: a count above it (a misreporting backend) is
+    // not charged beyond the cap.
+    admission.settle(tokens.min(cap.unwrap_or(u64::MAX)));
 }
 
 /// Routes and relays; returns the tokens relayed to the client.
@@ -407,6 +409,7 @@ async fn forward(
                         && tracker.forwarded() == chunk.bytes.len()
                         && tracker.complete()
                         && tracker.error_code() == Some(ErrorCode::UNAVAILABLE)
+                        && tracker.error_retryable()
                     {
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
                         return Attempt::FailedClean("the worker is draining (UNAVAILABLE)".into());

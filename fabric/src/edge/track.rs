@@ -113,6 +113,18 @@ impl ResponseTracker {
         Some(meridian_protocol::ErrorCode(code))
     }
 
+    /// Whether the worker's ERROR has its retryable flag set (PROTOCOL.md §4.6).
+    pub fn error_retryable(&self) -> bool {
+        if !self.ended_with_error() {
+            return false;
+        }
+        let tail = &self.tail[..self.tail_len];
+        let Some((_, n)) = meridian_protocol::varint::peek(tail) else {
+            return false;
+        };
+        meridian_protocol::varint::peek(&tail[n..]).is_some_and(|(flags, _)| flags & 1 == 1)
+    }
+
     /// END's completion token count (PROTOCOL.md §4.5), once seen: the real number of tokens
     /// generated, which TOKENS frames (one or more tokens each) only bound from below.
     pub fn completion_tokens(&self) -> Option<u64> {
@@ -179,6 +191,12 @@ mod tests {
         let mut t = ResponseTracker::new();
         t.on_chunk(&err).unwrap();
         assert_eq!(t.error_code(), Some(ErrorCode::UNAVAILABLE));
+        assert!(t.error_retryable());
+        let mut final_err = ErrorFrame::new(ErrorCode::UNAVAILABLE, "no");
+        final_err.retryable = false;
+        let mut t = ResponseTracker::new();
+        t.on_chunk(&Frame::Error(final_err).to_bytes()).unwrap();
+        assert!(!t.error_retryable());
         assert_eq!(t.completion_tokens(), None);
     }
 

@@ -57,9 +57,10 @@ impl Bucket {
     }
 
     /// Takes `n` more units unconditionally (a request that used more than it reserved):
-    /// the bucket goes into debt and later takes wait for it.
+    /// the bucket goes into debt and later takes wait for it. At most one burst per charge,
+    /// so one bogus count cannot lock the bucket for centuries.
     pub fn charge(&self, n: u64) {
-        let cost = n.saturating_mul(self.interval_ns);
+        let cost = n.min(self.burst).saturating_mul(self.interval_ns);
         let _ = self
             .tat
             .fetch_update(AcqRel, Acquire, |tat| Some(tat.saturating_add(cost)));
@@ -115,6 +116,17 @@ mod tests {
         let t1 = t0 + 10_000 * MS;
         b.try_take(t1, 5_000).unwrap();
         assert!(b.try_take(t1, 1).is_err());
+    }
+
+    #[test]
+    fn a_charge_costs_at_most_one_burst_of_debt() {
+        let b = Bucket::new(MS, 10);
+        let t0 = 1_000 * MS;
+        b.try_take(t0, 10).unwrap();
+        b.charge(u64::MAX); // a bogus usage report
+        assert!(b.try_take(t0 + 5 * MS, 1).is_err(), "in debt");
+        b.try_take(t0 + 21 * MS, 1)
+            .expect("debt of one burst is paid off");
     }
 
     #[test]

@@ -103,6 +103,14 @@ impl OpenAiClient {
         body["model"] = model.into();
         body["stream"] = true.into();
         body["stream_options"] = json!({ "include_usage": true });
+        // One choice: the worker relays `choices[0]` only, so more would be generated (and
+        // spent against the tenant's tokens) for nothing.
+        if let Some(obj) = body.as_object_mut() {
+            obj.remove("best_of");
+            if obj.contains_key("n") {
+                obj.insert("n".into(), 1.into());
+            }
+        }
         // HEADERS `max_tokens` is the ceiling (the edge reserved the tenant's tokens for it):
         // a body's own limits may lower it, never raise it.
         if let Some(m) = h.max_tokens {
@@ -347,6 +355,8 @@ mod tests {
         assert_eq!(v["max_tokens"].as_u64(), Some(64));
         let v = body(r#"{"messages":[],"max_completion_tokens":"lots"}"#);
         assert_eq!(v["max_completion_tokens"].as_u64(), Some(64));
+        let v = body(r#"{"messages":[],"n":64,"best_of":64}"#);
+        assert_eq!((v["n"].as_u64(), v.get("best_of")), (Some(1), None));
     }
 
     #[test]
