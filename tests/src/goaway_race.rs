@@ -4,11 +4,9 @@
 //! request that way, so the race is not left to timing.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::BytesMut;
-use meridian_fabric::config::{parse_config, ServerTls};
-use meridian_fabric::edge;
+use meridian_fabric::config::ServerTls;
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
 use meridian_fabric::worker;
@@ -67,13 +65,7 @@ async fn unavailable_from_a_draining_worker_is_retried_elsewhere() {
         w.addr,
         c = cert.display()
     );
-    let config = Arc::new(parse_config(&toml, Path::new("race.toml")).unwrap());
-    let e = edge::spawn(config, &id, Shutdown::new()).unwrap();
-    within(
-        "both workers up",
-        e.router.wait_until(|r| r.healthy_workers() == 2),
-    )
-    .await;
+    let e = edge_from(&toml, Path::new("race.toml"), &id, 2).await;
     let client = Client::connect(e.addr, ClientConfig::new(Trust::pin_file(&cert).unwrap()))
         .await
         .unwrap();

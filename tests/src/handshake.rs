@@ -4,15 +4,13 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_fabric::config::{parse_config, ServerTls};
-use meridian_fabric::edge;
+use meridian_fabric::config::ServerTls;
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
 use meridian_fabric::worker;
-use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+use meridian_protocol::client::{Client, ClientConfig, Trust};
 use tokio::net::UdpSocket;
 
 use crate::support::*;
@@ -60,13 +58,7 @@ async fn a_flood_of_unanswered_initials_does_not_lock_out_real_clients() {
         w.addr,
         cert.display()
     );
-    let config = Arc::new(parse_config(&toml, Path::new("hs.toml")).unwrap());
-    let e = edge::spawn(config, &id, Shutdown::new()).unwrap();
-    within(
-        "worker up",
-        e.router.wait_until(|r| r.healthy_workers() == 1),
-    )
-    .await;
+    let e = edge_from(&toml, Path::new("hs.toml"), &id, 1).await;
 
     // 150 half-open handshakes (more than max_connections), from a source that never
     // answers — as a spoofed flood would look.
@@ -94,16 +86,7 @@ async fn a_flood_of_unanswered_initials_does_not_lock_out_real_clients() {
     )
     .await
     .expect("not locked out");
-    let (_, text, _) = within(
-        "served",
-        client
-            .generate(Request::new("m", "hi"))
-            .await
-            .unwrap()
-            .collect(),
-    )
-    .await
-    .unwrap();
+    let (text, _) = served(&client, "m").await;
     assert!(!text.is_empty());
     client.close().await;
     e.stop().await;

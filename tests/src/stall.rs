@@ -2,11 +2,10 @@
 //! forever, and a long generation that keeps streaming is never cut.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_fabric::config::{parse_config, ServerTls};
-use meridian_fabric::edge::{self, EdgeHandle};
+use meridian_fabric::config::ServerTls;
+use meridian_fabric::edge::EdgeHandle;
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
 use meridian_fabric::worker::{self, WorkerHandle};
@@ -39,13 +38,7 @@ async fn setup(
         w.addr,
         cert.display()
     );
-    let config = Arc::new(parse_config(&toml, Path::new("stall.toml")).unwrap());
-    let e = edge::spawn(config, &id, Shutdown::new()).unwrap();
-    within(
-        "worker up",
-        e.router.wait_until(|r| r.healthy_workers() == 1),
-    )
-    .await;
+    let e = edge_from(&toml, Path::new("stall.toml"), &id, 1).await;
     let trust = Trust::pin_file(&cert).unwrap();
     let client = within("connect", Client::connect(e.addr, ClientConfig::new(trust)))
         .await

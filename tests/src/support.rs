@@ -112,6 +112,39 @@ pub fn worker_config(
     }
 }
 
+/// An edge from `toml` (read as file `path`, for relative paths) with certificate `id`, once
+/// `healthy` of its workers are connected.
+pub async fn edge_from(
+    toml: &str,
+    path: &std::path::Path,
+    id: &meridian_fabric::tls::Identity,
+    healthy: usize,
+) -> meridian_fabric::edge::EdgeHandle {
+    let config = meridian_fabric::config::parse_config(toml, path).expect("valid test config");
+    let e = meridian_fabric::edge::spawn(
+        std::sync::Arc::new(config),
+        id,
+        meridian_fabric::shutdown::Shutdown::new(),
+    )
+    .expect("edge starts");
+    within(
+        "workers up",
+        e.router.wait_until(|r| r.healthy_workers() == healthy),
+    )
+    .await;
+    e
+}
+
+/// One request for `model` through `client`, collected: (text, END).
+pub async fn served(client: &Client, model: &str) -> (String, meridian_protocol::End) {
+    let g = client
+        .generate(Request::new(model, "hi"))
+        .await
+        .expect("request sent");
+    let (_, text, end) = within("served", g.collect()).await.expect("served");
+    (text, end)
+}
+
 /// The demo credential of `tenant`.
 pub fn credential(tenant: &str) -> Option<meridian_protocol::Credential> {
     meridian_fabric::demo::demo_key(tenant).map(|k| meridian_protocol::Credential(k.into()))
