@@ -660,3 +660,38 @@ fn a_tenant_over_its_rate_gets_429_with_retry_after() {
     let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
     assert_eq!(v["error"]["code"], "rate_limited");
 }
+
+#[test]
+fn admin_connections_beyond_the_cap_wait_their_turn() {
+    let s = serve("1", "4");
+    // Idle connections take every admin slot (they would close after the 10 s head timeout).
+    let mut idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(&s.admin).unwrap())
+        .collect();
+    let mut next = TcpStream::connect(&s.admin).unwrap();
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    next.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let waiting = next
+        .read(&mut buf)
+        .expect_err("served beyond the admin cap");
+    assert!(
+        matches!(
+            waiting.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{waiting}"
+    );
+    // One idle connection leaves: the waiting request is answered.
+    drop(idle.pop());
+    next.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let n = next.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}

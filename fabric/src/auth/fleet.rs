@@ -85,28 +85,25 @@ impl Auth {
             // Redis counters are i64.
             let reqs = f.pending_requests.swap(0, Relaxed).min(i64::MAX as u64 / 2);
             let toks = f.pending_tokens.swap(0, Relaxed).min(i64::MAX as u64 / 2);
-            if f.requests.is_some() {
-                let key = format!("{prefix}:{}:r:{sec}", t.name());
-                commands.push(cmd([
-                    b"INCRBY",
-                    key.as_bytes(),
-                    reqs.to_string().as_bytes(),
-                ]));
-                commands.push(cmd([b"PEXPIRE", key.as_bytes(), b"5000"]));
-            }
-            if f.tokens.is_some() {
-                let key = format!("{prefix}:{}:t:{min}", t.name());
-                commands.push(cmd([
-                    b"INCRBY",
-                    key.as_bytes(),
-                    toks.to_string().as_bytes(),
-                ]));
-                commands.push(cmd([b"PEXPIRE", key.as_bytes(), b"180000"]));
+            // Per limit: add this edge's count to the window's counter (reading the fleet
+            // total back), and let the counter expire after its window.
+            let windows = [
+                (f.requests.is_some(), "r", sec, reqs, &b"5000"[..]),
+                (f.tokens.is_some(), "t", min, toks, &b"180000"[..]),
+            ];
+            for (_, kind, window, count, ttl_ms) in windows.into_iter().filter(|w| w.0) {
+                let key = format!("{prefix}:{}:{kind}:{window}", t.name());
+                let count = count.to_string();
+                commands.push(cmd([b"INCRBY", key.as_bytes(), count.as_bytes()]));
+                commands.push(cmd([b"PEXPIRE", key.as_bytes(), ttl_ms]));
             }
             plan.push(f);
         }
         let Some(redis) = redis else {
-            return Err(RedisError::Protocol("not connected"));
+            return Err(RedisError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no connection to redis",
+            )));
         };
         if commands.is_empty() {
             return Ok(());
