@@ -5,6 +5,7 @@
 //! * `mock-openai` — an OpenAI-compatible synthetic backend.
 //! * `impair` — a user-space UDP WAN impairment proxy.
 //! * `suite` — direct vs. via-edge at several concurrency levels, on its own topology.
+//! * `wan` — the edge → worker hop on an emulated long-haul link, clean vs. impaired.
 
 mod dist;
 mod http;
@@ -17,6 +18,7 @@ mod procs;
 mod report;
 mod suite;
 mod target;
+mod wan;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +45,9 @@ enum Command {
     Impair(impair::ImpairArgs),
     /// Start a loopback topology and compare direct vs. via-edge at several concurrencies.
     Suite(suite::SuiteArgs),
+    /// Start workers behind impairment proxies and an edge, and measure the long-haul hop
+    /// clean and impaired.
+    Wan(wan::WanArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +92,16 @@ fn main() -> anyhow::Result<()> {
                 let out = a.json.clone();
                 let report = suite::run(a).await?;
                 suite::print(&report);
+                if let Some(p) = out {
+                    std::fs::write(&p, serde_json::to_string_pretty(&report)?)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                Ok(())
+            }
+            Command::Wan(a) => {
+                let out = a.json.clone();
+                let report = wan::run(a).await?;
+                wan::print(&report);
                 if let Some(p) = out {
                     std::fs::write(&p, serde_json::to_string_pretty(&report)?)
                         .with_context(|| format!("writing {}", p.display()))?;

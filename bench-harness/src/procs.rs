@@ -6,29 +6,53 @@ use std::process::Stdio;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-/// A running `meridian` process.
+/// A running `meridian` (or `meridian-bench impair`) process.
 pub struct Proc {
     /// The child.
     pub child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    stdin: Option<ChildStdin>,
 }
 
 impl Proc {
     /// Starts `meridian ARGS` with stdout piped.
     pub fn start(bin: &Path, args: &[&str]) -> anyhow::Result<Proc> {
+        Self::spawn(bin, args, false)
+    }
+
+    /// Starts `BIN ARGS` with stdout and stdin piped (commands go in with [`Proc::command`]).
+    pub fn start_controlled(bin: &Path, args: &[&str]) -> anyhow::Result<Proc> {
+        Self::spawn(bin, args, true)
+    }
+
+    fn spawn(bin: &Path, args: &[&str], stdin: bool) -> anyhow::Result<Proc> {
         let mut child = Command::new(bin)
             .args(args)
             .env("MERIDIAN_LOG", "warn")
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let lines = BufReader::new(child.stdout.take().context("stdout piped")?).lines();
-        Ok(Proc { child, lines })
+        let stdin = child.stdin.take();
+        Ok(Proc {
+            child,
+            lines,
+            stdin,
+        })
+    }
+
+    /// Writes `line` to the process's stdin and returns its JSON answer line.
+    pub async fn command(&mut self, line: &str) -> anyhow::Result<Value> {
+        let stdin = self.stdin.as_mut().context("stdin not piped")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        self.json_line().await
     }
 
     /// The next stdout line, as JSON.

@@ -149,17 +149,9 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
         addrs.push(addr.parse()?);
         workers.push(p);
     }
-    // Requests through the edge authenticate like a client's: an API key from
-    // `meridian keygen`, so the measured cost includes admission.
-    let keygen = std::process::Command::new(&bin)
-        .args(["keygen", "--id", "bench", "--tenant", "bench"])
-        .output()
-        .context("running meridian keygen")?;
-    let keygen = String::from_utf8(keygen.stdout).context("keygen output")?;
-    let api_key = keygen
-        .lines()
-        .find_map(|l| l.strip_prefix("# mk_").map(|k| format!("mk_{k}")))
-        .context("keygen printed no key")?;
+    // Requests through the edge authenticate like a client's, so the measured cost includes
+    // admission.
+    let (api_key, keygen) = api_key(&bin, "bench")?;
     let edge_cfg = dir.join("edge.toml");
     std::fs::write(
         &edge_cfg,
@@ -274,6 +266,21 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
         max_tokens: a.max_tokens,
         quick: a.quick,
     })
+}
+
+/// A new API key for `tenant` from `meridian keygen`: the key, and the `[[auth.api_keys]]`
+/// lines to put under `[auth]`.
+pub fn api_key(bin: &std::path::Path, tenant: &str) -> anyhow::Result<(String, String)> {
+    let keygen = std::process::Command::new(bin)
+        .args(["keygen", "--id", tenant, "--tenant", tenant])
+        .output()
+        .context("running meridian keygen")?;
+    let keygen = String::from_utf8(keygen.stdout).context("keygen output")?;
+    let key = keygen
+        .lines()
+        .find_map(|l| l.strip_prefix("# mk_").map(|k| format!("mk_{k}")))
+        .context("keygen printed no key")?;
+    Ok((key, keygen))
 }
 
 async fn close(t: Arc<Target>) {
