@@ -2,9 +2,12 @@
 //! for every permitted stream, so stream limits follow configured concurrency, and receive
 //! windows are bounded so a slow reader cannot make a peer buffer without limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{TransportConfig, VarInt};
+use quinn::{congestion, TransportConfig, VarInt};
+
+use crate::config::{Congestion, LinkTuning};
 
 /// Keep-alive on long-lived connections (edge ↔ worker, client ↔ edge).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -16,10 +19,22 @@ pub const INITIAL_RTT: Duration = Duration::from_millis(333);
 /// few round trips.
 pub const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
 
+/// Stream credit for `max` concurrent streams: quinn returns credit (MAX_STREAMS) only
+/// once 1/8 of the limit has been freed, so a peer using exactly `max` streams would wait for
+/// an eighth of them to finish before it may open the next one — about one whole response.
+/// An eighth more credit than advertised lets a client at the advertised limit open its next
+/// stream as soon as one ends.
+pub fn stream_credit(max: u32) -> u32 {
+    match max {
+        0 => 0,
+        m => m.saturating_add(m / 8 + 1),
+    }
+}
+
 /// Transport for an endpoint whose peers may open `max_bidi` request streams at once.
 pub fn transport(max_bidi: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(max_bidi))
+    t.max_concurrent_bidi_streams(VarInt::from_u32(stream_credit(max_bidi)))
         .max_concurrent_uni_streams(VarInt::from_u32(4))
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(
@@ -36,8 +51,15 @@ pub fn transport(max_bidi: u32) -> TransportConfig {
 /// Transport for an edge's upstream (client-side) connection to one worker: every request
 /// the edge sends that worker is a stream on it; the worker opens only its control stream.
 /// `idle_timeout` is the failure detector for a worker that vanishes without closing (the
-/// smaller of both sides' values applies); keep-alives go out at a quarter of it.
-pub fn upstream_transport(idle_timeout: Duration) -> TransportConfig {
+/// smaller of both sides' values applies); keep-alives go out at a quarter of it, so a
+/// lossy link loses all four in a row only when it is effectively down. `initial_rtt` is
+/// what the connection assumes before its first sample (the last RTT measured to this
+/// worker on a reconnect).
+pub fn upstream_transport(
+    idle_timeout: Duration,
+    initial_rtt: Duration,
+    tuning: &LinkTuning,
+) -> TransportConfig {
     let mut t = transport(0);
     t.max_concurrent_uni_streams(VarInt::from_u32(2))
         .keep_alive_interval(Some(idle_timeout / 4))
@@ -45,8 +67,40 @@ pub fn upstream_transport(idle_timeout: Duration) -> TransportConfig {
             idle_timeout
                 .try_into()
                 .expect("validated idle timeouts fit"),
-        ));
+        ))
+        .initial_rtt(initial_rtt);
+    link(&mut t, tuning);
     t
+}
+
+/// Applies a hop's loss detection and congestion control (`[upstream]` / `[worker]`).
+pub fn link(t: &mut TransportConfig, l: &LinkTuning) {
+    let factory: Arc<dyn congestion::ControllerFactory + Send + Sync> = match l.congestion {
+        Congestion::Cubic => {
+            let mut c = congestion::CubicConfig::default();
+            if let Some(w) = l.initial_window {
+                c.initial_window(w);
+            }
+            Arc::new(c)
+        }
+        Congestion::NewReno => {
+            let mut c = congestion::NewRenoConfig::default();
+            if let Some(w) = l.initial_window {
+                c.initial_window(w);
+            }
+            Arc::new(c)
+        }
+        Congestion::Bbr => {
+            let mut c = congestion::BbrConfig::default();
+            if let Some(w) = l.initial_window {
+                c.initial_window(w);
+            }
+            Arc::new(c)
+        }
+    };
+    t.congestion_controller_factory(factory)
+        .packet_threshold(l.packet_threshold)
+        .time_threshold(l.time_threshold as f32);
 }
 
 /// Requests the peer to acknowledge only every `threshold` ack-eliciting packets (QUIC ACK
@@ -68,4 +122,17 @@ pub fn client_facing(t: &mut TransportConfig, e: &crate::config::EdgeSettings) {
         .keep_alive_interval((!e.keep_alive.is_zero()).then_some(e.keep_alive))
         .initial_rtt(e.initial_rtt);
     ack_frequency(t, e.ack_eliciting_threshold);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_credit_leaves_an_eighth_of_headroom() {
+        assert_eq!(stream_credit(0), 0, "no streams stays no streams");
+        assert_eq!(stream_credit(1), 2);
+        assert_eq!(stream_credit(200), 226);
+        assert_eq!(stream_credit(u32::MAX), u32::MAX);
+    }
 }
