@@ -1,6 +1,8 @@
 //! The edge's admin HTTP listener: `/healthz` (process alive), `/readyz` (ready once at
-//! least one upstream worker is connected), `/routes` (live routing table, worker health and
-//! load as JSON) and `/metrics` (Prometheus text).
+//! least one upstream worker is connected), `/routes` (live routing table, region scores,
+//! worker health and load as JSON), `/routes/explain` (one decision, step by step),
+//! `PUT /regions/NAME` (price and carbon at run time; `routes_api`) and `/metrics`
+//! (Prometheus text).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -55,7 +57,7 @@ pub async fn spawn(addr: SocketAddr, admin: Admin) -> anyhow::Result<SocketAddr>
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(authorized(&req, &admin)) }
+                    async move { Ok::<_, Infallible>(serve(req, &admin).await) }
                 });
                 let _ = h1.serve_connection(TokioIo::new(tcp), svc).await;
                 drop(slot);
@@ -65,7 +67,28 @@ pub async fn spawn(addr: SocketAddr, admin: Admin) -> anyhow::Result<SocketAddr>
     Ok(bound)
 }
 
+/// One admin request: the token first, then a region update (which has a body) or a read.
+async fn serve(req: Request<hyper::body::Incoming>, a: &Admin) -> Response<Full<Bytes>> {
+    let refused = authorized(&req, a);
+    if refused.status() != StatusCode::OK || req.method() == Method::GET {
+        return refused;
+    }
+    match req.uri().path().strip_prefix("/regions/") {
+        Some(name) if req.method() == Method::PUT => {
+            let name = name.to_owned();
+            crate::routes_api::update_region(&a.router, &name, req.into_body()).await
+        }
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET, and PUT /regions/NAME\n".into(),
+        ),
+    }
+}
+
 /// [`handle`] behind the bearer token, when one is configured (compared in constant time).
+/// Anything but a GET that passes the token check answers 200 with an empty body here (the
+/// caller then serves it).
 fn authorized<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
     if let Some(token) = &a.token {
         let given = req
@@ -93,10 +116,13 @@ fn authorized<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
             return r;
         }
     }
+    if req.method() != Method::GET {
+        return text(StatusCode::OK, "text/plain", String::new());
+    }
     handle(req, a)
 }
 
-fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -105,13 +131,6 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
 }
 
 fn handle<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET\n".into(),
-        );
-    }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
@@ -131,8 +150,9 @@ fn handle<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
         "/routes" => text(
             StatusCode::OK,
             "application/json",
-            routes(&a.router).to_string(),
+            crate::routes_api::routes(&a.router).to_string(),
         ),
+        "/routes/explain" => crate::routes_api::explain(&a.router, req.uri().query()),
         "/metrics" => {
             let mut body = a.stats.render(&a.router);
             if let Some(t) = &a.traces {
@@ -146,62 +166,6 @@ fn handle<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
             format!("no admin endpoint {other}\n"),
         ),
     }
-}
-
-/// The live routing table as JSON.
-pub fn routes(router: &Router) -> serde_json::Value {
-    let cfg = router.config();
-    let table = router.table();
-    let regions: Vec<_> = cfg
-        .regions
-        .iter()
-        .enumerate()
-        .map(|(r, region)| {
-            json!({
-                "name": region.name,
-                "provider": region.provider,
-                "jurisdiction": region.jurisdiction,
-                "healthy_workers": table.regions[r].healthy.iter().map(|w| &cfg.workers[*w].name).collect::<Vec<_>>(),
-                "capacity": table.regions[r].capacity,
-                "in_flight": router.region_in_flight(r),
-            })
-        })
-        .collect();
-    let workers: Vec<_> = cfg
-        .workers
-        .iter()
-        .enumerate()
-        .map(|(w, worker)| {
-            let s = router.worker(w);
-            json!({
-                "name": worker.name,
-                "region": cfg.regions[worker.region].name,
-                "address": worker.address.to_string(),
-                "models": worker.models,
-                "healthy": s.is_healthy(),
-                "capacity": s.capacity(),
-                "in_flight": s.local_in_flight(),
-                "load": s.load(),
-            })
-        })
-        .collect();
-    let mut areas: Vec<_> = table
-        .area_order
-        .iter()
-        .map(|(area, order)| {
-            (
-                area.clone(),
-                order
-                    .iter()
-                    .map(|r| cfg.regions[*r].name.clone())
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect();
-    areas.sort();
-    let areas: serde_json::Map<String, serde_json::Value> =
-        areas.into_iter().map(|(k, v)| (k, json!(v))).collect();
-    json!({ "epoch": table.epoch, "regions": regions, "workers": workers, "areas": areas })
 }
 
 #[cfg(test)]

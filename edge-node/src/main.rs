@@ -8,6 +8,7 @@ mod admin;
 mod cmd;
 mod http;
 mod listen;
+mod routes_api;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -113,6 +113,7 @@ pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option
             max_prompt_bytes: 1 << 20,
             load_report: Duration::from_millis(100),
             ack_eliciting_threshold: None,
+            link: Default::default(),
             tls: ServerTls::Dev { dir: dir.clone() },
             client_ca: None,
             backend: Backend::OpenAi(backend),

@@ -101,6 +101,7 @@ pub fn worker_config(
         max_prompt_bytes: 1 << 20,
         load_report: Duration::from_millis(100),
         ack_eliciting_threshold: None,
+        link: Default::default(),
         tls,
         client_ca: None,
         backend: Backend::Synthetic(SyntheticBackend {

@@ -1,4 +1,6 @@
-//! `meridian route`: explain a routing decision offline, from a config file.
+//! `meridian route`: explain a routing decision — offline from a config file (nothing
+//! measured yet: preference and config order, configured prices), or live from a running
+//! edge's admin listener (`--admin`: measured RTT, TTFT, errors, ejections, demotions).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,9 +12,20 @@ use meridian_fabric::route::{RouteRequest, Router};
 
 #[derive(Args, Debug)]
 pub struct RouteArgs {
-    /// Edge/topology config file.
-    #[arg(long, short)]
-    config: PathBuf,
+    /// Edge/topology config file (offline explanation).
+    #[arg(
+        long,
+        short,
+        required_unless_present = "admin",
+        conflicts_with = "admin"
+    )]
+    config: Option<PathBuf>,
+    /// A running edge's admin URL, e.g. http://127.0.0.1:9090: explain on its live state.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Environment variable holding the admin bearer token (`[edge] admin_token_env`).
+    #[arg(long, requires = "admin")]
+    admin_token_env: Option<String>,
     /// Client area (ISO country code like `jp`, or a group like `eu`).
     #[arg(long)]
     area: Option<String>,
@@ -40,7 +53,14 @@ pub struct RouteArgs {
 }
 
 pub fn run(args: &RouteArgs) -> ExitCode {
-    let config = match load_config(&args.config) {
+    if let Some(url) = &args.admin {
+        return live(args, url);
+    }
+    let path = args
+        .config
+        .as_ref()
+        .expect("clap requires --config or --admin");
+    let config = match load_config(path) {
         Ok(c) => Arc::new(c),
         Err(errors) => {
             for e in &errors.0 {
@@ -81,21 +101,35 @@ pub fn run(args: &RouteArgs) -> ExitCode {
         exclude: &[],
     };
     let explanation = router.explain(&req);
+    let request = format!(
+        "request: model={model} area={} tenant={} residency={}",
+        req.area.unwrap_or("-"),
+        req.tenant.unwrap_or("-"),
+        req.residency.unwrap_or("-")
+    );
+    let note = config.routing.ring_key.is_none().then_some(
+        "note: no [routing] ring_key is set, so worker placement uses a random per-process key",
+    );
+    print(args, &request, &explanation, note)
+}
+
+/// Prints the explanation; exit code 1 if routing failed.
+fn print(
+    args: &RouteArgs,
+    request: &str,
+    explanation: &meridian_fabric::route::Explanation,
+    note: Option<&str>,
+) -> ExitCode {
     if args.json {
         println!(
             "{}",
             serde_json::to_string(&explanation).expect("explanations serialise")
         );
     } else {
-        println!(
-            "request: model={model} area={} tenant={} residency={}",
-            req.area.unwrap_or("-"),
-            req.tenant.unwrap_or("-"),
-            req.residency.unwrap_or("-")
-        );
+        println!("{request}");
         println!("{explanation}");
-        if config.routing.ring_key.is_none() {
-            println!("note: no [routing] ring_key is set, so worker placement uses a random per-process key");
+        if let Some(n) = note {
+            println!("{n}");
         }
     }
     if explanation.error.is_some() {
@@ -103,4 +137,100 @@ pub fn run(args: &RouteArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Asks a running edge's admin listener to explain the decision on its live state.
+fn live(args: &RouteArgs, url: &str) -> ExitCode {
+    let mut query = Vec::new();
+    for (k, v) in [
+        ("model", &args.model),
+        ("area", &args.area),
+        ("tenant", &args.tenant),
+        ("residency", &args.residency),
+        ("shard_key", &args.shard_key),
+    ] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", encode(v)));
+        }
+    }
+    let token = match &args.admin_token_env {
+        Some(var) => match std::env::var(var) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                eprintln!("meridian route: {var} is not set");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let path = format!("/routes/explain?{}", query.join("&"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime starts");
+    let body = match rt.block_on(get(url, &path, token.as_deref())) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("meridian route: {url}{path}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let explanation: meridian_fabric::route::Explanation = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("meridian route: {url} did not answer with an explanation: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let request = format!(
+        "request (live, {url}): model={} area={} tenant={} residency={}",
+        args.model.as_deref().unwrap_or("(first model)"),
+        args.area.as_deref().unwrap_or("(edge default)"),
+        args.tenant.as_deref().unwrap_or("-"),
+        args.residency.as_deref().unwrap_or("-")
+    );
+    print(args, &request, &explanation, None)
+}
+
+/// Percent-encodes a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One plain-HTTP GET; the body of a 200.
+async fn get(url: &str, path: &str, token: Option<&str>) -> anyhow::Result<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let authority = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("the admin URL must start with http://"))?
+        .trim_end_matches('/');
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connect timed out"))??;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header(hyper::header::HOST, authority);
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = send
+        .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)
+        .await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        anyhow::bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    Ok(body)
 }

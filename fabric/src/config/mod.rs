@@ -5,6 +5,8 @@
 
 mod auth;
 mod ctx;
+mod health;
+mod link;
 mod raw;
 mod telemetry;
 mod validate;
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use auth::{ApiKey, AuthSettings, SharedLimitSettings, SigningKey, TenantLimits};
+pub use health::{HealthSettings, Objective, Weights};
+pub use link::{Congestion, LinkTuning};
 pub use validate::parse_config;
 pub use worker::parse_worker_config;
 
@@ -60,6 +64,10 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Default idle timeout of an upstream connection: a worker that stops answering (crashed
 /// host, partition) is declared dead after this long. Keep-alives go out at a quarter of it.
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Default QUIC connections from an edge to each worker.
+pub const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 1;
+/// Default RTT assumed before an upstream connection's first sample.
+pub const DEFAULT_UPSTREAM_INITIAL_RTT: Duration = Duration::from_millis(333);
 /// Default most attempts (first try plus retries) per request.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Most regions a topology may have (regions sets are 64-bit masks).
@@ -211,11 +219,20 @@ pub struct EdgeSettings {
     pub initial_rtt: Duration,
 }
 
+/// Default fraction by which a region must score better to move ahead of another.
+pub const DEFAULT_HYSTERESIS: f64 = 0.1;
+
 /// Routing parameters.
 #[derive(Clone, Debug)]
 pub struct RoutingSettings {
     /// Bounded-load factor `c` (> 1).
     pub load_factor: f64,
+    /// What region order optimises after residency and preference.
+    pub objective: Objective,
+    /// Weights of the `balanced` objective.
+    pub weights: Weights,
+    /// A region moves ahead of another only when it scores this fraction better.
+    pub hysteresis: f64,
     /// Virtual nodes per unit of weight.
     pub vnodes_per_weight: u32,
     /// Secret key of the ring hash; all edges of a deployment should share it so a shard key
@@ -240,6 +257,14 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// Client certificate and key presented to workers that require mutual TLS.
     pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// QUIC connections to each worker; requests are spread over them, so one lossy
+    /// connection's congestion window does not hold every stream.
+    pub connections_per_worker: u32,
+    /// RTT assumed before a connection's first sample; a reconnect assumes the RTT last
+    /// measured to that worker instead.
+    pub initial_rtt: Duration,
+    /// Loss detection and congestion control of the requests the edge sends.
+    pub link: LinkTuning,
 }
 
 /// A validated topology and edge configuration.
@@ -249,6 +274,8 @@ pub struct Config {
     pub edge: EdgeSettings,
     /// Upstream settings.
     pub upstream: UpstreamSettings,
+    /// Outlier ejection and region degradation (`[health]`).
+    pub health: HealthSettings,
     /// Routing settings.
     pub routing: RoutingSettings,
     /// Regions, indexed by [`RegionId`].
@@ -377,6 +404,8 @@ pub struct WorkerConfig {
     /// Ask edges to acknowledge only every N ack-eliciting packets (QUIC ACK frequency);
     /// `None` keeps QUIC's default.
     pub ack_eliciting_threshold: Option<u32>,
+    /// Loss detection and congestion control of the tokens the worker sends.
+    pub link: LinkTuning,
     /// Certificate.
     pub tls: ServerTls,
     /// CA whose client certificates the worker requires (mutual TLS); `None`: any client

@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub upstream: Option<RawUpstream>,
     #[serde(default)]
     pub routing: Option<RawRouting>,
+    #[serde(default)]
+    pub health: Option<super::health::RawHealth>,
     #[serde(default, rename = "region")]
     pub regions: Vec<Spanned<RawRegion>>,
     #[serde(default)]
@@ -132,12 +134,32 @@ pub struct RawUpstream {
     pub max_attempts: Option<Spanned<u64>>,
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<String>>,
+    pub connections_per_worker: Option<Spanned<u64>>,
+    pub initial_rtt_ms: Option<Spanned<u64>>,
+    pub congestion: Option<Spanned<String>>,
+    pub initial_window: Option<Spanned<u64>>,
+    pub packet_threshold: Option<Spanned<u64>>,
+    pub time_threshold: Option<Spanned<f64>>,
+}
+
+impl RawUpstream {
+    pub fn link(&self) -> super::link::RawLink {
+        super::link::RawLink {
+            congestion: self.congestion.clone(),
+            initial_window: self.initial_window.clone(),
+            packet_threshold: self.packet_threshold.clone(),
+            time_threshold: self.time_threshold.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
     pub load_factor: Option<Spanned<f64>>,
+    pub objective: Option<Spanned<String>>,
+    pub weights: Option<Spanned<super::health::RawWeights>>,
+    pub hysteresis: Option<Spanned<f64>>,
     pub vnodes_per_weight: Option<Spanned<u64>>,
     pub ring_key: Option<Spanned<String>>,
     pub prefix_bytes: Option<Spanned<u64>>,
@@ -200,6 +222,21 @@ pub struct RawWorker {
     pub max_prompt_bytes: Option<Spanned<u64>>,
     pub load_report_ms: Option<Spanned<u64>>,
     pub ack_eliciting_threshold: Option<Spanned<u64>>,
+    pub congestion: Option<Spanned<String>>,
+    pub initial_window: Option<Spanned<u64>>,
+    pub packet_threshold: Option<Spanned<u64>>,
+    pub time_threshold: Option<Spanned<f64>>,
+}
+
+impl RawWorker {
+    pub fn link(&self) -> super::link::RawLink {
+        super::link::RawLink {
+            congestion: self.congestion.clone(),
+            initial_window: self.initial_window.clone(),
+            packet_threshold: self.packet_threshold.clone(),
+            time_threshold: self.time_threshold.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -389,6 +389,21 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             }
             (None, None) => None,
         },
+        connections_per_worker: cx.count(
+            u.and_then(|u| u.connections_per_worker.as_ref()),
+            "connections_per_worker",
+            1..17,
+            DEFAULT_CONNECTIONS_PER_WORKER.into(),
+        ) as u32,
+        initial_rtt: cx
+            .millis(
+                u.and_then(|u| u.initial_rtt_ms.as_ref()),
+                "initial_rtt_ms",
+                10_000,
+                DEFAULT_UPSTREAM_INITIAL_RTT,
+            )
+            .max(Duration::from_millis(1)),
+        link: cx.link(&u.map(|u| u.link()).unwrap_or_default(), "[upstream]"),
     };
     if let (Some(a), Some(h)) = (edge.admin, edge.http) {
         if a == h && a.port() != 0 {
@@ -438,8 +453,25 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         }
         parsed
     });
+    let hysteresis = match r.and_then(|r| r.hysteresis.as_ref()) {
+        None => DEFAULT_HYSTERESIS,
+        Some(h) if (0.0..1.0).contains(h.get_ref()) => *h.get_ref(),
+        Some(h) => {
+            cx.err(
+                Some(h.span()),
+                format!(
+                    "hysteresis must be in 0.0..1.0 (a fraction of a score), got {}",
+                    h.get_ref()
+                ),
+            );
+            DEFAULT_HYSTERESIS
+        }
+    };
     let routing = RoutingSettings {
         load_factor,
+        objective: cx.objective(r.and_then(|r| r.objective.as_ref())),
+        weights: cx.weights(r.and_then(|r| r.weights.as_ref())),
+        hysteresis,
         vnodes_per_weight: cx.count(
             r.and_then(|r| r.vnodes_per_weight.as_ref()),
             "vnodes_per_weight",
@@ -460,6 +492,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             DEFAULT_MAX_ATTEMPTS.into(),
         ) as u32,
     };
+    let health = cx.health(raw.health.as_ref());
     let telemetry = cx.telemetry(raw.telemetry.as_ref(), "meridian-edge");
     let auth = cx.auth(raw.auth.as_ref(), &tenants);
     let shared_limits = cx.shared_limits(raw.limits.as_ref());
@@ -467,6 +500,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
     cx.finish(Config {
         edge,
         upstream,
+        health,
         routing,
         regions,
         areas,

@@ -70,6 +70,7 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
             .ack_eliciting_threshold
             .as_ref()
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
+        link: cx.link(&w.link(), "[worker]"),
         tls: cx.tls(raw.tls.as_ref()),
         client_ca: (raw.tls.as_ref())
             .and_then(|t| t.client_ca.as_ref())

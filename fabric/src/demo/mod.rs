@@ -129,6 +129,7 @@ impl Demo {
                 max_prompt_bytes: meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES,
                 load_report: Duration::from_millis(100),
                 ack_eliciting_threshold: None,
+                link: Default::default(),
                 tls: ServerTls::Dev {
                     dir: cert_dir.into(),
                 },

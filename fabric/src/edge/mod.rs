@@ -3,6 +3,8 @@
 //! tokens back. Bounded everywhere: connection limit, per-connection stream limit (QUIC
 //! flow control), prompt limit; drains on shutdown.
 
+mod health;
+mod health_metrics;
 mod intake;
 mod relay;
 mod sink;
@@ -183,6 +185,7 @@ pub fn spawn_with_h3(
             crate::auth::fleet::run(&shared.auth, &settings, shared.epoch, stop.wait()).await
         });
     }
+    tokio::spawn(health::run(shared.clone(), shutdown.clone()));
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
     let task = tokio::spawn(serve(
         endpoint,

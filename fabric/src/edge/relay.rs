@@ -52,14 +52,19 @@ impl Drop for ActiveStream<'_> {
 
 /// How one upstream attempt ended.
 enum Attempt {
-    /// END or ERROR (`worker_error`) relayed; the client stream is finished.
-    Done { tokens: u64, worker_error: bool },
+    /// END or ERROR (`worker_error`, with its code) relayed; the client stream is finished.
+    Done {
+        tokens: u64,
+        worker_error: Option<ErrorCode>,
+    },
     /// The client went away after `tokens` were relayed; upstream was cancelled.
     ClientGone { tokens: u64 },
     /// The deadline passed after `tokens` were relayed; the client was told.
     Deadline { tokens: u64 },
     /// The worker failed before any of its bytes reached the client: safe to retry.
     FailedClean(String),
+    /// The worker is draining and refused the stream (UNAVAILABLE): retry, no fault of its.
+    Draining,
     /// The worker failed after bytes (`tokens` TOKENS frames) reached the client: the
     /// client was told.
     FailedDirty { msg: String, tokens: u64 },
@@ -163,13 +168,29 @@ pub(crate) async fn dispatch(
         }
     }
     let cap = admission.token_cap();
-    let tokens = route_and_relay(intake, (tenant, cap), arrived, sink, edge, &mut span).await;
+    let (tokens, region) =
+        route_and_relay(intake, (tenant, cap), arrived, sink, edge, &mut span).await;
     // The worker was told `max_tokens = cap`: a count above it (a misreporting backend) is
     // not charged beyond the cap.
-    admission.settle(tokens.min(cap.unwrap_or(u64::MAX)));
+    let tokens = tokens.min(cap.unwrap_or(u64::MAX));
+    admission.settle(tokens);
+    if let Some(r) = region {
+        edge.stats
+            .spend(r, &intake.headers.model, tokens, edge.router.price(r));
+    }
 }
 
-/// Routes and relays; returns the tokens relayed to the client.
+/// Whether a worker's ERROR means the worker (or its backend) failed, rather than the request
+/// or the client (bad request, limits, deadline): only those count against its health.
+fn worker_fault(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::UPSTREAM_FAILED | ErrorCode::INTERNAL | ErrorCode::PROTOCOL_ERROR
+    )
+}
+
+/// Routes and relays; returns the tokens relayed to the client and the region of the last
+/// attempt that relayed any (whose price they cost).
 async fn route_and_relay(
     intake: &Intake,
     (tenant, cap): (Option<&str>, Option<u64>),
@@ -177,7 +198,7 @@ async fn route_and_relay(
     sink: &mut impl Sink,
     edge: &EdgeShared,
     span: &mut Span,
-) -> u64 {
+) -> (u64, Option<crate::config::RegionId>) {
     let cfg = edge.router.config();
     // A deadline beyond what the clock can represent (any varint up to 2^62 - 1 ms may come
     // from a peer) is no deadline, never an overflow.
@@ -210,7 +231,7 @@ async fn route_and_relay(
                 }
                 span_error(span, e.code(), &e.to_string());
                 fail(sink, edge, ErrorFrame::new(e.code(), e.to_string())).await;
-                return 0;
+                return (0, None);
             }
         };
         let worker_id = decision.worker;
@@ -231,7 +252,7 @@ async fn route_and_relay(
         if !sink.routed(routed).await {
             edge.stats.cancelled.fetch_add(1, Relaxed);
             span.set("meridian.outcome", "cancelled");
-            return 0;
+            return (0, None);
         }
         edge.stats.routed(decision.region);
         let timing = Timing {
@@ -243,41 +264,58 @@ async fn route_and_relay(
                 let up = Upstream {
                     conn: &conn,
                     chunks: intake.upstream_chunks(att.context(), tenant, cap),
+                    health: &edge.router.worker(worker_id).health,
                 };
                 forward(up, sink, deadline, &timing, edge).await
             }
             None => Attempt::FailedClean("no connection".into()),
         };
+        let region = Some(decision.region);
         drop(decision);
+        let failed = match &outcome {
+            Attempt::Done { worker_error, .. } => worker_error.is_some_and(worker_fault),
+            Attempt::FailedClean(_) | Attempt::FailedDirty { .. } => true,
+            Attempt::Draining | Attempt::ClientGone { .. } | Attempt::Deadline { .. } => false,
+        };
+        if !matches!(outcome, Attempt::Draining | Attempt::ClientGone { .. }) {
+            edge.router.record_attempt(worker_id, failed);
+        }
         match outcome {
             Attempt::Done {
                 tokens,
                 worker_error,
             } => {
                 span.set("meridian.tokens", tokens);
-                if worker_error {
+                if worker_error.is_some() {
                     let msg = "the worker answered with an ERROR frame";
                     att.fail(msg);
                     span.fail(msg);
                 }
-                return tokens;
+                return (tokens, region);
             }
             Attempt::FailedDirty { msg, tokens } => {
                 span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &msg);
                 span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
-                return tokens;
+                return (tokens, region);
             }
             Attempt::Deadline { tokens } => {
                 let msg = "the request's deadline passed";
                 span_error(&mut att, ErrorCode::DEADLINE_EXCEEDED, msg);
                 span_error(span, ErrorCode::DEADLINE_EXCEEDED, msg);
-                return tokens;
+                return (tokens, region);
             }
             Attempt::ClientGone { tokens } => {
                 edge.stats.cancelled.fetch_add(1, Relaxed);
                 att.set("meridian.outcome", "cancelled");
                 span.set("meridian.outcome", "cancelled");
-                return tokens;
+                return (tokens, region);
+            }
+            Attempt::Draining => {
+                let reason = "the worker is draining (UNAVAILABLE)";
+                span_error(&mut att, ErrorCode::UNAVAILABLE, reason);
+                debug!(worker = %worker.name, attempt, "worker draining; retrying elsewhere");
+                edge.stats.retries.fetch_add(1, Relaxed);
+                exclude.push(worker_id);
             }
             Attempt::FailedClean(reason) => {
                 span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &reason);
@@ -293,7 +331,7 @@ async fn route_and_relay(
     );
     span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
     fail(sink, edge, ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg)).await;
-    0
+    (0, None)
 }
 
 /// Tells the client its deadline passed.
@@ -312,10 +350,12 @@ async fn deadline_passed(
     Attempt::Deadline { tokens }
 }
 
-/// One attempt's upstream: the worker's connection and the request bytes to send.
+/// One attempt's upstream: the worker's connection, the request bytes to send, and where
+/// its observed TTFT goes.
 struct Upstream<'a> {
     conn: &'a quinn::Connection,
     chunks: Vec<Bytes>,
+    health: &'a crate::route::health::Health,
 }
 
 /// Sends the request to one worker and relays its answer.
@@ -365,6 +405,7 @@ async fn forward(
         }
     }
     let _ = up_send.finish();
+    let sent_at = Instant::now();
     let mut tracker = ResponseTracker::new();
     let mut relayed = 0u64;
     // One timer serves the deadline and the stall limit (a worker silent this long is given
@@ -393,6 +434,9 @@ async fn forward(
                     match tracker.on_chunk(&chunk.bytes) {
                         Ok(0) => 0,
                         Ok(tokens) => {
+                            if relayed == 0 {
+                                up.health.first_token(sent_at.elapsed());
+                            }
                             relayed += tokens;
                             timing.tokens(&mut last_tokens);
                             edge.stats.tokens.fetch_add(tokens, Relaxed)
@@ -412,7 +456,7 @@ async fn forward(
                         && tracker.error_retryable()
                     {
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                        return Attempt::FailedClean("the worker is draining (UNAVAILABLE)".into());
+                        return Attempt::Draining;
                     }
                     if !sink.chunk(chunk.bytes).await {
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
@@ -426,7 +470,10 @@ async fn forward(
                     }
                     // A TOKENS frame carries one or more tokens: END's count is the real one.
                     let tokens = relayed.max(tracker.completion_tokens().unwrap_or(0));
-                    return Attempt::Done { tokens, worker_error: tracker.ended_with_error() };
+                    let worker_error = tracker.ended_with_error().then(|| {
+                        tracker.error_code().unwrap_or(ErrorCode::INTERNAL)
+                    });
+                    return Attempt::Done { tokens, worker_error };
                 }
                 Ok(None) => break "worker finished the stream without END".into(),
                 Err(e) => break e.to_string(),

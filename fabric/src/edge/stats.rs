@@ -65,6 +65,8 @@ pub struct Latencies {
     pub itl: Histogram,
     /// Stream arrival to END.
     pub e2e: Histogram,
+    /// Estimated spend: tokens × the region's price at the time, nano-units of currency.
+    pub spend_nano: AtomicU64,
 }
 
 /// Edge-wide counters.
@@ -152,6 +154,20 @@ impl EdgeStats {
     pub fn latencies(&self, region: usize, model: &str) -> Option<&Latencies> {
         let m = self.models.iter().position(|x| x == model)?;
         self.latencies.get(region * self.models.len() + m)
+    }
+
+    /// Adds `tokens` at `price_per_mtok` to `(region, model)`'s estimated spend.
+    pub(crate) fn spend(&self, region: usize, model: &str, tokens: u64, price_per_mtok: f64) {
+        if let Some(l) = self.latencies(region, model) {
+            // price per million tokens × 1e9 nano-units / 1e6 tokens = price × 1e3 per token.
+            let nano = (tokens as f64 * price_per_mtok * 1e3).round();
+            l.spend_nano.fetch_add(nano as u64, Relaxed);
+        }
+    }
+
+    /// Model names, in index order.
+    pub(crate) fn models(&self) -> &[String] {
+        &self.models
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
@@ -309,13 +325,14 @@ impl EdgeStats {
                 }
             }
         }
+        super::health_metrics::render(&mut out, self, router);
         out
     }
 }
 
 /// A label value escaped for the text format (`\\`, `\"`, `\n`). Region and worker names
 /// are restricted to `[A-Za-z0-9._-]` by config validation; model names are not.
-fn label(v: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn label(v: &str) -> std::borrow::Cow<'_, str> {
     if !v.contains(['\\', '"', '\n']) {
         return v.into();
     }

@@ -1,14 +1,15 @@
-//! `meridian route`: a routing decision, step by step.
+//! `meridian route`: a routing decision, step by step, with each candidate region's score
+//! inputs (RTT, TTFT, error rate, price, carbon, ejections) and why it stands where it does.
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{RouteError, RouteRequest, Router, Trace};
 use crate::config::{RegionId, WorkerId};
 
 /// What routing concluded about one candidate region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum RegionVerdict {
     /// Removed by the residency policy.
@@ -34,7 +35,7 @@ pub enum RegionVerdict {
 }
 
 /// One candidate region and its verdict.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegionStep {
     /// Region name.
     pub region: String,
@@ -43,11 +44,27 @@ pub struct RegionStep {
     pub verdict: RegionVerdict,
 }
 
+/// A candidate region's place in the order, with the inputs that put it there.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Region name.
+    pub region: String,
+    /// Why it stands here: `preferred #1`, `by rtt`, `by score`, `demoted: …`.
+    pub placed: String,
+    /// The scorer's inputs and verdict for it.
+    #[serde(flatten)]
+    pub status: super::RegionStatus,
+}
+
 /// A full routing explanation.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Explanation {
+    /// The objective regions are scored by.
+    pub objective: String,
     /// Candidate order before filtering.
     pub candidates: Vec<String>,
+    /// Each candidate's score inputs, in order.
+    pub scores: Vec<Candidate>,
     /// Each examined region, in order.
     pub steps: Vec<RegionStep>,
     /// Chosen region.
@@ -64,14 +81,38 @@ pub struct Explanation {
 
 struct Recorder<'a> {
     router: &'a Router,
+    /// The request area's preference list.
+    preferred: Vec<RegionId>,
     out: Explanation,
 }
 
 impl Trace for Recorder<'_> {
     fn order(&mut self, order: &[RegionId]) {
-        self.out.candidates = order
+        let cfg = &self.router.config;
+        self.out.candidates = order.iter().map(|r| cfg.regions[*r].name.clone()).collect();
+        let scored = self.router.scored();
+        let pref = self.preferred.clone();
+        let latency = cfg.routing.objective == crate::config::Objective::Latency;
+        self.out.scores = order
             .iter()
-            .map(|r| self.router.config.regions[*r].name.clone())
+            .map(|&r| {
+                let status = scored.regions[r].clone();
+                let placed = match (&status.demoted, pref.iter().position(|p| *p == r)) {
+                    (Some(_), _) => format!("demoted: {}", status.why.as_deref().unwrap_or("")),
+                    (None, Some(i)) if latency => format!("preferred #{}", i + 1),
+                    (None, Some(_)) => "preferred, by score".into(),
+                    (None, None) if latency && status.rtt_ms.is_none() => {
+                        "not preferred, unmeasured (config order)".into()
+                    }
+                    (None, None) if latency => "not preferred, by rtt".into(),
+                    (None, None) => "not preferred, by score".into(),
+                };
+                Candidate {
+                    region: cfg.regions[r].name.clone(),
+                    placed,
+                    status,
+                }
+            })
             .collect();
     }
 
@@ -91,9 +132,22 @@ impl Trace for Recorder<'_> {
 impl Router {
     /// Routes `req` and records every step. The in-flight slot is released at once.
     pub fn explain(&self, req: &RouteRequest<'_>) -> Explanation {
+        let preferred = req
+            .area
+            .and_then(|a| {
+                super::score::preferences(&self.config)
+                    .into_iter()
+                    .find(|(name, _)| name == a)
+            })
+            .map(|(_, p)| p)
+            .unwrap_or_default();
         let mut rec = Recorder {
             router: self,
-            out: Explanation::default(),
+            preferred,
+            out: Explanation {
+                objective: format!("{:?}", self.config.routing.objective).to_lowercase(),
+                ..Default::default()
+            },
         };
         match self.route_traced(req, &mut rec) {
             Ok(d) => rec.out.region = Some(self.config.regions[d.region].name.clone()),
@@ -114,9 +168,33 @@ impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "candidates (area order, then the rest): {}",
+            "candidates (objective {}): {}",
+            self.objective,
             self.candidates.join(" → ")
         )?;
+        let num =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.0}{unit}"));
+        writeln!(
+            f,
+            "  {:<22} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>7}  placed",
+            "region", "rtt", "ttft", "errors", "price", "carbon", "ejected", "score"
+        )?;
+        for c in &self.scores {
+            let s = &c.status;
+            writeln!(
+                f,
+                "  {:<22} {:>7} {:>7} {:>6} {:>6.2} {:>7.0} {:>7} {:>7}  {}",
+                c.region,
+                num(s.rtt_ms, "ms"),
+                num(s.ttft_ms, "ms"),
+                num(s.error_rate.map(|e| e * 100.0), "%"),
+                s.price_per_mtok,
+                s.carbon_g_per_kwh,
+                format!("{}/{}", s.ejected, s.workers),
+                s.score.map_or("-".to_owned(), |v| format!("{v:.3}")),
+                c.placed
+            )?;
+        }
         for s in &self.steps {
             let v = match s.verdict {
                 RegionVerdict::NotAllowed => {

@@ -1,24 +1,31 @@
-//! Routing policy (DESIGN.md "Routing"): candidate regions by area preference, filtered by
-//! residency and model only; the first healthy candidate under its load bound wins;
-//! fail-closed residency; a worker inside the region by consistent hash with bounded load.
+//! Routing policy (DESIGN.md "Routing"): candidate regions in the order `score` computed
+//! (area preference, measured latency, price, carbon, demotion of degraded regions),
+//! filtered by residency and model only; the first healthy candidate under its load bound
+//! wins; fail-closed residency; a worker inside the region by consistent hash with bounded
+//! load; outlier workers ejected (`health`).
 //!
 //! The request path reads the current [`RoutingTable`] from an [`RcuCell`] and per-worker
-//! atomics; it takes no lock. Tables are rebuilt by [`Router::rebuild`] when health changes.
+//! atomics; it takes no lock. Tables are rebuilt by [`Router::rebuild`] when health, an
+//! ejection or the scored order changes.
 
 mod explain;
 pub mod fastmap;
 pub mod hash;
+pub mod health;
 pub mod ring;
+pub mod score;
 mod state;
 pub mod table;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use meridian_protocol::ErrorCode;
 
 pub use explain::{Explanation, RegionVerdict};
 pub use hash::KeyedHash;
+pub use score::{Demotion, RegionStatus, Scored, Scorer};
 pub use state::WorkerState;
 pub use table::RoutingTable;
 
@@ -127,6 +134,37 @@ pub struct Router {
     /// Serialises rebuilds (off the hot path), so a slower rebuild that read older health
     /// can never overwrite a newer table.
     rebuilding: std::sync::Mutex<()>,
+    /// The scorer's latest orders and region status.
+    scored: RcuCell<Scored>,
+    /// Per region, price per million tokens and carbon intensity as `f64` bits (changed at
+    /// run time through the admin API).
+    prices: Vec<(AtomicU64, AtomicU64)>,
+    /// Time base of ejection backoffs and demotion holds.
+    clock: std::time::Instant,
+    /// Requests that went past their first allowed region, by [`Spill`].
+    pub spills: [AtomicU64; 3],
+    /// Region demotions, by [`Demotion`].
+    pub demotions: [AtomicU64; 4],
+}
+
+/// Why a request went past the first allowed region in its candidate order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spill {
+    /// It had no healthy worker for the model.
+    Unhealthy = 0,
+    /// It was at its load bound.
+    OverBound = 1,
+    /// A preferred region was demoted (degraded).
+    Degraded = 2,
+}
+
+impl Spill {
+    /// Every reason with its metric label.
+    pub const ALL: [(Spill, &'static str); 3] = [
+        (Spill::Unhealthy, "unhealthy"),
+        (Spill::OverBound, "over_bound"),
+        (Spill::Degraded, "degraded"),
+    ];
 }
 
 impl Router {
@@ -143,8 +181,19 @@ impl Router {
             .collect();
         let region_in_flight = config.regions.iter().map(|_| InFlight::new()).collect();
         let region_extra = config.regions.iter().map(|_| AtomicU64::new(0)).collect();
-        let table = RoutingTable::build(&config, hash, 0, &workers);
+        let scored = Scored::initial(&config);
+        let table = RoutingTable::build(&config, hash, 0, &workers, &scored);
         let (changed, _) = tokio::sync::watch::channel(0);
+        let prices = config
+            .regions
+            .iter()
+            .map(|r| {
+                (
+                    AtomicU64::new(r.price_per_mtok.to_bits()),
+                    AtomicU64::new(r.carbon_g_per_kwh.to_bits()),
+                )
+            })
+            .collect();
         Router {
             config,
             hash,
@@ -155,6 +204,132 @@ impl Router {
             epoch: AtomicU64::new(0),
             changed,
             rebuilding: std::sync::Mutex::new(()),
+            scored: RcuCell::new(Arc::new(scored)),
+            prices,
+            clock: std::time::Instant::now(),
+            spills: Default::default(),
+            demotions: Default::default(),
+        }
+    }
+
+    /// Milliseconds since the router was made (the clock of backoffs and holds).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Region `r`'s current price per million tokens.
+    pub fn price(&self, r: RegionId) -> f64 {
+        f64::from_bits(self.prices[r].0.load(Ordering::Relaxed))
+    }
+
+    /// Region `r`'s current carbon intensity, g/kWh.
+    pub fn carbon(&self, r: RegionId) -> f64 {
+        f64::from_bits(self.prices[r].1.load(Ordering::Relaxed))
+    }
+
+    /// Changes region `r`'s price and/or carbon intensity; the scorer uses them from its
+    /// next tick. Values must be finite and non-negative (the admin API checks).
+    pub fn set_price(&self, r: RegionId, price_per_mtok: Option<f64>, carbon: Option<f64>) {
+        if let Some(p) = price_per_mtok {
+            self.prices[r].0.store(p.to_bits(), Ordering::Relaxed);
+        }
+        if let Some(c) = carbon {
+            self.prices[r].1.store(c.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// The scorer's latest orders and region status.
+    pub fn scored(&self) -> Arc<Scored> {
+        self.scored.load()
+    }
+
+    /// Publishes new orders; rebuilds the table if an order or a demotion changed.
+    pub fn publish(&self, scored: Scored) {
+        let old = self.scored.load();
+        let changed = old.demoted != scored.demoted
+            || old.default_order != scored.default_order
+            || scored
+                .area_order
+                .iter()
+                .any(|(a, o)| old.area_order.get(a) != Some(o));
+        self.scored.store(Arc::new(scored));
+        if changed {
+            self.rebuild();
+        }
+    }
+
+    /// Records how an attempt on worker `w` went; a failure may eject the worker
+    /// (consecutive failures or error rate, `[health]`), at most `max_ejected_percent` of
+    /// its region at once.
+    pub fn record_attempt(&self, w: WorkerId, failed: bool) {
+        let h = &self.workers[w].health;
+        let consecutive = h.outcome(failed);
+        let s = &self.config.health;
+        let by_count = consecutive >= s.eject_consecutive_failures;
+        let by_rate = h.attempts.load(Ordering::Relaxed) >= s.eject_min_attempts
+            && h.error_rate().is_some_and(|e| e >= s.eject_error_rate);
+        if !failed || !(by_count || by_rate) || h.is_ejected() {
+            return;
+        }
+        let region = self.config.workers[w].region;
+        let members: Vec<WorkerId> = (0..self.workers.len())
+            .filter(|i| self.config.workers[*i].region == region)
+            .collect();
+        let ejected = members
+            .iter()
+            .filter(|i| self.workers[**i].health.is_ejected())
+            .count();
+        let cap = (members.len() * s.max_ejected_percent as usize / 100).max(1);
+        if ejected >= cap {
+            return;
+        }
+        let backoff = self.eject_backoff(w);
+        if h.eject(self.now_ms() + backoff.as_millis() as u64) {
+            tracing::warn!(
+                worker = %self.config.workers[w].name,
+                consecutive,
+                error_rate = h.error_rate().unwrap_or(0.0),
+                ?backoff,
+                "worker ejected (outlier): probing it before readmission"
+            );
+            self.rebuild();
+        }
+    }
+
+    /// How long worker `w`'s next ejection lasts: doubling per ejection in a row.
+    fn eject_backoff(&self, w: WorkerId) -> Duration {
+        let s = &self.config.health;
+        let streak = self.workers[w].health.eject_streak.load(Ordering::Relaxed);
+        (s.eject_backoff_min * (1u32 << streak.min(16))).min(s.eject_backoff_max)
+    }
+
+    /// Ejected workers due for a probe now.
+    pub fn due_probes(&self) -> Vec<WorkerId> {
+        let now = self.now_ms();
+        (0..self.workers.len())
+            .filter(|w| {
+                let h = &self.workers[*w].health;
+                h.is_ejected() && h.probe_at_ms.load(Ordering::Relaxed) <= now
+            })
+            .collect()
+    }
+
+    /// A probe of ejected worker `w` ended: readmitted on success, ejected again (longer)
+    /// otherwise.
+    pub fn probed(&self, w: WorkerId, ok: bool) {
+        let h = &self.workers[w].health;
+        if ok {
+            h.readmit();
+            tracing::info!(worker = %self.config.workers[w].name, "probe succeeded: worker readmitted");
+            self.rebuild();
+        } else {
+            h.eject_streak.fetch_add(1, Ordering::Relaxed);
+            let backoff = self.eject_backoff(w);
+            h.probe_at_ms.store(
+                self.now_ms() + backoff.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            tracing::info!(worker = %self.config.workers[w].name, ?backoff, "probe failed: worker stays ejected");
         }
     }
 
@@ -177,7 +352,8 @@ impl Router {
     pub fn rebuild(&self) {
         let _serial = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let table = RoutingTable::build(&self.config, self.hash, epoch, &self.workers);
+        let scored = self.scored.load();
+        let table = RoutingTable::build(&self.config, self.hash, epoch, &self.workers, &scored);
         self.table.store(Arc::new(table));
         self.changed.send_replace(epoch);
     }
@@ -287,6 +463,9 @@ impl Router {
         let order = table.order(req.area);
         trace.order(order);
         let mut any_over_bound = false;
+        // Why the first region this request could use was passed over, if it was.
+        let mut passed: Option<Spill> = None;
+        let mut first = true;
         let eligible =
             |w: WorkerId| table.worker_models[w] & model_bit != 0 && !req.exclude.contains(&w);
         for &r in order {
@@ -303,6 +482,9 @@ impl Router {
                 && (req.exclude.is_empty() || region.healthy.iter().any(|w| eligible(*w)));
             let Some(ring) = region.ring.as_ref().filter(|_| live) else {
                 trace.region(r, RegionVerdict::Unhealthy);
+                if std::mem::take(&mut first) {
+                    passed = Some(Spill::Unhealthy);
+                }
                 continue;
             };
             let load =
@@ -311,6 +493,9 @@ impl Router {
             if load >= capacity {
                 any_over_bound = true;
                 trace.region(r, RegionVerdict::OverBound { load, capacity });
+                if std::mem::take(&mut first) {
+                    passed = Some(Spill::OverBound);
+                }
                 continue;
             }
             let placement = ring
@@ -324,6 +509,22 @@ impl Router {
                 .expect("the region has an eligible healthy worker");
             trace.region(r, RegionVerdict::Chosen { load, capacity });
             trace.worker(placement.worker, placement.skipped);
+            // A preferred region this request could have used was demoted: it spilled here.
+            let usable = allowed.intersect(model.regions);
+            let preferred = req
+                .area
+                .and_then(|a| table.preferred.get(a))
+                .copied()
+                .unwrap_or_default();
+            if passed.is_none()
+                && !table.demoted.contains(r)
+                && usable.intersect(preferred).intersect(table.demoted) != RegionSet::default()
+            {
+                passed = Some(Spill::Degraded);
+            }
+            if let Some(p) = passed {
+                self.spills[p as usize].fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(Decision {
                 region: r,
                 worker: placement.worker,

@@ -14,6 +14,8 @@ use crate::sync::InFlight;
 pub struct WorkerState {
     /// Requests this edge has in flight on the worker.
     pub in_flight: InFlight,
+    /// What this edge observes about the worker.
+    pub health: super::health::Health,
     healthy: AtomicBool,
     capacity: AtomicU64,
     reported_in_flight: AtomicU64,

@@ -7,6 +7,7 @@
 use super::fastmap::FastMap;
 use super::hash::KeyedHash;
 use super::ring::WorkerRing;
+use super::score::Scored;
 use super::state::WorkerState;
 use crate::config::{Config, RegionId, RegionSet, WorkerId};
 
@@ -42,10 +43,15 @@ pub struct RoutingTable {
     pub epoch: u64,
     /// Per region, indexed by [`RegionId`].
     pub regions: Vec<RegionTable>,
-    /// Area → full candidate order (preferred regions, then every other in config order).
+    /// Area → full candidate order (`route::score`: preferred regions, then the others by
+    /// score, demoted regions last).
     pub area_order: FastMap<String, Vec<RegionId>>,
-    /// Order for areas with no preference list: config order.
+    /// Order for areas with no preference list.
     pub default_order: Vec<RegionId>,
+    /// Area → its preferred regions.
+    pub preferred: FastMap<String, RegionSet>,
+    /// Regions demoted by the scorer (degraded), for counting spills.
+    pub demoted: RegionSet,
     /// Model → index and regions.
     pub models: FastMap<String, ModelEntry>,
     /// Per worker, the models it serves (bit per model index).
@@ -63,27 +69,18 @@ impl RoutingTable {
         hash: KeyedHash,
         epoch: u64,
         workers: &[std::sync::Arc<WorkerState>],
+        scored: &Scored,
     ) -> Self {
-        let default_order: Vec<RegionId> = (0..config.regions.len()).collect();
-        let full_order = |preferred: &[RegionId]| {
-            let mut order = preferred.to_vec();
-            order.extend(default_order.iter().filter(|r| !preferred.contains(r)));
-            order
-        };
-        let mut area_order: FastMap<String, Vec<RegionId>> = config
-            .areas
-            .iter()
-            .map(|(a, pref)| (a.clone(), full_order(pref)))
+        let area_order = scored.area_order.clone();
+        let default_order = scored.default_order.clone();
+        let preferred = super::score::preferences(config)
+            .into_iter()
+            .map(|(a, pref)| {
+                let mut set = RegionSet::default();
+                pref.iter().for_each(|r| set.insert(*r));
+                (a, set)
+            })
             .collect();
-        // Countries without their own list inherit their first group's list.
-        for (country, groups) in &config.area_groups {
-            if area_order.contains_key(country) {
-                continue;
-            }
-            if let Some(pref) = groups.iter().find_map(|g| config.areas.get(g)) {
-                area_order.insert(country.clone(), full_order(pref));
-            }
-        }
         let mut models: FastMap<String, ModelEntry> = FastMap::default();
         let mut worker_models = Vec::with_capacity(config.workers.len());
         for w in &config.workers {
@@ -99,7 +96,8 @@ impl RoutingTable {
             }
             worker_models.push(mask);
         }
-        let healthy = |w: WorkerId| workers[w].is_healthy();
+        // Ejected workers are left out like unhealthy ones until a probe readmits them.
+        let healthy = |w: WorkerId| workers[w].is_healthy() && !workers[w].health.is_ejected();
         let regions = (0..config.regions.len())
             .map(|r| {
                 let live: Vec<WorkerId> = (0..config.workers.len())
@@ -144,6 +142,8 @@ impl RoutingTable {
             regions,
             area_order,
             default_order,
+            preferred,
+            demoted: scored.demoted,
             models,
             worker_models,
             tenants,

@@ -241,3 +241,168 @@ proptest! {
         };
     }
 }
+
+proptest! {
+    /// Residency under adaptive routing: whatever the measured RTTs, prices, carbon,
+    /// objective, demotions (from the real scorer) and ejections, a routed request lands
+    /// inside its allowed regions on a live, non-ejected worker; it is refused only when no
+    /// allowed region has one.
+    #[test]
+    fn residency_holds_under_scores_ejections_and_spills(
+        health in any::<u16>(),
+        ejected in any::<u16>(),
+        rtts in prop::collection::vec(1u64..2_000, 10),
+        slow_after in prop::collection::vec(0u64..2_000, 10),
+        failures in prop::collection::vec(0u32..8, 10),
+        prices in prop::collection::vec(0.0f64..5.0, 5),
+        objective in prop::sample::select(vec!["latency", "cost", "carbon", "balanced"]),
+        area in prop::sample::select(vec![None, Some("jp"), Some("de"), Some("fr"), Some("us"), Some("zz")]),
+        tenant in prop::sample::select(vec![None, Some("bund"), Some("acme")]),
+        residency in prop::sample::select(vec![None, Some("eu"), Some("de-sovereign")]),
+        key in any::<u64>(),
+    ) {
+        let src = TOPOLOGY.replacen("[routing]", &format!("[routing]\nobjective = \"{objective}\""), 1);
+        let config = parse_config(&src, Path::new("topology.toml")).expect("valid");
+        let r = Router::new(Arc::new(config));
+        let cfg = r.config().clone();
+        for w in 0..10 {
+            r.set_healthy(w, health & (1 << w) != 0);
+            let h = &r.worker(w).health;
+            h.record_path(Duration::from_millis(rtts[w]), 0, 10);
+            for _ in 0..failures[w] {
+                r.record_attempt(w, true);
+            }
+            if ejected & (1 << w) != 0 {
+                h.eject(u64::MAX);
+            }
+        }
+        for (reg, p) in prices.iter().enumerate() {
+            r.set_price(reg, Some(*p), Some(p * 100.0));
+        }
+        // Two scorer ticks: baselines from the first RTTs, then some regions get slower
+        // (demoted) — the real scorer decides.
+        let mut scorer = Scorer::new(&cfg);
+        let first = scorer.tick(&r, &r.scored(), 0);
+        r.publish(first);
+        for w in 0..10 {
+            r.worker(w).health.record_path(Duration::from_millis(rtts[w] + slow_after[w]), 0, 10);
+        }
+        let second = scorer.tick(&r, &r.scored(), 10);
+        r.publish(second);
+        for order in r.table().area_order.values().chain([&r.table().default_order]) {
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, (0..cfg.regions.len()).collect::<Vec<_>>(), "an order holds every region once");
+        }
+        let key = key.to_le_bytes();
+        let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &[] };
+        let mut allowed = RegionSet::ALL;
+        if tenant == Some("bund") { allowed = allowed.intersect(cfg.residency["de-sovereign"]); }
+        if let Some(p) = residency { allowed = allowed.intersect(cfg.residency[p]); }
+        let live = |w: usize| r.worker(w).is_healthy() && !r.worker(w).health.is_ejected();
+        let routed = r.route(&q).map(|d| (d.region, d.worker));
+        match routed {
+            Ok((region, worker)) => {
+                prop_assert!(allowed.contains(region), "routed outside residency: {}", cfg.regions[region].name);
+                prop_assert!(live(worker), "routed to an unhealthy or ejected worker");
+            }
+            Err(e) => {
+                let open = (0..10).any(|w| live(w) && allowed.contains(cfg.workers[w].region));
+                prop_assert!(!open, "refused ({e}) although an allowed region had a live worker");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_degraded_preferred_region_spills_to_the_next_and_comes_back() {
+    let r = router();
+    let cfg = r.config().clone();
+    let frankfurt = cfg.region_id("frankfurt").unwrap();
+    let set_rtt = |reg: usize, ms: u64| {
+        for w in (0..10).filter(|w| cfg.workers[*w].region == reg) {
+            r.worker(w)
+                .health
+                .record_path(Duration::from_millis(ms), 0, 10);
+        }
+    };
+    for reg in 0..r.config().regions.len() {
+        set_rtt(reg, 30 + 10 * reg as u64);
+    }
+    let mut scorer = Scorer::new(r.config());
+    let hold = r.config().health.hold.as_millis() as u64;
+    r.publish(scorer.tick(&r, &r.scored(), 0));
+    let fr = req(Some("fr"), None);
+    assert_eq!(region_of(&r, &fr).unwrap(), "frankfurt");
+    // Frankfurt becomes 300 ms slower: demoted at the next tick; French traffic spills.
+    set_rtt(frankfurt, 30 + 10 * frankfurt as u64 + 300);
+    r.publish(scorer.tick(&r, &r.scored(), 250));
+    assert_eq!(r.scored().regions[frankfurt].demoted, Some(Demotion::Rtt));
+    assert_ne!(region_of(&r, &fr).unwrap(), "frankfurt");
+    assert_eq!(
+        r.spills[Spill::Degraded as usize].load(Ordering::Relaxed),
+        1
+    );
+    // The sovereign tenant is not allowed anywhere else: it still gets its pool.
+    assert_eq!(
+        region_of(&r, &req(Some("fr"), Some("bund"))).unwrap(),
+        "frankfurt-sovereign"
+    );
+    // Recovered, but held for `hold`: still demoted just before, back after.
+    set_rtt(frankfurt, 30 + 10 * frankfurt as u64);
+    r.publish(scorer.tick(&r, &r.scored(), 250 + hold - 1));
+    assert_ne!(region_of(&r, &fr).unwrap(), "frankfurt");
+    r.publish(scorer.tick(&r, &r.scored(), 250 + hold));
+    assert_eq!(region_of(&r, &fr).unwrap(), "frankfurt");
+}
+
+#[test]
+fn consecutive_failures_eject_a_worker_and_a_good_probe_readmits_it() {
+    let r = router();
+    let n = r.config().health.eject_consecutive_failures;
+    let w = 0;
+    for _ in 0..n - 1 {
+        r.record_attempt(w, true);
+    }
+    assert!(!r.worker(w).health.is_ejected());
+    r.record_attempt(w, true);
+    assert!(r.worker(w).health.is_ejected());
+    let reg = r.config().workers[w].region;
+    assert!(
+        !r.table().regions[reg].healthy.contains(&w),
+        "ejected workers leave the table"
+    );
+    assert!(r.due_probes().is_empty(), "not before the backoff");
+    // A failed probe doubles the backoff; a good one readmits.
+    r.worker(w).health.probe_at_ms.store(0, Ordering::Relaxed);
+    assert_eq!(r.due_probes(), vec![w]);
+    r.probed(w, false);
+    assert!(r.worker(w).health.is_ejected());
+    let next = r.worker(w).health.probe_at_ms.load(Ordering::Relaxed);
+    assert!(
+        next >= r.now_ms() + 1_900,
+        "second backoff is twice the first: {next}"
+    );
+    r.probed(w, true);
+    assert!(!r.worker(w).health.is_ejected());
+    assert!(r.table().regions[reg].healthy.contains(&w));
+}
+
+#[test]
+fn at_most_half_a_region_is_ejected() {
+    let r = router();
+    let cfg = r.config().clone();
+    let reg = cfg.workers[0].region;
+    let members: Vec<usize> = (0..10).filter(|w| cfg.workers[*w].region == reg).collect();
+    assert_eq!(members.len(), 2);
+    for &w in &members {
+        for _ in 0..10 {
+            r.record_attempt(w, true);
+        }
+    }
+    let ejected = members
+        .iter()
+        .filter(|w| r.worker(**w).health.is_ejected())
+        .count();
+    assert_eq!(ejected, 1, "max_ejected_percent = 50 keeps one of two");
+}

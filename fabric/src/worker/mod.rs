@@ -82,6 +82,7 @@ pub fn spawn(
 ) -> Result<WorkerHandle, WorkerError> {
     let mut transport = transport::transport(config.max_concurrent.saturating_mul(2).max(16));
     transport::ack_frequency(&mut transport, config.ack_eliciting_threshold);
+    transport::link(&mut transport, &config.link);
     let server = identity.server_config_verifying(
         &[meridian_protocol::ALPN],
         transport,
