@@ -3,7 +3,8 @@
 //!
 //! `POST /v1/chat/completions` and `POST /v1/completions` (streaming: SSE in the exact
 //! `chat.completion.chunk` / `text_completion` format, `stream_options.include_usage`,
-//! `data: [DONE]`; non-streaming: one JSON object), `GET /v1/models`.
+//! `data: [DONE]`; non-streaming: one JSON object), `GET /v1/models`. `fail STATUS` on stdin
+//! makes completions answer that HTTP status (an inference server gone bad) until `ok`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +42,9 @@ pub struct MockArgs {
     /// Model name reported by `/v1/models`.
     #[arg(long, default_value = "llama-3-8b")]
     pub model: String,
+    /// Non-zero: the HTTP status completions answer with (stdin `fail STATUS` / `ok`).
+    #[arg(skip)]
+    pub failing: Arc<std::sync::atomic::AtomicU16>,
 }
 
 /// Serves until the process is stopped. Prints `listening on ADDR` first.
@@ -50,6 +54,25 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
         "{}",
         json!({ "mock_openai": listener.local_addr()?.to_string() })
     );
+    let failing = args.failing.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let status = match l.split_whitespace().collect::<Vec<_>>()[..] {
+                ["ok"] => Some(0),
+                ["fail", code] => code.parse::<u16>().ok().filter(|c| (400..600).contains(c)),
+                _ => None,
+            };
+            match status {
+                Some(c) => {
+                    failing.store(c, Ordering::Relaxed);
+                    println!("{}", json!({ "failing": c }));
+                }
+                None => eprintln!("mock-openai: unknown command `{l}` (fail STATUS, ok)"),
+            }
+        }
+    });
     serve(listener, Arc::new(args)).await
 }
 
@@ -85,6 +108,13 @@ async fn handle(
             StatusCode::OK,
             json!({"object": "list", "data": [{"id": args.model, "object": "model", "created": 0, "owned_by": "meridian-mock"}]}),
         ),
+        (&Method::POST, "/v1/chat/completions" | "/v1/completions")
+            if args.failing.load(Ordering::Relaxed) != 0 =>
+        {
+            let status = StatusCode::from_u16(args.failing.load(Ordering::Relaxed))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(status, "the mock was told to fail")
+        }
         (&Method::POST, "/v1/chat/completions" | "/v1/completions") => {
             let chat = path.ends_with("chat/completions");
             match Limited::new(req.into_body(), 1 << 20)
@@ -288,6 +318,7 @@ mod tests {
             itl_ms: 1,
             max_tokens: 7,
             model: "m".into(),
+            failing: Arc::default(),
         };
         tokio::spawn(serve(listener, Arc::new(args)));
         format!("http://{addr}")

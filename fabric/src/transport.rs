@@ -31,6 +31,11 @@ pub fn stream_credit(max: u32) -> u32 {
     }
 }
 
+/// Longest gap between RTT samples on an idle upstream connection: keep-alive PINGs are
+/// acknowledged, and every acknowledgement is a sample, so a region that gets no traffic
+/// (because it was demoted) is still measured and comes back soon after it recovers.
+pub const RTT_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Transport for an endpoint whose peers may open `max_bidi` request streams at once.
 pub fn transport(max_bidi: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
@@ -51,8 +56,9 @@ pub fn transport(max_bidi: u32) -> TransportConfig {
 /// Transport for an edge's upstream (client-side) connection to one worker: every request
 /// the edge sends that worker is a stream on it; the worker opens only its control stream.
 /// `idle_timeout` is the failure detector for a worker that vanishes without closing (the
-/// smaller of both sides' values applies); keep-alives go out at a quarter of it, so a
-/// lossy link loses all four in a row only when it is effectively down. `initial_rtt` is
+/// smaller of both sides' values applies); keep-alives go out at a quarter of it (at most
+/// [`RTT_SAMPLE_INTERVAL`]), so a lossy link loses all four in a row only when it is
+/// effectively down. `initial_rtt` is
 /// what the connection assumes before its first sample (the last RTT measured to this
 /// worker on a reconnect).
 pub fn upstream_transport(
@@ -62,7 +68,7 @@ pub fn upstream_transport(
 ) -> TransportConfig {
     let mut t = transport(0);
     t.max_concurrent_uni_streams(VarInt::from_u32(2))
-        .keep_alive_interval(Some(idle_timeout / 4))
+        .keep_alive_interval(Some((idle_timeout / 4).min(RTT_SAMPLE_INTERVAL)))
         .max_idle_timeout(Some(
             idle_timeout
                 .try_into()

@@ -1,7 +1,10 @@
 //! Cross-crate integration tests: real quinn endpoints on loopback, real TLS, real
 //! processes for the multi-node tests. No mock transport. One test binary; modules by
-//! concern. Timeouts here only bound a hung test; nothing asserts on timing.
+//! concern. Timeouts here only bound a hung test (or, where an issue states a bound, check
+//! that bound generously); no test asserts on performance.
 
+#[cfg(test)]
+mod bench_procs;
 #[cfg(test)]
 mod support;
 
@@ -11,6 +14,8 @@ mod cancel;
 mod demo_rules;
 #[cfg(test)]
 mod drain;
+#[cfg(test)]
+mod ejection;
 #[cfg(test)]
 mod failure;
 #[cfg(test)]
@@ -33,3 +38,5 @@ mod request_errors;
 mod stall;
 #[cfg(test)]
 mod traces;
+#[cfg(test)]
+mod wan;

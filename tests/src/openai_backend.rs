@@ -2,7 +2,7 @@
 //! server process), through a real edge.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,22 +20,8 @@ use meridian_protocol::{body_format, ErrorCode};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::bench_procs::bench_bin;
 use crate::support::*;
-
-fn bench_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("meridian-bench");
-    assert!(
-        bin.exists(),
-        "{} missing: cargo test --workspace builds it",
-        bin.display()
-    );
-    bin
-}
 
 async fn mock(itl_ms: u64, max_tokens: u64) -> (Child, String) {
     let mut child = Command::new(bench_bin())

@@ -337,13 +337,14 @@ impl Scorer {
                         tracing::info!(region = %cfg.regions[r].name, why = why.as_deref().unwrap_or(""), hold_ms = hold, "region demoted");
                     }
                 }
-                Some(held_reason) if now_ms >= held.until_ms => {
-                    // Restored once the cause cleared (RTT keeps being measured); TTFT and
-                    // errors of a region without traffic go stale, so they get a fresh trial.
+                Some(_) if now_ms >= held.until_ms => {
+                    // RTT keeps being measured without traffic, and probes decide about
+                    // ejected workers: those must have cleared. TTFT and errors of a region
+                    // without traffic go stale, so they get a fresh trial (a region still bad
+                    // is demoted again on its next traffic, with a longer hold).
                     let (still, _) = self::verdict(&s, h, 0.5);
-                    let stale = matches!(held_reason, Demotion::Ttft | Demotion::Errors);
-                    if still.is_none() || (stale && still == Some(held_reason)) {
-                        if stale {
+                    if !matches!(still, Some(Demotion::Rtt | Demotion::Ejections)) {
+                        if still.is_some() || s.ttft_ms.is_some() || s.error_rate.is_some() {
                             for w in &ws {
                                 w.health.fresh_trial();
                             }
