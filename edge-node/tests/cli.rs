@@ -228,3 +228,119 @@ fn demo_serve_exposes_admin_endpoints_and_metrics() {
         .all(|w| w["healthy"] == true));
     assert_eq!(http_get(&admin, "/nope").0, 404);
 }
+
+#[test]
+fn live_explanations_scores_prices_and_spend() {
+    let s = common::serve("1", "16");
+    let admin = s.admin.clone();
+    // Upstream RTTs are sampled every 100 ms: wait until every region is measured.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, routes) = http_get(&admin, "/routes");
+        let v: serde_json::Value = serde_json::from_str(&routes).unwrap();
+        if v["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"]["rtt_ms"].is_number())
+        {
+            assert_eq!(v["objective"], "latency");
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // `meridian route --admin` explains on the live state, with every region's inputs.
+    let url = format!("http://{admin}");
+    let out = meridian(&["route", "--admin", &url, "--area", "jp", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["region"], "seoul");
+    assert_eq!(v["scores"][0]["region"], "seoul");
+    assert_eq!(v["scores"][0]["placed"], "preferred #1");
+    assert!(v["scores"][0]["rtt_ms"].is_number(), "{v}");
+    assert_eq!(v["scores"][0]["price_per_mtok"], 0.6);
+    let out = meridian(&["route", "--admin", &url, "--area", "jp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("preferred #1") && text.contains("rtt"),
+        "{text}"
+    );
+
+    // Prices change at run time.
+    let put = |path: &str, body: &str| common::exchange(&admin, "PUT", path, &[], body);
+    let (status, _, body) = put("/regions/seoul", r#"{"price_per_mtok": 0.25}"#);
+    assert_eq!(status, 200, "{body}");
+    // The scorer publishes the new price with its next tick (every 250 ms).
+    let start = std::time::Instant::now();
+    loop {
+        let (_, routes) = http_get(&admin, "/routes");
+        let v: serde_json::Value = serde_json::from_str(&routes).unwrap();
+        let seoul = v["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "seoul")
+            .unwrap()
+            .clone();
+        if seoul["status"]["price_per_mtok"] == 0.25 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{seoul}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (path, body, code) in [
+        ("/regions/seoul", "not json", 400),
+        ("/regions/seoul", r#"{"price_per_mtok": -1}"#, 400),
+        ("/regions/seoul", r#"{"colour": 1}"#, 400),
+        ("/regions/seoul", "{}", 400),
+        ("/regions/atlantis", r#"{"price_per_mtok": 1}"#, 404),
+    ] {
+        assert_eq!(put(path, body).0, code, "{path} {body}");
+    }
+    assert_eq!(common::exchange(&admin, "POST", "/routes", &[], "").0, 405);
+
+    // Spend: tokens × the region's price at the time.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tokens = rt.block_on(async {
+        use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+        let config = ClientConfig::new(Trust::pin_file(&s.cert).unwrap())
+            .with_credential(meridian_fabric::demo::demo_key("acme").unwrap());
+        let client = Client::connect(s.edge.parse().unwrap(), config)
+            .await
+            .unwrap();
+        let mut req = Request::new("llama-3-8b", "hello");
+        req.headers.area = Some("jp".into());
+        let (_, _, end) = client.generate(req).await.unwrap().collect().await.unwrap();
+        client.close().await;
+        end.completion_tokens
+    });
+    let (_, metrics) = http_get(&admin, "/metrics");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("meridian_cost_usd_total{region=\"seoul\",model=\"llama-3-8b\"}"))
+        .unwrap_or_else(|| panic!("no seoul spend in:\n{metrics}"));
+    let spent: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let expected = tokens as f64 * 0.25 / 1e6;
+    assert!((spent - expected).abs() < 1e-12, "{line} vs {expected}");
+    for family in [
+        "meridian_upstream_rtt_seconds{worker=\"seoul-1\",region=\"seoul\"}",
+        "meridian_region_rtt_seconds{region=\"seoul\"}",
+        "meridian_region_price_per_mtok{region=\"seoul\"}",
+        "meridian_spills_total{reason=\"degraded\"} 0",
+        "meridian_worker_ejections_total{worker=\"seoul-1\",region=\"seoul\"} 0",
+        "meridian_region_demotions_total{reason=\"rtt\"} 0",
+    ] {
+        assert!(
+            metrics.contains(family),
+            "missing `{family}` in:\n{metrics}"
+        );
+    }
+}

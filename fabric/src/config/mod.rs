@@ -501,4 +501,6 @@ pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigErrors> {
 }
 
 #[cfg(test)]
+mod adaptive_tests;
+#[cfg(test)]
 mod tests;

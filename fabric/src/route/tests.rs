@@ -406,3 +406,37 @@ fn at_most_half_a_region_is_ejected() {
         .count();
     assert_eq!(ejected, 1, "max_ejected_percent = 50 keeps one of two");
 }
+
+#[test]
+fn the_cost_objective_follows_prices_changed_at_run_time() {
+    let src = TOPOLOGY.replacen("[routing]", "[routing]\nobjective = \"cost\"", 1);
+    let r = Router::new(Arc::new(parse_config(&src, Path::new("t.toml")).unwrap()));
+    for w in 0..10 {
+        r.set_healthy(w, true);
+        r.worker(w)
+            .health
+            .record_path(Duration::from_millis(30), 0, 10);
+    }
+    let mut scorer = Scorer::new(r.config());
+    r.publish(scorer.tick(&r, &r.scored(), 0));
+    // jp prefers seoul (0.60) and tokyo (0.70): the cheaper one leads.
+    let jp = req(Some("jp"), None);
+    assert_eq!(region_of(&r, &jp).unwrap(), "seoul");
+    let seoul = r.config().region_id("seoul").unwrap();
+    // 0.66 is not 10 % more than tokyo's 0.70: hysteresis keeps seoul.
+    r.set_price(seoul, Some(0.66), None);
+    r.publish(scorer.tick(&r, &r.scored(), 250));
+    assert_eq!(region_of(&r, &jp).unwrap(), "seoul");
+    r.set_price(seoul, Some(0.90), None);
+    r.publish(scorer.tick(&r, &r.scored(), 500));
+    assert_eq!(region_of(&r, &jp).unwrap(), "tokyo");
+    // However cheap a region outside the preference list gets, it only follows.
+    let us = r.config().region_id("us-east").unwrap();
+    r.set_price(us, Some(0.01), None);
+    r.publish(scorer.tick(&r, &r.scored(), 750));
+    assert_eq!(region_of(&r, &jp).unwrap(), "tokyo");
+    let e = r.explain(&jp);
+    assert_eq!(e.objective, "cost");
+    assert_eq!(e.scores[0].region, "tokyo");
+    assert_eq!(e.scores[0].placed, "preferred, by score");
+}
