@@ -120,9 +120,9 @@ impl Link {
     }
 }
 
-/// The TLS part of a worker's client config, kept across reconnects (and shared by the
-/// worker's connections) so that TLS session tickets resume; rebuilt after a failed attempt
-/// so that a changed trust file is read again.
+/// The TLS part of a worker's client config, kept across reconnects and shared by the
+/// worker's connections (no certificate files re-read, no verifier rebuilt per connection);
+/// rebuilt after a failed attempt so that a changed trust file is read again.
 fn crypto(
     entry: &WorkerEntry,
     identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,

@@ -176,18 +176,19 @@ impl fmt::Display for Explanation {
             |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.0}{unit}"));
         writeln!(
             f,
-            "  {:<22} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>7}  placed",
-            "region", "rtt", "ttft", "errors", "price", "carbon", "ejected", "score"
+            "  {:<22} {:>7} {:>7} {:>6} {:>5} {:>6} {:>7} {:>7} {:>7}  placed",
+            "region", "rtt", "ttft", "errors", "queue", "price", "carbon", "ejected", "score"
         )?;
         for c in &self.scores {
             let s = &c.status;
             writeln!(
                 f,
-                "  {:<22} {:>7} {:>7} {:>6} {:>6.2} {:>7.0} {:>7} {:>7}  {}",
+                "  {:<22} {:>7} {:>7} {:>6} {:>5} {:>6.2} {:>7.0} {:>7} {:>7}  {}",
                 c.region,
                 num(s.rtt_ms, "ms"),
                 num(s.ttft_ms, "ms"),
                 num(s.error_rate.map(|e| e * 100.0), "%"),
+                s.queue_depth,
                 s.price_per_mtok,
                 s.carbon_g_per_kwh,
                 format!("{}/{}", s.ejected, s.workers),

@@ -77,6 +77,8 @@ pub struct RegionStatus {
     pub connected: usize,
     /// Ejected workers.
     pub ejected: usize,
+    /// Requests queued at its workers (their LOAD reports).
+    pub queue_depth: u64,
     /// Why it is demoted, if it is.
     pub demoted: Option<Demotion>,
     /// The demotion in words (`rtt 530 ms > baseline 230 ms + 150 ms`).
@@ -314,6 +316,7 @@ impl Scorer {
                 workers: ws.len(),
                 connected: connected.len(),
                 ejected: ws.iter().filter(|w| w.health.is_ejected()).count(),
+                queue_depth: connected.iter().map(|w| w.queue_depth()).sum(),
                 ..Default::default()
             };
             held.rtt_base = baseline(held.rtt_base, s.rtt_ms, up);

@@ -73,6 +73,11 @@ impl WorkerState {
         reported.saturating_sub(self.in_flight.current())
     }
 
+    /// The worker's queue depth from its last LOAD report.
+    pub fn queue_depth(&self) -> u64 {
+        self.reported_queue.load(Acquire)
+    }
+
     /// This edge's in-flight count.
     pub fn local_in_flight(&self) -> u64 {
         self.in_flight.current()
