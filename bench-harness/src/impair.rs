@@ -338,13 +338,14 @@ impl Line {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Held>();
         tokio::spawn(async move {
             let mut heap = std::collections::BinaryHeap::new();
+            let mut open = true;
             loop {
                 let next = heap.peek().map(|h: &Held| h.at);
                 tokio::select! {
-                    held = rx.recv() => match held {
+                    held = rx.recv(), if open => match held {
                         Some(h) => heap.push(h),
                         None if heap.is_empty() => return,
-                        None => {}
+                        None => open = false,
                     },
                     _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                         let now = Instant::now();

@@ -128,7 +128,7 @@ pub(crate) fn render(out: &mut String, stats: &EdgeStats, router: &Router) {
     family(
         out,
         "meridian_spills_total",
-        "Requests served past the first region they could use, by why it was passed over.",
+        "Requests that spilled: past the first region they could use (unhealthy, over_bound) or out of their preference list past a demoted region (degraded).",
         "counter",
     );
     for (s, name) in Spill::ALL {

@@ -277,7 +277,13 @@ async fn route_and_relay(
             Attempt::FailedClean(_) | Attempt::FailedDirty { .. } => true,
             Attempt::Draining | Attempt::ClientGone { .. } | Attempt::Deadline { .. } => false,
         };
-        if !matches!(outcome, Attempt::Draining | Attempt::ClientGone { .. }) {
+        // A deadline or a cancel says nothing about the worker (a silent one is caught by the
+        // stall limit, which is a failure).
+        let judged = !matches!(
+            outcome,
+            Attempt::Draining | Attempt::ClientGone { .. } | Attempt::Deadline { .. }
+        );
+        if judged {
             edge.router.record_attempt(worker_id, failed);
         }
         match outcome {

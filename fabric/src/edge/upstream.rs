@@ -32,6 +32,8 @@ struct Slots {
     next: AtomicUsize,
     /// Connections whose SETTINGS arrived and that have not ended or sent GOAWAY.
     live: AtomicU32,
+    /// Serialises changes of `live` with the worker's health flag (connection events only).
+    changing: std::sync::Mutex<()>,
 }
 
 /// The current connections of each worker, readable without locks.
@@ -66,6 +68,7 @@ impl Upstreams {
                     conns: (0..per).map(|_| RcuCell::new(SyncArc::new(None))).collect(),
                     next: AtomicUsize::new(0),
                     live: AtomicU32::new(0),
+                    changing: std::sync::Mutex::new(()),
                 })
                 .collect(),
         });
@@ -108,12 +111,24 @@ impl Link {
 
     /// This connection's SETTINGS arrived: the worker is routable.
     fn up(&self) {
+        let _serial = self
+            .slots()
+            .changing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.slots().live.fetch_add(1, Relaxed);
         self.router.set_healthy(self.w, true);
     }
 
-    /// This connection no longer takes new requests; the worker is unhealthy once none does.
+    /// This connection no longer takes new requests (its streams in flight go on); the
+    /// worker is unhealthy once none does.
     fn down(&self) {
+        self.slots().conns[self.slot].store(SyncArc::new(None));
+        let _serial = self
+            .slots()
+            .changing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if self.slots().live.fetch_sub(1, Relaxed) == 1 {
             self.router.set_healthy(self.w, false);
         }
@@ -146,7 +161,10 @@ fn transport_for(
     settings: &UpstreamSettings,
     last_rtt: Option<Duration>,
 ) -> quinn::TransportConfig {
-    let initial_rtt = last_rtt.unwrap_or(settings.initial_rtt);
+    // An RTT inflated by the outage that broke the connection must not stretch the
+    // handshake's retransmission timers past the connect timeout.
+    let cap = settings.initial_rtt.max(settings.connect_timeout / 4);
+    let initial_rtt = last_rtt.map_or(settings.initial_rtt, |r| r.min(cap));
     transport::upstream_transport(settings.idle_timeout, initial_rtt, &settings.link)
 }
 

@@ -123,6 +123,10 @@ impl Trace for Recorder<'_> {
         });
     }
 
+    fn counts(&self) -> bool {
+        false
+    }
+
     fn worker(&mut self, worker: WorkerId, skipped: usize) {
         self.out.worker = Some(self.router.config.workers[worker].name.clone());
         self.out.ring_skipped = Some(skipped);

@@ -64,6 +64,9 @@ pub struct Health {
     consecutive_failures: AtomicU32,
     /// Attempts and failed attempts, for metrics.
     pub attempts: AtomicU64,
+    /// Attempts since the error average was last cleared (the rate is judged only after
+    /// enough of them).
+    recent_attempts: AtomicU64,
     /// Failed attempts.
     pub failures: AtomicU64,
     /// Whether the worker is ejected (excluded from routing tables).
@@ -110,6 +113,11 @@ impl Health {
         self.errors.get()
     }
 
+    /// Attempts since the error average was last cleared.
+    pub fn recent_attempts(&self) -> u64 {
+        self.recent_attempts.load(Relaxed)
+    }
+
     /// Failed attempts since the last success.
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Relaxed)
@@ -124,6 +132,7 @@ impl Health {
     /// refused, answered a server-side error). Returns the consecutive failures so far.
     pub fn outcome(&self, failed: bool) -> u32 {
         self.attempts.fetch_add(1, Relaxed);
+        self.recent_attempts.fetch_add(1, Relaxed);
         self.errors
             .record(if failed { 1.0 } else { 0.0 }, REQUEST_ALPHA);
         if failed {
@@ -147,7 +156,6 @@ impl Health {
         }
         self.probe_at_ms.store(probe_at_ms, Relaxed);
         self.ejections.fetch_add(1, Relaxed);
-        self.eject_streak.fetch_add(1, Relaxed);
         true
     }
 
@@ -156,11 +164,14 @@ impl Health {
     pub fn fresh_trial(&self) {
         self.ttft_ms.reset();
         self.errors.reset();
+        self.recent_attempts.store(0, Relaxed);
     }
 
     /// Readmits the worker after a successful probe, with a clean record.
     pub(crate) fn readmit(&self) {
         self.errors.reset();
+        self.recent_attempts.store(0, Relaxed);
+        self.eject_streak.store(0, Relaxed);
         self.consecutive_failures.store(0, Relaxed);
         self.ejected.store(false, Relaxed);
     }
@@ -205,7 +216,6 @@ mod tests {
         assert!(!h.is_ejected());
         assert!(h.eject(3_000));
         assert_eq!(h.ejections.load(Relaxed), 2);
-        assert_eq!(h.eject_streak.load(Relaxed), 2);
     }
 
     #[test]

@@ -114,6 +114,11 @@ pub trait Trace {
     fn region(&mut self, _region: RegionId, _verdict: RegionVerdict) {}
     /// The worker picked inside the chosen region and how many ring candidates were passed.
     fn worker(&mut self, _worker: WorkerId, _skipped: usize) {}
+    /// Whether the decision is a real request's (counted in metrics) rather than an
+    /// explanation's.
+    fn counts(&self) -> bool {
+        true
+    }
 }
 
 impl Trace for () {}
@@ -141,6 +146,9 @@ pub struct Router {
     prices: Vec<(AtomicU64, AtomicU64)>,
     /// Time base of ejection backoffs and demotion holds.
     clock: std::time::Instant,
+    /// Serialises ejection decisions (failure path only), so concurrent failures cannot
+    /// eject more of a region than `max_ejected_percent`.
+    ejecting: std::sync::Mutex<()>,
     /// Requests that went past their first allowed region, by [`Spill`].
     pub spills: [AtomicU64; 3],
     /// Region demotions, by [`Demotion`].
@@ -207,6 +215,7 @@ impl Router {
             scored: RcuCell::new(Arc::new(scored)),
             prices,
             clock: std::time::Instant::now(),
+            ejecting: std::sync::Mutex::new(()),
             spills: Default::default(),
             demotions: Default::default(),
         }
@@ -266,18 +275,20 @@ impl Router {
         let consecutive = h.outcome(failed);
         let s = &self.config.health;
         let by_count = consecutive >= s.eject_consecutive_failures;
-        let by_rate = h.attempts.load(Ordering::Relaxed) >= s.eject_min_attempts
+        let by_rate = h.recent_attempts() >= s.eject_min_attempts
             && h.error_rate().is_some_and(|e| e >= s.eject_error_rate);
         if !failed || !(by_count || by_rate) || h.is_ejected() {
             return;
         }
+        let _serial = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
         let region = self.config.workers[w].region;
         let members: Vec<WorkerId> = (0..self.workers.len())
             .filter(|i| self.config.workers[*i].region == region)
             .collect();
+        // Disconnected workers do not count: they are out of the table anyway.
         let ejected = members
             .iter()
-            .filter(|i| self.workers[**i].health.is_ejected())
+            .filter(|i| self.workers[**i].is_healthy() && self.workers[**i].health.is_ejected())
             .count();
         let cap = (members.len() * s.max_ejected_percent as usize / 100).max(1);
         if ejected >= cap {
@@ -285,6 +296,7 @@ impl Router {
         }
         let backoff = self.eject_backoff(w);
         if h.eject(self.now_ms() + backoff.as_millis() as u64) {
+            h.eject_streak.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 worker = %self.config.workers[w].name,
                 consecutive,
@@ -323,8 +335,8 @@ impl Router {
             tracing::info!(worker = %self.config.workers[w].name, "probe succeeded: worker readmitted");
             self.rebuild();
         } else {
-            h.eject_streak.fetch_add(1, Ordering::Relaxed);
             let backoff = self.eject_backoff(w);
+            h.eject_streak.fetch_add(1, Ordering::Relaxed);
             h.probe_at_ms.store(
                 self.now_ms() + backoff.as_millis() as u64,
                 Ordering::Relaxed,
@@ -516,13 +528,14 @@ impl Router {
                 .and_then(|a| table.preferred.get(a))
                 .copied()
                 .unwrap_or_default();
+            // Counted when the request left its preference list for it.
             if passed.is_none()
-                && !table.demoted.contains(r)
+                && !preferred.contains(r)
                 && usable.intersect(preferred).intersect(table.demoted) != RegionSet::default()
             {
                 passed = Some(Spill::Degraded);
             }
-            if let Some(p) = passed {
+            if let Some(p) = passed.filter(|_| trace.counts()) {
                 self.spills[p as usize].fetch_add(1, Ordering::Relaxed);
             }
             return Ok(Decision {

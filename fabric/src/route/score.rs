@@ -77,6 +77,8 @@ pub struct RegionStatus {
     pub connected: usize,
     /// Ejected workers.
     pub ejected: usize,
+    /// Attempts behind `error_rate` since it was last cleared.
+    pub attempts: u64,
     /// Requests queued at its workers (their LOAD reports).
     pub queue_depth: u64,
     /// Why it is demoted, if it is.
@@ -315,7 +317,10 @@ impl Scorer {
                 carbon_g_per_kwh: router.carbon(r),
                 workers: ws.len(),
                 connected: connected.len(),
-                ejected: ws.iter().filter(|w| w.health.is_ejected()).count(),
+                // A disconnected worker is out anyway; its failing probes must not keep the
+                // region demoted.
+                ejected: connected.iter().filter(|w| w.health.is_ejected()).count(),
+                attempts: connected.iter().map(|w| w.health.recent_attempts()).sum(),
                 queue_depth: connected.iter().map(|w| w.queue_depth()).sum(),
                 ..Default::default()
             };
@@ -434,7 +439,13 @@ fn verdict(s: &RegionStatus, h: &HealthSettings, scale: f64) -> (Option<Demotion
             );
         }
     }
-    if let Some(e) = s.error_rate.filter(|e| *e > h.degraded_error_rate * scale) {
+    // An error rate means something only over enough attempts (one failure after a reset
+    // would read as 100 %).
+    let judged = s.attempts >= h.eject_min_attempts.min(10);
+    if let Some(e) = s
+        .error_rate
+        .filter(|e| judged && *e > h.degraded_error_rate * scale)
+    {
         return (
             Some(Demotion::Errors),
             Some(format!(
