@@ -69,9 +69,11 @@ pub async fn spawn(addr: SocketAddr, admin: Admin) -> anyhow::Result<SocketAddr>
 
 /// One admin request: the token first, then a region update (which has a body) or a read.
 async fn serve(req: Request<hyper::body::Incoming>, a: &Admin) -> Response<Full<Bytes>> {
-    let refused = authorized(&req, a);
-    if refused.status() != StatusCode::OK || req.method() == Method::GET {
-        return refused;
+    if req.method() == Method::GET {
+        return authorized(&req, a);
+    }
+    if let Some(r) = refused(&req, a) {
+        return r;
     }
     match req.uri().path().strip_prefix("/regions/") {
         Some(name) if req.method() == Method::PUT => {
@@ -86,10 +88,14 @@ async fn serve(req: Request<hyper::body::Incoming>, a: &Admin) -> Response<Full<
     }
 }
 
-/// [`handle`] behind the bearer token, when one is configured (compared in constant time).
-/// Anything but a GET that passes the token check answers 200 with an empty body here (the
-/// caller then serves it).
+/// A read ([`handle`]) behind the bearer token.
 fn authorized<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
+    refused(req, a).unwrap_or_else(|| handle(req, a))
+}
+
+/// The 401 for a request without the bearer token, when one is configured (compared in
+/// constant time); `None` when the request may proceed.
+fn refused<B>(req: &Request<B>, a: &Admin) -> Option<Response<Full<Bytes>>> {
     if let Some(token) = &a.token {
         let given = req
             .headers()
@@ -113,13 +119,10 @@ fn authorized<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
                 hyper::header::WWW_AUTHENTICATE,
                 hyper::header::HeaderValue::from_static("Bearer"),
             );
-            return r;
+            return Some(r);
         }
     }
-    if req.method() != Method::GET {
-        return text(StatusCode::OK, "text/plain", String::new());
-    }
-    handle(req, a)
+    None
 }
 
 pub(crate) fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

@@ -123,6 +123,32 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A number in `range` (which also refuses NaN and infinities).
+    pub(super) fn float(
+        &mut self,
+        v: Option<&Spanned<f64>>,
+        what: &str,
+        range: std::ops::RangeInclusive<f64>,
+        default: f64,
+    ) -> f64 {
+        match v {
+            None => default,
+            Some(f) if range.contains(f.get_ref()) => *f.get_ref(),
+            Some(f) => {
+                self.err(
+                    Some(f.span()),
+                    format!(
+                        "{what} must be in {:?}..={:?}, got {}",
+                        range.start(),
+                        range.end(),
+                        f.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     pub(super) fn millis(
         &mut self,
         v: Option<&Spanned<u64>>,

@@ -120,17 +120,7 @@ pub struct RawWeights {
 impl Ctx<'_> {
     /// A fraction in `0.0..=1.0` (`what` names it in the message).
     fn fraction(&mut self, v: Option<&Spanned<f64>>, what: &str, default: f64) -> f64 {
-        match v {
-            None => default,
-            Some(f) if (0.0..=1.0).contains(f.get_ref()) => *f.get_ref(),
-            Some(f) => {
-                self.err(
-                    Some(f.span()),
-                    format!("{what} must be in 0.0..=1.0, got {}", f.get_ref()),
-                );
-                default
-            }
-        }
+        self.float(v, what, 0.0..=1.0, default)
     }
 
     pub(super) fn health(&mut self, raw: Option<&RawHealth>) -> HealthSettings {
@@ -238,21 +228,8 @@ impl Ctx<'_> {
             carbon: 1.0,
         };
         let Some(w) = v else { return d };
-        let one = |cx: &mut Self, f: Option<&Spanned<f64>>, what: &str, def: f64| match f {
-            None => def,
-            Some(f) if f.get_ref().is_finite() && *f.get_ref() >= 0.0 && *f.get_ref() <= 1000.0 => {
-                *f.get_ref()
-            }
-            Some(f) => {
-                cx.err(
-                    Some(f.span()),
-                    format!(
-                        "weights.{what} must be in 0.0..=1000.0, got {}",
-                        f.get_ref()
-                    ),
-                );
-                def
-            }
+        let one = |cx: &mut Self, f: Option<&Spanned<f64>>, what: &str, def: f64| {
+            cx.float(f, &format!("weights.{what}"), 0.0..=1000.0, def)
         };
         let r = w.get_ref();
         let out = Weights {

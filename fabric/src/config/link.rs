@@ -79,20 +79,12 @@ impl Ctx<'_> {
                 }
             },
         };
-        let time_threshold = match raw.time_threshold.as_ref() {
-            None => d.time_threshold,
-            Some(t) if (1.0..=4.0).contains(t.get_ref()) => *t.get_ref(),
-            Some(t) => {
-                self.err(
-                    Some(t.span()),
-                    format!(
-                        "{table} time_threshold must be in 1.0..=4.0 (× RTT), got {}",
-                        t.get_ref()
-                    ),
-                );
-                d.time_threshold
-            }
-        };
+        let time_threshold = self.float(
+            raw.time_threshold.as_ref(),
+            &format!("{table} time_threshold"),
+            1.0..=4.0,
+            d.time_threshold,
+        );
         LinkTuning {
             congestion,
             initial_window: raw

@@ -23,7 +23,7 @@ pub(crate) fn render(out: &mut String, stats: &EdgeStats, router: &Router) {
         )
     };
     type Pick = fn(&crate::route::health::Health) -> Option<f64>;
-    let per_worker: [(&str, &str, &str, Pick); 6] = [
+    let per_worker: [(&str, &str, &str, Pick); 8] = [
         (
             "meridian_upstream_rtt_seconds",
             "Smoothed QUIC path RTT to the worker.",
@@ -53,6 +53,18 @@ pub(crate) fn render(out: &mut String, stats: &EdgeStats, router: &Router) {
             "1 while the worker is ejected as an outlier.",
             "gauge",
             |h| Some(f64::from(u8::from(h.is_ejected()))),
+        ),
+        (
+            "meridian_worker_attempts_total",
+            "Attempts sent to the worker.",
+            "counter",
+            |h| Some(h.attempts.load(Relaxed) as f64),
+        ),
+        (
+            "meridian_worker_failures_total",
+            "Attempts the worker failed (lost, stalled, or a server-side ERROR).",
+            "counter",
+            |h| Some(h.failures.load(Relaxed) as f64),
         ),
         (
             "meridian_worker_ejections_total",

@@ -48,10 +48,9 @@ impl Upstreams {
         let slots = &self.workers[w];
         let n = slots.conns.len();
         let start = slots.next.fetch_add(1, Relaxed);
-        (0..n).find_map(|i| {
-            let c = slots.conns[(start + i) % n].load();
-            c.as_ref().clone().filter(|c| c.close_reason().is_none())
-        })
+        // A slot is emptied as soon as its connection drains or ends (`Link::down`, then
+        // `maintain`), so no per-request check of the connection's state (a lock in quinn).
+        (0..n).find_map(|i| slots.conns[(start + i) % n].load().as_ref().clone())
     }
 
     /// Starts the connection tasks for every worker of `router`'s config.

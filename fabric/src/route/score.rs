@@ -231,17 +231,11 @@ pub fn order(
         .filter(|r| !pref.contains(r) && !demoted(r))
         .collect();
     sticky_sort(&mut rest, &score, prev, h);
-    // Demoted: preferred first (in preference order), then the others; then by score.
+    // Demoted: as published before, newly demoted ones after (preferred first, in preference
+    // order, then the others); then by score.
     let mut down: Vec<RegionId> = pref.iter().copied().filter(demoted).collect();
     down.extend((0..regions.len()).filter(|r| !pref.contains(r) && demoted(r)));
-    let down_prev: Vec<RegionId> = prev.iter().copied().filter(demoted).collect();
-    let seed = if down_prev.is_empty() {
-        &down
-    } else {
-        &down_prev
-    };
-    let seed = seed.clone();
-    sticky_sort(&mut down, &score, &seed, h);
+    sticky_sort(&mut down, &score, prev, h);
     preferred.into_iter().chain(rest).chain(down).collect()
 }
 
