@@ -305,6 +305,11 @@ fn live_explanations_scores_prices_and_spend() {
     ] {
         assert_eq!(put(path, body).0, code, "{path} {body}");
     }
+    // The body limit (4 KiB): a larger update is refused with a message, not buffered.
+    let big = format!(r#"{{"price_per_mtok": 1{}}}"#, " ".repeat(5000));
+    let (status, _, body) = put("/regions/seoul", &big);
+    assert_eq!(status, 400);
+    assert!(body.contains("at most 4096 bytes"), "{body}");
     assert_eq!(common::exchange(&admin, "POST", "/routes", &[], "").0, 405);
 
     // Spend: tokens × the region's price at the time.

@@ -11,7 +11,7 @@ use meridian_fabric::config::{Backend, OpenAiBackend, ServerTls};
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
 use meridian_fabric::worker;
-use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+use meridian_protocol::client::Request;
 
 use crate::bench_procs::mock_openai;
 use crate::support::*;
@@ -50,15 +50,7 @@ async fn a_worker_answering_errors_is_ejected_and_readmitted() {
         workers.push(w);
     }
     let edge = edge_from(&toml, &dir.join("edge.toml"), &id, 2).await;
-    let client = within(
-        "connect",
-        Client::connect(
-            edge.addr,
-            ClientConfig::new(Trust::pin_file(&cert).unwrap()),
-        ),
-    )
-    .await
-    .unwrap();
+    let client = pinned_client(edge.addr, &cert).await;
     let ask = |key: u32| {
         let mut r = Request::new("m", format!("prompt {key}"));
         r.headers.shard_key = Some(format!("session-{key}").into_bytes().into());

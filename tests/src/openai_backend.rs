@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,38 +14,11 @@ use meridian_fabric::edge::{self, EdgeHandle};
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
 use meridian_fabric::worker::{self, WorkerHandle};
-use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+use meridian_protocol::client::{Client, Request};
 use meridian_protocol::{body_format, ErrorCode};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-use crate::bench_procs::bench_bin;
+use crate::bench_procs::mock_openai;
 use crate::support::*;
-
-async fn mock(itl_ms: u64, max_tokens: u64) -> (Child, String) {
-    let mut child = Command::new(bench_bin())
-        .args([
-            "mock-openai",
-            "--listen",
-            "127.0.0.1:0",
-            "--ttft-ms",
-            "1",
-            "--itl-ms",
-            &itl_ms.to_string(),
-        ])
-        .args(["--max-tokens", &max_tokens.to_string()])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = within("mock start", lines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (child, v["mock_openai"].as_str().unwrap().to_owned())
-}
 
 pub(crate) struct Topo {
     pub edge: EdgeHandle,
@@ -121,15 +93,7 @@ pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option
         edge.router.wait_until(|r| r.healthy_workers() == n),
     )
     .await;
-    let client = within(
-        "connect",
-        Client::connect(
-            edge.addr,
-            ClientConfig::new(Trust::pin_file(&cert).unwrap()),
-        ),
-    )
-    .await
-    .unwrap();
+    let client = pinned_client(edge.addr, &cert).await;
     Topo {
         edge,
         workers,
@@ -139,7 +103,7 @@ pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_backend_streams_tokens_from_an_openai_server() {
-    let (_mock, addr) = mock(1, 6).await;
+    let (_mock, addr) = mock_openai(1, 6).await;
     let t = topology("openai", &[&addr]).await;
     // A plain prompt from the native SDK becomes a chat completion upstream.
     let (_, text, end) = within(
@@ -199,7 +163,7 @@ async fn unreachable_backend_is_upstream_failed_and_cancel_stops_upstream() {
     .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UPSTREAM_FAILED), "{err}");
 
-    let (_mock, addr) = mock(5, 100_000).await;
+    let (_mock, addr) = mock_openai(5, 100_000).await;
     let t = topology("openai-cancel", &[&addr]).await;
     let mut g = t
         .client

@@ -94,6 +94,14 @@ pub async fn client(demo: &Demo) -> Client {
     .expect("client connects")
 }
 
+/// A client of the edge at `addr` that pins the certificate in `cert`, no credential.
+pub async fn pinned_client(addr: std::net::SocketAddr, cert: &std::path::Path) -> Client {
+    let trust = Trust::pin_file(cert).expect("certificate readable");
+    within("connect", Client::connect(addr, ClientConfig::new(trust)))
+        .await
+        .expect("client connects")
+}
+
 /// A worker `w` in region `r` serving model `m` with a synthetic backend (`ttft`, `itl` in
 /// ms, `tokens` per answer) and certificate `tls`, on a free loopback port.
 pub fn worker_config(

@@ -17,7 +17,7 @@ use meridian_fabric::edge::EdgeHandle;
 use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
 use meridian_fabric::worker::{self, WorkerHandle};
-use meridian_protocol::client::{Client, ClientConfig, Request, Trust};
+use meridian_protocol::client::{Client, Request};
 use meridian_protocol::ErrorCode;
 
 use crate::bench_procs::{impair, Controlled};
@@ -27,7 +27,7 @@ use crate::support::*;
 /// tenant `sov` may use `near` only.
 struct Wan {
     edge: EdgeHandle,
-    _workers: Vec<WorkerHandle>,
+    workers: Vec<WorkerHandle>,
     /// Proxies of `near` and `far` (kept alive for the test).
     near: Controlled,
     _far: Controlled,
@@ -61,20 +61,12 @@ async fn wan(name: &str, extra: &str, (ttft, itl, tokens): (u64, u64, u64)) -> W
         proxies.push(proxy);
     }
     let edge = edge_from(&toml, &dir.join("edge.toml"), &id, 2).await;
-    let client = within(
-        "connect",
-        Client::connect(
-            edge.addr,
-            ClientConfig::new(Trust::pin_file(&cert).unwrap()),
-        ),
-    )
-    .await
-    .unwrap();
+    let client = pinned_client(edge.addr, &cert).await;
     let far = proxies.pop().unwrap();
     let near = proxies.pop().unwrap();
     Wan {
         edge,
-        _workers: workers,
+        workers,
         near,
         _far: far,
         client,
@@ -222,6 +214,25 @@ async fn a_partitioned_region_is_routed_around_and_its_streams_end_in_error() {
     let back = until_served_by(&t, "near", Duration::from_secs(20)).await;
     eprintln!("healed region served again after {back:?}");
     drop(streams);
+    t.client.close().await;
+    t.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_spread_over_several_connections_per_worker() {
+    let t = wan(
+        "wan-conns",
+        "[upstream]\nconnections_per_worker = 3\n",
+        (0, 1, 2),
+    )
+    .await;
+    eventually("three connections to each worker", LIMIT, || {
+        t.workers.iter().all(|w| w.connections() == 3)
+    })
+    .await;
+    for _ in 0..9 {
+        assert_eq!(served_from(&t.client, "jp", None).await, "near");
+    }
     t.client.close().await;
     t.edge.stop().await;
 }

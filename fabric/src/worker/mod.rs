@@ -51,6 +51,11 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// QUIC connections open now (edges connect `connections_per_worker` each).
+    pub fn connections(&self) -> usize {
+        self.endpoint.open_connections()
+    }
+
     /// Drains gracefully: GOAWAY to every edge, in-flight requests finish (up to
     /// [`DRAIN_TIMEOUT`]), then the endpoint closes.
     pub async fn stop(self) {
