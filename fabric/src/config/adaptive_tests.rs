@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::tests::assert_located;
 use super::*;
 
 const TOPOLOGY: &str = include_str!("../demo/topology.toml");
@@ -85,7 +86,6 @@ connections_per_worker = 0
 name = "a"
 "#;
     let errs = parse_config(src, Path::new("bad.toml")).unwrap_err();
-    let text = errs.to_string();
     let expect = [
         ("bad.toml:4:13", "objective `fastest`"),
         ("bad.toml:5:14", "hysteresis must be in 0.0..1.0"),
@@ -101,15 +101,7 @@ name = "a"
         ("bad.toml:15:18", "time_threshold must be in 1.0..=4.0"),
         ("bad.toml:16:26", "connections_per_worker must be in 1..17"),
     ];
-    for (loc, msg) in expect {
-        assert!(
-            errs.0
-                .iter()
-                .any(|e| e.to_string().starts_with(loc) && e.message.contains(msg)),
-            "missing `{loc}: …{msg}…` in:\n{text}"
-        );
-    }
-    assert_eq!(errs.0.len(), expect.len(), "{text}");
+    assert_located(&errs, &expect);
     let unknown = parse_config("[health]\nejection = 1\n", Path::new("u.toml")).unwrap_err();
     assert!(
         unknown.to_string().starts_with("u.toml:2:1") && unknown.to_string().contains("ejection"),

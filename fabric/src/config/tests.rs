@@ -4,6 +4,20 @@ use super::*;
 
 const TOPOLOGY: &str = include_str!("../demo/topology.toml");
 
+/// `errs` holds exactly the `(file:line:col, message part)` pairs of `expect`.
+pub(super) fn assert_located(errs: &ConfigErrors, expect: &[(&str, &str)]) {
+    let text = errs.to_string();
+    for (loc, msg) in expect {
+        assert!(
+            errs.0
+                .iter()
+                .any(|e| e.to_string().starts_with(loc) && e.message.contains(msg)),
+            "missing `{loc}: …{msg}…` in:\n{text}"
+        );
+    }
+    assert_eq!(errs.0.len(), expect.len(), "{text}");
+}
+
 #[test]
 fn demo_topology_is_valid() {
     let c = parse_config(TOPOLOGY, Path::new("demo.toml")).unwrap();
@@ -46,7 +60,6 @@ models = ["m"]
 pin = "c.pem"
 "#;
     let errs = parse_config(src, Path::new("bad.toml")).unwrap_err();
-    let text = errs.to_string();
     let expect = [
         ("bad.toml:1:1", "no [auth] section"),
         ("bad.toml:6:8", "duplicate region `seoul`"),
@@ -57,15 +70,7 @@ pin = "c.pem"
         ("bad.toml:22:10", "unknown region `mars`"),
         ("bad.toml:23:11", "not a socket address"),
     ];
-    for (loc, msg) in expect {
-        assert!(
-            errs.0
-                .iter()
-                .any(|e| e.to_string().starts_with(loc) && e.message.contains(msg)),
-            "missing `{loc}: …{msg}…` in:\n{text}"
-        );
-    }
-    assert_eq!(errs.0.len(), expect.len(), "{text}");
+    assert_located(&errs, &expect);
 }
 
 #[test]
