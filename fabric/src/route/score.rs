@@ -150,6 +150,11 @@ impl Scored {
     }
 }
 
+/// Slack added to both sides when RTTs are compared: differences of a few milliseconds (and
+/// sub-millisecond noise between nearby regions) do not reorder regions; 30 ms against 230 ms
+/// still scores 6×.
+pub const RTT_SLACK_MS: f64 = 10.0;
+
 /// `value / best`, the scale-free term of a score (`None` when unmeasured).
 fn relative(value: Option<f64>, best: Option<f64>) -> Option<f64> {
     // A small offset keeps a free (price 0) or zero-carbon region finite.
@@ -170,7 +175,10 @@ pub fn scores(regions: &[RegionStatus], w: Weights) -> Vec<Option<f64>> {
     regions
         .iter()
         .map(|r| {
-            let lat = relative(r.rtt_ms, rtt);
+            let lat = relative(
+                r.rtt_ms.map(|v| v + RTT_SLACK_MS),
+                rtt.map(|v| v + RTT_SLACK_MS),
+            );
             if lat.is_none() && w.cost == 0.0 && w.carbon == 0.0 {
                 return None;
             }
