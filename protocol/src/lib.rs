@@ -32,7 +32,7 @@ pub mod io;
 pub use error_code::ErrorCode;
 pub use frame::{
     body_format, Credential, DecodeError, End, ErrorFrame, FinishReason, Frame, FrameHead,
-    FrameType, GoAway, Load, RequestHeaders, Routed, Settings,
+    FrameType, GoAway, Load, RequestHeaders, ResumeFrom, Routed, Settings,
 };
 
 /// The ALPN protocol id of this version (PROTOCOL.md §1).

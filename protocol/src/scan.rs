@@ -26,6 +26,10 @@ pub struct FrameScanner {
     head_len: usize,
     current: Option<FrameType>,
     remaining: usize,
+    /// Within the chunk last scanned: where the last frame that started in it started.
+    last_start: Option<usize>,
+    /// Within the chunk last scanned: where the last frame that ended in it ended.
+    last_end: Option<usize>,
 }
 
 impl FrameScanner {
@@ -39,6 +43,13 @@ impl FrameScanner {
         self.current.is_none() && self.head_len == 0
     }
 
+    /// Offsets within the chunk last scanned: where the last frame whose header began in it
+    /// began, and where the last frame that ended in it ended. A relay that forwards whole
+    /// frames only splits the chunk there (zero-copy slices).
+    pub fn last_frame(&self) -> (Option<usize>, Option<usize>) {
+        (self.last_start, self.last_end)
+    }
+
     /// Scans `data`, calling `visit` for each event. Stops at the first error from the
     /// framing (`TooLarge`, `UnknownFrameType`) or from `visit`.
     pub fn scan<'a, E: From<DecodeError>>(
@@ -46,6 +57,9 @@ impl FrameScanner {
         mut data: &'a [u8],
         mut visit: impl FnMut(Scanned<'a>) -> Result<(), E>,
     ) -> Result<(), E> {
+        let len = data.len();
+        self.last_start = None;
+        self.last_end = None;
         while !data.is_empty() {
             if let Some(ty) = self.current {
                 let take = self.remaining.min(data.len());
@@ -57,9 +71,13 @@ impl FrameScanner {
                 }
                 if self.remaining == 0 {
                     self.current = None;
+                    self.last_end = Some(len - data.len());
                     visit(Scanned::End(ty))?;
                 }
                 continue;
+            }
+            if self.head_len == 0 {
+                self.last_start = Some(len - data.len());
             }
             // Accumulate header bytes (at most 16) until the header parses.
             let take = (MAX_FRAME_HEADER_LEN - self.head_len).min(data.len());
@@ -76,6 +94,7 @@ impl FrameScanner {
                     visit(Scanned::Start(head))?;
                     if head.payload_len == 0 {
                         self.current = None;
+                        self.last_end = Some(len - data.len());
                         visit(Scanned::End(head.ty))?;
                     }
                 }
@@ -149,6 +168,41 @@ mod tests {
             prop_assert_eq!(&whole, &pieces);
             prop_assert!(boundary);
             prop_assert_eq!(&pieces[2].1, &vec![b'x'; 300]);
+        }
+    }
+
+    proptest! {
+        /// What a whole-frames relay does: forward each chunk up to its last frame end, hold
+        /// the rest back. Everything forwarded ends at a boundary and the bytes are the same.
+        #[test]
+        fn splitting_at_the_last_frame_end_forwards_whole_frames(cuts in proptest::collection::vec(any::<usize>(), 0..12)) {
+            let data = stream();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+            points.sort();
+            points.push(data.len());
+            let (mut s, mut start, mut sent, mut held) = (FrameScanner::new(), 0, Vec::new(), Vec::new());
+            for end in points {
+                let chunk = &data[start..end];
+                start = end;
+                s.scan::<DecodeError>(chunk, |_| Ok(())).unwrap();
+                let (first, last) = s.last_frame();
+                if let Some(f) = first {
+                    prop_assert!(f <= chunk.len());
+                }
+                match last {
+                    Some(e) => {
+                        sent.append(&mut held);
+                        sent.extend_from_slice(&chunk[..e]);
+                        held.extend_from_slice(&chunk[e..]);
+                        let mut check = FrameScanner::new();
+                        check.scan::<DecodeError>(&sent, |_| Ok(())).unwrap();
+                        prop_assert!(check.at_boundary());
+                    }
+                    None => held.extend_from_slice(chunk),
+                }
+            }
+            prop_assert!(held.is_empty());
+            prop_assert_eq!(sent, data);
         }
     }
 

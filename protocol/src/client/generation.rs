@@ -6,7 +6,8 @@ use crate::io::{FrameReader, ReadFrameError};
 use crate::{DecodeError, End, ErrorCode, Frame, Routed};
 
 /// An event of a generation, in order: one or more `Routed` (more than one only if the edge
-/// retried before the first token), `Tokens`…, then `End`.
+/// retried before the first token), `Tokens`…, then `End`. A resumable request may see a
+/// `Routed` with `resumed_at` between `Tokens`: another worker continues the same answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Where the request went.
@@ -85,15 +86,18 @@ pub struct Generation {
     reader: FrameReader,
     done: bool,
     saw_tokens: bool,
+    /// The request asked for resumable delivery: a resuming ROUTED may follow TOKENS.
+    resumable: bool,
 }
 
 impl Generation {
-    pub(super) fn new(send: SendStream, recv: RecvStream) -> Self {
+    pub(super) fn new(send: SendStream, recv: RecvStream, resumable: bool) -> Self {
         Generation {
             send,
             reader: FrameReader::new(recv),
             done: false,
             saw_tokens: false,
+            resumable,
         }
     }
 
@@ -118,6 +122,10 @@ impl Generation {
                     "stream ended without END or ERROR".into(),
                 )),
                 Some(Frame::Routed(r)) if !self.saw_tokens => Ok(Some(Event::Routed(r))),
+                // PROTOCOL.md §4.10: after TOKENS only a resumption, and only if asked for.
+                Some(Frame::Routed(r)) if self.resumable && r.resumed_at.is_some() => {
+                    Ok(Some(Event::Routed(r)))
+                }
                 Some(Frame::Tokens(t)) => {
                     self.saw_tokens = true;
                     String::from_utf8(t.to_vec())

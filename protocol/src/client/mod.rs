@@ -128,6 +128,15 @@ impl Request {
         }
     }
 
+    /// Asks the edge to finish the answer on another worker (same residency rules) if the
+    /// serving worker fails after tokens arrived (PROTOCOL.md §4.10). The generation then
+    /// yields a second [`Event::Routed`](generation::Event::Routed) whose `resumed_at` is
+    /// the token offset where the new worker took over, and the text simply continues.
+    pub fn resumable(mut self) -> Self {
+        self.headers.resumable = true;
+        self
+    }
+
     /// The request's frames: HEADERS then the prompt as BODY frames of at most 16 KiB.
     pub fn encode(&self) -> Vec<Bytes> {
         let mut out = vec![Frame::Headers(self.headers.clone()).to_bytes()];
@@ -194,7 +203,7 @@ impl Client {
             .map_err(ClientError::from_write)?;
         send.finish()
             .map_err(|_| ClientError::Protocol("stream closed while sending".into()))?;
-        Ok(Generation::new(send, recv))
+        Ok(Generation::new(send, recv, request.headers.resumable))
     }
 
     /// The underlying connection (e.g. to open raw streams in tests).

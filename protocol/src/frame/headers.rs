@@ -29,6 +29,9 @@ mod id {
     pub const TRACE_CONTEXT: u64 = 0x09;
     pub const BODY_FORMAT: u64 = 0x0a;
     pub const CREDENTIAL: u64 = 0x0b;
+    pub const RESUMABLE: u64 = 0x0c;
+    pub const RESUME_OFFSET: u64 = 0x0d;
+    pub const RESUME_TEXT_LEN: u64 = 0x0e;
 }
 
 /// The most bytes a field's value may have, checked from its declared length before its
@@ -55,6 +58,18 @@ impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Credential(<{} bytes redacted>)", self.0.len())
     }
+}
+
+/// Marks an edge's continuation request to a worker (HEADERS fields `resume_offset` and
+/// `resume_text_len`, PROTOCOL.md §4.10): the last `text_len` bytes of the BODY are text
+/// already generated and delivered to the client, `offset` TOKENS frames of it. Only an edge
+/// sends these; an edge receiving them from a client answers BAD_REQUEST.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResumeFrom {
+    /// TOKENS frames the client already received (the token offset).
+    pub offset: u64,
+    /// Bytes at the end of the BODY that are the already generated text.
+    pub text_len: u64,
 }
 
 /// What the BODY bytes are (HEADERS field `body_format`, PROTOCOL.md §4.1).
@@ -94,6 +109,11 @@ pub struct RequestHeaders {
     /// The client's credential (API key or signed token); the edge authenticates it and
     /// never forwards it.
     pub credential: Option<Credential>,
+    /// The client asks the edge to continue the answer on another worker if the serving one
+    /// fails after TOKENS (PROTOCOL.md §4.10).
+    pub resumable: bool,
+    /// Set by an edge on a continuation request to a worker (PROTOCOL.md §4.10).
+    pub resume: Option<ResumeFrom>,
 }
 
 impl RequestHeaders {
@@ -153,6 +173,7 @@ impl RequestHeaders {
         let mut h = RequestHeaders::default();
         let mut seen = 0u32;
         let mut model = None;
+        let (mut resume_offset, mut resume_text_len) = (None, None);
         while p.has_remaining() {
             let field = get_varint(p, FRAME)?;
             let len = get_varint(p, FRAME)?;
@@ -231,9 +252,33 @@ impl RequestHeaders {
                     }
                     h.credential = Some(Credential(c));
                 }
+                id::RESUMABLE => {
+                    h.resumable = match int(value, "resumable")? {
+                        0 => false,
+                        1 => true,
+                        _ => {
+                            return Err(DecodeError::InvalidField {
+                                field: "resumable",
+                                reason: "must be 0 or 1",
+                            })
+                        }
+                    }
+                }
+                id::RESUME_OFFSET => resume_offset = Some(int(value, "resume_offset")?),
+                id::RESUME_TEXT_LEN => resume_text_len = Some(int(value, "resume_text_len")?),
                 _ => {} // PROTOCOL.md §4.1: unknown fields are skipped.
             }
         }
+        h.resume = match (resume_offset, resume_text_len) {
+            (Some(offset), Some(text_len)) => Some(ResumeFrom { offset, text_len }),
+            (None, None) => None,
+            _ => {
+                return Err(DecodeError::InvalidField {
+                    field: "resume_offset",
+                    reason: "resume_offset and resume_text_len go together",
+                })
+            }
+        };
         h.model = model.ok_or(DecodeError::InvalidField {
             field: "model",
             reason: "missing",
@@ -272,6 +317,11 @@ impl RequestHeaders {
             self.credential
                 .as_ref()
                 .map(|v| (id::CREDENTIAL, Field::Bytes(v.0.as_bytes()))),
+            self.resumable.then_some((id::RESUMABLE, Field::Int(1))),
+            self.resume
+                .map(|r| (id::RESUME_OFFSET, Field::Int(r.offset))),
+            self.resume
+                .map(|r| (id::RESUME_TEXT_LEN, Field::Int(r.text_len))),
         ]
         .into_iter()
         .flatten()
@@ -303,38 +353,40 @@ impl RequestHeaders {
     }
 }
 
-/// Rewrites one whole, already validated HEADERS frame (`frame`, header and payload as
-/// received) for the next hop: `trace_context` set to `trace` (when given), `tenant` set to
-/// `tenant` (when given), and the `credential` field always removed. Every other field —
-/// unknown ones included — is copied byte for byte in its original order. This is how an
-/// edge passes on the authenticated tenant and continues a trace (PROTOCOL.md §4.8, §4.9)
-/// without dropping fields it does not understand, and without handing a client's secret to
-/// a worker. `None` when `frame` is not exactly one well-formed HEADERS frame or the result
-/// would exceed the limits.
-pub fn for_upstream(frame: &[u8], trace: Option<&str>, tenant: Option<&str>) -> Option<Bytes> {
-    rewrite(frame, trace, tenant, None)
+/// What [`rewrite`] changes in a HEADERS frame for the next hop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rewrite<'a> {
+    /// `trace_context` to set.
+    pub trace: Option<&'a str>,
+    /// `tenant` to set (the authenticated one).
+    pub tenant: Option<&'a str>,
+    /// `max_tokens` to set (what the edge reserved, or what remains on a resumption).
+    pub max_tokens: Option<u64>,
+    /// `resume_offset` and `resume_text_len` to set (a continuation request).
+    pub resume: Option<ResumeFrom>,
 }
 
-/// [`for_upstream`], also setting `max_tokens` to `max_tokens` when given (an edge caps a
-/// token-limited tenant's request at what it reserved).
-pub fn rewrite(
-    frame: &[u8],
-    trace: Option<&str>,
-    tenant: Option<&str>,
-    max_tokens: Option<u64>,
-) -> Option<Bytes> {
+/// Rewrites one whole, already validated HEADERS frame (`frame`, header and payload as
+/// received) for the next hop: each field `with` names is set, and the `credential` field
+/// is always removed. Every other field — unknown ones included — is copied byte for byte in
+/// its original order. This is how an edge passes on the authenticated tenant, continues a
+/// trace and marks a continuation (PROTOCOL.md §4.8–§4.10) without dropping fields it does
+/// not understand, and without handing a client's secret to a worker. `None` when `frame` is
+/// not exactly one well-formed HEADERS frame or the result would exceed the limits.
+pub fn rewrite(frame: &[u8], with: &Rewrite<'_>) -> Option<Bytes> {
     use super::{encode_header, FrameHead, FrameType};
     let head = FrameHead::peek(frame).ok()?;
     if head.ty != FrameType::HEADERS || head.total_len() != frame.len() {
         return None;
     }
+    let (trace, tenant) = (with.trace, with.tenant);
     if trace.is_some_and(|t| t.len() > MAX_TRACE_CONTEXT_LEN)
         || tenant.is_some_and(|t| t.len() > MAX_NAME_LEN)
     {
         return None;
     }
     let mut payload = &frame[head.header_len..];
-    let extra = trace.map_or(0, str::len) + tenant.map_or(0, str::len) + 8;
+    let extra = trace.map_or(0, str::len) + tenant.map_or(0, str::len) + 40;
     let mut out = bytes::BytesMut::with_capacity(payload.len() + extra);
     while !payload.is_empty() {
         let (field, n1) = varint::peek(payload)?;
@@ -346,7 +398,8 @@ pub fn rewrite(
         let replaced = field == id::CREDENTIAL
             || (field == id::TRACE_CONTEXT && trace.is_some())
             || (field == id::TENANT && tenant.is_some())
-            || (field == id::MAX_TOKENS && max_tokens.is_some());
+            || (field == id::MAX_TOKENS && with.max_tokens.is_some())
+            || (matches!(field, id::RESUME_OFFSET | id::RESUME_TEXT_LEN) && with.resume.is_some());
         if !replaced {
             out.put_slice(&payload[..end]);
         }
@@ -358,11 +411,16 @@ pub fn rewrite(
             put_bytes(&mut out, v.as_bytes());
         }
     }
-    if let Some(m) = max_tokens {
-        let m = m.min(varint::MAX);
-        varint::encode(id::MAX_TOKENS, &mut out);
-        varint::encode(varint::size(m) as u64, &mut out);
-        varint::encode(m, &mut out);
+    let ints = [
+        with.max_tokens.map(|m| (id::MAX_TOKENS, m)),
+        with.resume.map(|r| (id::RESUME_OFFSET, r.offset)),
+        with.resume.map(|r| (id::RESUME_TEXT_LEN, r.text_len)),
+    ];
+    for (field, v) in ints.into_iter().flatten() {
+        let v = v.min(varint::MAX);
+        varint::encode(field, &mut out);
+        varint::encode(varint::size(v) as u64, &mut out);
+        varint::encode(v, &mut out);
     }
     if out.len() > crate::limits::MAX_HEADERS_LEN {
         return None;
@@ -371,6 +429,18 @@ pub fn rewrite(
     encode_header(FrameType::HEADERS, out.len(), &mut frame);
     frame.put_slice(&out);
     Some(frame.freeze())
+}
+
+/// [`rewrite`] setting `trace_context` and `tenant` (when given) only.
+pub fn for_upstream(frame: &[u8], trace: Option<&str>, tenant: Option<&str>) -> Option<Bytes> {
+    rewrite(
+        frame,
+        &Rewrite {
+            trace,
+            tenant,
+            ..Rewrite::default()
+        },
+    )
 }
 
 /// [`for_upstream`] with only `trace_context` set (the credential is still removed).
@@ -384,6 +454,9 @@ fn field_name(field: u64) -> &'static str {
         id::MAX_TOKENS => "max_tokens",
         id::PRIORITY => "priority",
         id::BODY_FORMAT => "body_format",
+        id::RESUMABLE => "resumable",
+        id::RESUME_OFFSET => "resume_offset",
+        id::RESUME_TEXT_LEN => "resume_text_len",
         other => field_limit(other).map_or("field", |(n, _)| n),
     }
 }

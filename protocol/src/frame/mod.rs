@@ -18,7 +18,8 @@ pub use control::{GoAway, Load, Settings};
 pub use end::{End, FinishReason};
 pub use error::ErrorFrame;
 pub use headers::{
-    body_format, for_upstream, rewrite, with_trace_context, Credential, RequestHeaders,
+    body_format, for_upstream, rewrite, with_trace_context, Credential, RequestHeaders, ResumeFrom,
+    Rewrite,
 };
 pub use routed::Routed;
 

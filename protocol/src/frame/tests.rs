@@ -23,6 +23,10 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
             proptest::option::of(0..=varint::MAX),
             proptest::option::of("[!-~]{1,300}"),
         ),
+        (
+            any::<bool>(),
+            proptest::option::of((0..=varint::MAX, 0..=varint::MAX)),
+        ),
     )
         .prop_map(
             |(
@@ -35,6 +39,7 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
                 max_tokens,
                 prio,
                 (trace, body_format, credential),
+                (resumable, resume),
             )| {
                 RequestHeaders {
                     model,
@@ -48,6 +53,8 @@ fn headers() -> impl Strategy<Value = RequestHeaders> {
                     trace_context: trace,
                     body_format,
                     credential: credential.map(Credential),
+                    resumable,
+                    resume: resume.map(|(offset, text_len)| ResumeFrom { offset, text_len }),
                 }
             },
         )
@@ -58,13 +65,20 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         headers().prop_map(Frame::Headers),
         bytes().prop_map(Frame::Body),
-        (name(MAX_NAME_LEN), name(MAX_NAME_LEN), 0..=varint::MAX).prop_map(
-            |(region, worker, attempt)| Frame::Routed(Routed {
-                region,
-                worker,
-                attempt
-            })
-        ),
+        (
+            name(MAX_NAME_LEN),
+            name(MAX_NAME_LEN),
+            0..=varint::MAX,
+            proptest::option::of(0..=varint::MAX)
+        )
+            .prop_map(
+                |(region, worker, attempt, resumed_at)| Frame::Routed(Routed {
+                    region,
+                    worker,
+                    attempt,
+                    resumed_at,
+                })
+            ),
         bytes().prop_map(Frame::Tokens),
         (
             0..=varint::MAX,
@@ -230,7 +244,12 @@ fn rewrite_caps_max_tokens_and_drops_the_credential() {
     h.credential = Some(Credential("mk_a_secret".into()));
     h.area = Some("jp".into());
     let frame = Frame::Headers(h.clone()).to_bytes();
-    let out = rewrite(&frame, None, Some("acme"), Some(512)).unwrap();
+    let with = Rewrite {
+        tenant: Some("acme"),
+        max_tokens: Some(512),
+        ..Rewrite::default()
+    };
+    let out = rewrite(&frame, &with).unwrap();
     let Frame::Headers(got) = Frame::decode(&mut out.clone()).unwrap() else {
         panic!("HEADERS")
     };
