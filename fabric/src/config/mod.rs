@@ -51,6 +51,10 @@ pub const DEFAULT_UPSTREAM_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_INTAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default most request bytes an edge buffers at once, across every connection and protocol.
 pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 64 << 20;
+/// Default most answer text an edge keeps per resumable stream.
+pub const DEFAULT_RESUME_BUFFER_BYTES: u64 = 256 << 10;
+/// Default most answer text an edge keeps across all resumable streams.
+pub const DEFAULT_RESUME_BUFFER_TOTAL_BYTES: u64 = 64 << 20;
 /// Default longest client QUIC handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default half-open handshakes beyond which clients must validate their address (Retry).
@@ -199,6 +203,14 @@ pub struct EdgeSettings {
     /// tokens) before the edge gives up on it, so a stalled worker cannot hold a request
     /// forever; `None`: no limit.
     pub upstream_stall_timeout: Option<Duration>,
+    /// Most answer text kept per resumable stream to continue it elsewhere (PROTOCOL.md
+    /// §4.10); a longer answer is no longer resumable.
+    pub resume_buffer_bytes: usize,
+    /// Most answer text kept across every resumable stream of the edge.
+    pub resume_buffer_total_bytes: u64,
+    /// Models whose HTTP front-door requests are resumable without the
+    /// `x-meridian-resumable` header.
+    pub http_resumable_models: Vec<String>,
     /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/routes`); `None`: off.
     pub admin: Option<SocketAddr>,
     /// Environment variable holding the bearer token admin requests must carry; `None`:
@@ -361,6 +373,23 @@ pub struct OpenAiBackend {
     pub model_map: std::collections::BTreeMap<String, String>,
     /// Connect-and-first-byte timeout.
     pub timeout: Duration,
+    /// How a chat completion is continued on a resumption (PROTOCOL.md §4.10).
+    pub chat_continuation: ChatContinuation,
+}
+
+/// How the `openai` backend asks its server to continue a chat answer that another worker
+/// started: the partial answer is always sent as a last `assistant` message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChatContinuation {
+    /// Also send `continue_final_message: true, add_generation_prompt: false` (vLLM and
+    /// SGLang continue the message instead of starting a new turn).
+    #[default]
+    ContinueFinalMessage,
+    /// Send the assistant message only (llama.cpp's server prefills a trailing assistant
+    /// message by default).
+    Prefill,
+    /// The server cannot continue a message: chat requests are not resumed on this worker.
+    Off,
 }
 
 impl fmt::Debug for OpenAiBackend {

@@ -103,6 +103,9 @@ pub struct RawEdge {
     pub gso: Option<bool>,
     pub intake_timeout_ms: Option<Spanned<u64>>,
     pub upstream_stall_timeout_ms: Option<Spanned<u64>>,
+    pub resume_buffer_bytes: Option<Spanned<u64>>,
+    pub resume_buffer_total_bytes: Option<Spanned<u64>>,
+    pub http_resumable_models: Option<Vec<Spanned<String>>>,
     pub stream_receive_window: Option<Spanned<u64>>,
     pub keep_alive_ms: Option<Spanned<u64>>,
     pub initial_rtt_ms: Option<Spanned<u64>>,
@@ -249,6 +252,7 @@ pub struct RawBackend {
     #[serde(default)]
     pub model_map: BTreeMap<String, String>,
     pub timeout_ms: Option<Spanned<u64>>,
+    pub chat_continuation: Option<Spanned<String>>,
     pub ttft_ms: Option<Spanned<u64>>,
     pub itl_ms: Option<Spanned<u64>>,
     pub max_tokens: Option<Spanned<u64>>,

@@ -340,6 +340,42 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             DEFAULT_UPSTREAM_STALL_TIMEOUT,
         ))
         .filter(|d| !d.is_zero()),
+        resume_buffer_bytes: cx.count(
+            e.and_then(|e| e.resume_buffer_bytes.as_ref()),
+            "resume_buffer_bytes",
+            1024..(16 << 20) + 1,
+            DEFAULT_RESUME_BUFFER_BYTES,
+        ) as usize,
+        resume_buffer_total_bytes: cx.count(
+            e.and_then(|e| e.resume_buffer_total_bytes.as_ref()),
+            "resume_buffer_total_bytes",
+            (64 << 10)..(64 << 30) + 1,
+            DEFAULT_RESUME_BUFFER_TOTAL_BYTES,
+        ),
+        http_resumable_models: e
+            .and_then(|e| e.http_resumable_models.as_ref())
+            .map(|models| {
+                models
+                    .iter()
+                    .map(|m| {
+                        let served = raw.workers.iter().any(|w| {
+                            (w.get_ref().models.as_ref())
+                                .is_some_and(|ms| ms.get_ref().contains(m.get_ref()))
+                        });
+                        if !served {
+                            cx.err(
+                                Some(m.span()),
+                                format!(
+                                    "http_resumable_models: no worker serves model `{}`",
+                                    m.get_ref()
+                                ),
+                            );
+                        }
+                        m.get_ref().clone()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         ack_eliciting_threshold: e
             .and_then(|e| e.ack_eliciting_threshold.as_ref())
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),

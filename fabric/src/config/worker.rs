@@ -111,6 +111,21 @@ fn openai_backend(cx: &mut Ctx<'_>, b: &RawBackend) -> OpenAiBackend {
         },
         (None, None) => None,
     };
+    let chat_continuation = match b.chat_continuation.as_ref() {
+        None => ChatContinuation::default(),
+        Some(v) => match v.get_ref().as_str() {
+            "continue_final_message" => ChatContinuation::ContinueFinalMessage,
+            "prefill" => ChatContinuation::Prefill,
+            "off" => ChatContinuation::Off,
+            other => {
+                cx.err(
+                    Some(v.span()),
+                    format!("chat_continuation `{other}`: expected continue_final_message, prefill or off"),
+                );
+                ChatContinuation::default()
+            }
+        },
+    };
     OpenAiBackend {
         authority,
         path_prefix,
@@ -122,5 +137,6 @@ fn openai_backend(cx: &mut Ctx<'_>, b: &RawBackend) -> OpenAiBackend {
             600_000,
             Duration::from_secs(30),
         ),
+        chat_continuation,
     }
 }

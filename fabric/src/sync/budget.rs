@@ -73,13 +73,19 @@ impl Reservation {
     pub fn held(&self) -> u64 {
         self.held
     }
+
+    /// Gives everything held back now (as dropping does); the reservation stays usable.
+    pub fn release(&mut self) {
+        if self.held > 0 {
+            self.budget.used.fetch_sub(self.held, AcqRel);
+            self.held = 0;
+        }
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.held > 0 {
-            self.budget.used.fetch_sub(self.held, AcqRel);
-        }
+        self.release();
     }
 }
 
