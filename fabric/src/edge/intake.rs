@@ -3,7 +3,7 @@
 //! forward upstream, and to replay if the first worker fails before any token.
 
 use bytes::{Bytes, BytesMut};
-use meridian_protocol::frame::rewrite;
+use meridian_protocol::frame::{rewrite, ResumeFrom, Rewrite};
 use meridian_protocol::limits::MAX_HEADERS_LEN;
 use meridian_protocol::scan::{FrameScanner, Scanned};
 use meridian_protocol::{DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, RequestHeaders};
@@ -11,6 +11,9 @@ use quinn::RecvStream;
 
 use crate::sync::{ByteBudget, Reservation};
 use crate::telemetry::TraceContext;
+
+/// Largest BODY frame the edge writes when it sends a continuation's text.
+const MAX_BODY_FRAME: usize = 16 * 1024;
 
 /// A whole request as received.
 #[derive(Debug)]
@@ -213,6 +216,45 @@ impl Intake {
         if trace.is_none() && !retenant && !recap && h.credential.is_none() {
             return self.chunks.clone();
         }
+        let with = Rewrite {
+            trace: None,
+            tenant: tenant.filter(|_| retenant),
+            max_tokens: max_tokens.filter(|_| recap),
+            resume: None,
+        };
+        self.rewritten(trace, with, None)
+    }
+
+    /// A continuation request (PROTOCOL.md §4.10): HEADERS rewritten as for
+    /// [`Intake::upstream_chunks`] plus `resume_offset`/`resume_text_len`, with `max_tokens`
+    /// lowered by the `offset` tokens already delivered; the received BODY frames (sliced);
+    /// then `text`, the answer so far, as BODY frames. Once per resumption.
+    pub fn continuation_chunks(
+        &self,
+        trace: Option<&TraceContext>,
+        tenant: Option<&str>,
+        max_tokens: Option<u64>,
+        (offset, text): (u64, Bytes),
+    ) -> Vec<Bytes> {
+        let limit = max_tokens.or(self.headers.max_tokens);
+        let with = Rewrite {
+            trace: None,
+            tenant: tenant.filter(|t| Some(*t) != self.headers.tenant.as_deref()),
+            max_tokens: limit.map(|m| m.saturating_sub(offset)),
+            resume: Some(ResumeFrom {
+                offset,
+                text_len: text.len() as u64,
+            }),
+        };
+        self.rewritten(trace, with, Some(text))
+    }
+
+    fn rewritten(
+        &self,
+        trace: Option<&TraceContext>,
+        with: Rewrite<'_>,
+        text: Option<Bytes>,
+    ) -> Vec<Bytes> {
         let first = self.chunks.iter().find(|c| !c.is_empty());
         let head = match first {
             Some(c) if c.len() >= self.headers_len => c.slice(..self.headers_len),
@@ -226,21 +268,28 @@ impl Intake {
             }
         };
         let trace = trace.map(ToString::to_string);
-        let tenant = tenant.filter(|_| retenant);
-        let max_tokens = max_tokens.filter(|_| recap);
-        let Some(rewritten) = rewrite(&head, trace.as_deref(), tenant, max_tokens) else {
+        let with = Rewrite {
+            trace: trace.as_deref(),
+            ..with
+        };
+        let headers = rewrite(&head, &with).unwrap_or_else(|| {
             // Unreachable for HEADERS this edge decoded; never forward a credential.
             let mut headers = self.headers.clone();
             headers.credential = None;
-            headers.tenant = tenant.map(str::to_owned).or(headers.tenant);
-            headers.max_tokens = max_tokens.or(headers.max_tokens);
-            let mut out = vec![Frame::Headers(headers).to_bytes()];
-            out.extend(self.after_headers());
-            return out;
-        };
-        let mut out = Vec::with_capacity(self.chunks.len() + 1);
-        out.push(rewritten);
+            headers.tenant = with.tenant.map(str::to_owned).or(headers.tenant);
+            headers.max_tokens = with.max_tokens.or(headers.max_tokens);
+            headers.resume = with.resume;
+            Frame::Headers(headers).to_bytes()
+        });
+        let mut out = Vec::with_capacity(self.chunks.len() + 2);
+        out.push(headers);
         out.extend(self.after_headers());
+        if let Some(text) = text {
+            for at in (0..text.len()).step_by(MAX_BODY_FRAME) {
+                let part = text.slice(at..(at + MAX_BODY_FRAME).min(text.len()));
+                out.push(Frame::Body(part).to_bytes());
+            }
+        }
         out
     }
 

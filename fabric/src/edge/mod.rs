@@ -3,10 +3,12 @@
 //! tokens back. Bounded everywhere: connection limit, per-connection stream limit (QUIC
 //! flow control), prompt limit; drains on shutdown.
 
+mod forward;
 mod health;
 mod health_metrics;
 mod intake;
 mod relay;
+mod resume;
 mod sink;
 mod stats;
 mod submit;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use meridian_protocol::Settings;
 use tracing::info;
 
+pub use resume::{FrameGate, ResumeStats, Transcript};
 pub use sink::Delivery;
 pub use stats::{EdgeStats, Histogram, Latencies};
 pub use submit::{Submission, SubmitError, Submitter};

@@ -1,9 +1,6 @@
-//! One request through the edge: intake, route, forward, relay tokens back.
-//!
-//! The token path is zero-copy: each chunk quinn hands us from the worker's stream
-//! (`read_chunk`) is written to the client's stream as the same `Bytes` (`write_chunk`);
-//! a [`ResponseTracker`] follows the framing in place so the edge knows where frames end
-//! (for clean failure handling) without buffering, copying or allocating per token.
+//! One request through the edge: intake, route, then attempts (`forward`) until one answers:
+//! retries before the first token, and — for a resumable stream — continuations on another
+//! worker after it (PROTOCOL.md §4.7, §4.10), always inside the request's residency policy.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,23 +12,24 @@ use quinn::{RecvStream, SendStream};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::forward::{forward, Attempt, Upstream};
 use super::intake::{self, Intake, IntakeError};
+use super::resume::Resume;
 use super::sink::{code, QuicSink, Sink};
-use super::track::ResponseTracker;
 use super::EdgeShared;
 use crate::config::WorkerId;
 use crate::route::RouteRequest;
 use crate::telemetry::{Span, SpanKind, TraceContext};
 
 /// Where a request's latencies are recorded.
-struct Timing<'a> {
-    arrived: Instant,
-    latencies: Option<&'a super::Latencies>,
+pub(super) struct Timing<'a> {
+    pub arrived: Instant,
+    pub latencies: Option<&'a super::Latencies>,
 }
 
 impl Timing<'_> {
     /// A chunk carrying tokens is being relayed: first one → TTFT, later ones → ITL.
-    fn tokens(&self, last: &mut Option<Instant>) {
+    pub(super) fn tokens(&self, last: &mut Option<Instant>) {
         let Some(l) = self.latencies else { return };
         let now = Instant::now();
         match last.replace(now) {
@@ -48,26 +46,6 @@ impl Drop for ActiveStream<'_> {
     fn drop(&mut self) {
         self.0.active_streams.fetch_sub(1, Relaxed);
     }
-}
-
-/// How one upstream attempt ended.
-enum Attempt {
-    /// END or ERROR (`worker_error`, with its code) relayed; the client stream is finished.
-    Done {
-        tokens: u64,
-        worker_error: Option<ErrorCode>,
-    },
-    /// The client went away after `tokens` were relayed; upstream was cancelled.
-    ClientGone { tokens: u64 },
-    /// The deadline passed after `tokens` were relayed; the client was told.
-    Deadline { tokens: u64 },
-    /// The worker failed before any of its bytes reached the client: safe to retry.
-    FailedClean(String),
-    /// The worker is draining and refused the stream (UNAVAILABLE): retry, no fault of its.
-    Draining,
-    /// The worker failed after bytes (`tokens` TOKENS frames) reached the client: the
-    /// client was told.
-    FailedDirty { msg: String, tokens: u64 },
 }
 
 /// Serves one client QUIC request stream to completion.
@@ -147,6 +125,15 @@ pub(crate) async fn dispatch(
             span.set("meridian.area", a);
         }
     }
+    // PROTOCOL.md §4.10: only an edge marks a continuation.
+    if intake.headers.resume.is_some() {
+        let e = ErrorFrame::new(
+            ErrorCode::BAD_REQUEST,
+            "resume_offset and resume_text_len are set by an edge only, never by a client",
+        );
+        span_error(&mut span, e.code, &e.message);
+        return fail(sink, edge, e).await;
+    }
     // Identity and limits first: the tenant — and so the residency policy — is the
     // credential's, never the claim's.
     // Limits run on the admission time, not the stream's arrival (intake may take a while).
@@ -213,8 +200,14 @@ async fn route_and_relay(
         .area
         .as_deref()
         .or(cfg.edge.default_area.as_deref());
+    let mut resume = (intake.headers.resumable)
+        .then(|| Resume::new(cfg.edge.resume_buffer_bytes, &edge.stats.resume));
     let mut exclude: Vec<WorkerId> = Vec::new();
+    // Why the last worker broke the answer, and the tokens the client has (a resumption).
+    let mut broken: Option<(String, u64, crate::config::RegionId)> = None;
     for attempt in 1..=u64::from(cfg.routing.max_attempts) {
+        // Every attempt — first try, retry or continuation — is routed by the same rules:
+        // the request's residency policy, minus the workers that already failed it.
         let req = RouteRequest {
             model: &intake.headers.model,
             area,
@@ -229,17 +222,35 @@ async fn route_and_relay(
                 if e.code() == ErrorCode::RESIDENCY_UNAVAILABLE {
                     edge.stats.residency_rejections.fetch_add(1, Relaxed);
                 }
-                span_error(span, e.code(), &e.to_string());
-                fail(sink, edge, ErrorFrame::new(e.code(), e.to_string())).await;
-                return (0, None);
+                let Some((why, tokens, region)) = broken else {
+                    span_error(span, e.code(), &e.to_string());
+                    fail(sink, edge, ErrorFrame::new(e.code(), e.to_string())).await;
+                    return (0, None);
+                };
+                // PROTOCOL.md §4.10: nowhere left to continue: an error, never a clean END.
+                edge.stats.resume.exhausted.fetch_add(1, Relaxed);
+                let code = match e.code() {
+                    ErrorCode::RESIDENCY_UNAVAILABLE => ErrorCode::RESIDENCY_UNAVAILABLE,
+                    _ => ErrorCode::UPSTREAM_FAILED,
+                };
+                let msg = format!(
+                    "worker failed mid-stream ({why}) and the answer cannot be resumed: {e}"
+                );
+                span_error(span, code, &msg);
+                fail(sink, edge, ErrorFrame::new(code, msg)).await;
+                return (tokens, Some(region));
             }
         };
         let worker_id = decision.worker;
         let worker = &cfg.workers[worker_id];
+        let resumed_at = (resume.as_ref())
+            .filter(|r| r.started)
+            .map(|r| r.transcript.offset());
         let routed = Routed {
             region: cfg.regions[decision.region].name.clone(),
             worker: worker.name.clone(),
             attempt,
+            resumed_at,
         };
         let mut att = span.child("meridian.edge.attempt", SpanKind::Client);
         if span.recording() {
@@ -248,25 +259,40 @@ async fn route_and_relay(
                 s.set("meridian.worker", routed.worker.as_str());
                 s.set("meridian.attempt", attempt);
             }
+            if let Some(at) = resumed_at {
+                att.set("meridian.resumed_at", at);
+            }
         }
         if !sink.routed(routed).await {
             edge.stats.cancelled.fetch_add(1, Relaxed);
             span.set("meridian.outcome", "cancelled");
-            return (0, None);
+            return (broken.map_or(0, |b| b.1), None);
         }
         edge.stats.routed(decision.region);
+        if resumed_at.is_some() {
+            edge.stats.resume.resumed.fetch_add(1, Relaxed);
+        }
         let timing = Timing {
             arrived,
             latencies: edge.stats.latencies(decision.region, &intake.headers.model),
         };
         let outcome = match edge.upstreams.connection(decision.worker) {
             Some(conn) => {
+                let chunks = match (resumed_at, resume.as_ref()) {
+                    (Some(offset), Some(r)) => intake.continuation_chunks(
+                        att.context(),
+                        tenant,
+                        cap,
+                        (offset, r.transcript.text()),
+                    ),
+                    _ => intake.upstream_chunks(att.context(), tenant, cap),
+                };
                 let up = Upstream {
                     conn: &conn,
-                    chunks: intake.upstream_chunks(att.context(), tenant, cap),
+                    chunks,
                     health: &edge.router.worker(worker_id).health,
                 };
-                forward(up, sink, deadline, &timing, edge).await
+                forward(up, sink, deadline, &timing, edge, resume.as_mut()).await
             }
             None => Attempt::FailedClean("no connection".into()),
         };
@@ -274,7 +300,8 @@ async fn route_and_relay(
         drop(decision);
         let failed = match &outcome {
             Attempt::Done { worker_error, .. } => worker_error.is_some_and(worker_fault),
-            Attempt::FailedClean(_) | Attempt::FailedDirty { .. } => true,
+            Attempt::FailedClean(_) | Attempt::FailedDirty { .. } | Attempt::Broken { .. } => true,
+            Attempt::Refused(code) => worker_fault(*code),
             Attempt::Draining | Attempt::ClientGone { .. } | Attempt::Deadline { .. } => false,
         };
         // A deadline or a cancel says nothing about the worker (a silent one is caught by the
@@ -316,6 +343,26 @@ async fn route_and_relay(
                 span.set("meridian.outcome", "cancelled");
                 return (tokens, region);
             }
+            Attempt::Refused(c) => {
+                let msg = format!(
+                    "worker failed mid-stream ({}); worker {} cannot continue the answer ({c})",
+                    broken.map_or_else(String::new, |b| b.0),
+                    worker.name
+                );
+                edge.stats.resume.refused.fetch_add(1, Relaxed);
+                edge.stats.error(ErrorCode::UPSTREAM_FAILED);
+                span_error(&mut att, c, &msg);
+                span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
+                sink.fail(ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg), true)
+                    .await;
+                return (resume.map_or(0, |r| r.transcript.offset()), region);
+            }
+            Attempt::Broken { msg, tokens } => {
+                span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &msg);
+                debug!(worker = %worker.name, %msg, attempt, tokens, "worker failed mid-stream; resuming elsewhere");
+                exclude.push(worker_id);
+                broken = region.map(|r| (msg, tokens, r));
+            }
             Attempt::Draining => {
                 let reason = "the worker is draining (UNAVAILABLE)";
                 span_error(&mut att, ErrorCode::UNAVAILABLE, reason);
@@ -331,190 +378,24 @@ async fn route_and_relay(
             }
         }
     }
-    let msg = format!(
-        "{} attempts failed before the first token",
-        cfg.routing.max_attempts
-    );
+    let (msg, tokens, region) = match broken {
+        Some((why, tokens, region)) => {
+            edge.stats.resume.exhausted.fetch_add(1, Relaxed);
+            let msg = format!(
+                "worker failed mid-stream ({why}); {} attempts used, the answer is incomplete",
+                cfg.routing.max_attempts
+            );
+            (msg, tokens, Some(region))
+        }
+        None => {
+            let msg = format!(
+                "{} attempts failed before the first token",
+                cfg.routing.max_attempts
+            );
+            (msg, 0, None)
+        }
+    };
     span_error(span, ErrorCode::UPSTREAM_FAILED, &msg);
     fail(sink, edge, ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg)).await;
-    (0, None)
-}
-
-/// Tells the client its deadline passed.
-async fn deadline_passed(
-    sink: &mut impl Sink,
-    edge: &EdgeShared,
-    at_boundary: bool,
-    tokens: u64,
-) -> Attempt {
-    edge.stats.error(ErrorCode::DEADLINE_EXCEEDED);
-    let e = ErrorFrame::new(
-        ErrorCode::DEADLINE_EXCEEDED,
-        "the request's deadline passed",
-    );
-    sink.fail(e, at_boundary).await;
-    Attempt::Deadline { tokens }
-}
-
-/// One attempt's upstream: the worker's connection, the request bytes to send, and where
-/// its observed TTFT goes.
-struct Upstream<'a> {
-    conn: &'a quinn::Connection,
-    chunks: Vec<Bytes>,
-    health: &'a crate::route::health::Health,
-}
-
-/// Sends the request to one worker and relays its answer.
-async fn forward(
-    up: Upstream<'_>,
-    sink: &mut impl Sink,
-    deadline: Option<Instant>,
-    timing: &Timing<'_>,
-    edge: &EdgeShared,
-) -> Attempt {
-    let mut last_tokens: Option<Instant> = None;
-    let sleep = tokio::time::sleep_until(
-        deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
-    );
-    tokio::pin!(sleep);
-    let cancel_upstream = |up_send: &mut SendStream, up_recv: &mut RecvStream, c: ErrorCode| {
-        let _ = up_recv.stop(code(c));
-        let _ = up_send.reset(code(c));
-    };
-    // Waiting for a stream (the worker's stream limit) or for flow control to take the
-    // request: a client that leaves or a deadline that passes ends the wait.
-    let (mut up_send, mut up_recv) = tokio::select! {
-        s = up.conn.open_bi() => match s {
-            Ok(s) => s,
-            Err(e) => return Attempt::FailedClean(e.to_string()),
-        },
-        _ = sink.gone() => return Attempt::ClientGone { tokens: 0 },
-        _ = &mut sleep, if deadline.is_some() => return deadline_passed(sink, edge, true, 0).await,
-    };
-    let mut chunks = up.chunks;
-    let stopped = tokio::select! {
-        w = up_send.write_all_chunks(&mut chunks) => match w {
-            Ok(()) => None,
-            Err(e) => return Attempt::FailedClean(e.to_string()),
-        },
-        _ = sink.gone() => Some(ErrorCode::CANCELLED),
-        _ = &mut sleep, if deadline.is_some() => Some(ErrorCode::DEADLINE_EXCEEDED),
-    };
-    match stopped {
-        None => {}
-        Some(c) => {
-            cancel_upstream(&mut up_send, &mut up_recv, c);
-            if c == ErrorCode::CANCELLED {
-                return Attempt::ClientGone { tokens: 0 };
-            }
-            return deadline_passed(sink, edge, true, 0).await;
-        }
-    }
-    let _ = up_send.finish();
-    let sent_at = Instant::now();
-    let mut tracker = ResponseTracker::new();
-    let mut relayed = 0u64;
-    // One timer serves the deadline and the stall limit (a worker silent this long is given
-    // up on). It is re-armed lazily, only when it fires early, so a token costs one clock
-    // read, not a timer update.
-    let stall = edge.router.config().edge.upstream_stall_timeout;
-    let mut heard = Instant::now();
-    let wake_at = |heard: Instant| {
-        let stalled = stall.map(|s| heard + s);
-        match (deadline, stalled) {
-            (Some(d), Some(s)) => Some(d.min(s)),
-            (d, s) => d.or(s),
-        }
-    };
-    if let Some(at) = wake_at(heard) {
-        sleep.as_mut().reset(at);
-    }
-    let timed = deadline.is_some() || stall.is_some();
-    let failure: String = loop {
-        tokio::select! {
-            chunk = up_recv.read_chunk(usize::MAX, true) => match chunk {
-                Ok(Some(chunk)) => {
-                    if stall.is_some() {
-                        heard = Instant::now();
-                    }
-                    match tracker.on_chunk(&chunk.bytes) {
-                        Ok(0) => 0,
-                        Ok(tokens) => {
-                            if relayed == 0 {
-                                up.health.first_token(sent_at.elapsed());
-                            }
-                            relayed += tokens;
-                            timing.tokens(&mut last_tokens);
-                            edge.stats.tokens.fetch_add(tokens, Relaxed)
-                        }
-                        Err(e) => {
-                            cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::PROTOCOL_ERROR);
-                            break e.to_string();
-                        }
-                    };
-                    // A draining worker answers a stream that crossed its GOAWAY with
-                    // UNAVAILABLE before anything else (PROTOCOL.md §5.4): not the client's
-                    // answer, but a reason to send the request to another worker.
-                    if relayed == 0
-                        && tracker.forwarded() == chunk.bytes.len()
-                        && tracker.complete()
-                        && tracker.error_code() == Some(ErrorCode::UNAVAILABLE)
-                        && tracker.error_retryable()
-                    {
-                        cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                        return Attempt::Draining;
-                    }
-                    if !sink.chunk(chunk.bytes).await {
-                        cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                        return Attempt::ClientGone { tokens: relayed };
-                    }
-                }
-                Ok(None) if tracker.complete() => {
-                    sink.finish();
-                    if let Some(l) = timing.latencies {
-                        l.e2e.observe(timing.arrived.elapsed());
-                    }
-                    // A TOKENS frame carries one or more tokens: END's count is the real one.
-                    let tokens = relayed.max(tracker.completion_tokens().unwrap_or(0));
-                    let worker_error = tracker.ended_with_error().then(|| {
-                        tracker.error_code().unwrap_or(ErrorCode::INTERNAL)
-                    });
-                    return Attempt::Done { tokens, worker_error };
-                }
-                Ok(None) => break "worker finished the stream without END".into(),
-                Err(e) => break e.to_string(),
-            },
-            _ = sink.gone() => {
-                cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                return Attempt::ClientGone { tokens: relayed };
-            }
-            _ = &mut sleep, if timed => {
-                let now = Instant::now();
-                if deadline.is_some_and(|d| now >= d) {
-                    cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::DEADLINE_EXCEEDED);
-                    return deadline_passed(sink, edge, tracker.at_boundary(), relayed).await;
-                }
-                match stall {
-                    Some(limit) if now >= heard + limit => {
-                        cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                        break format!("worker sent nothing for {limit:?}");
-                    }
-                    // Fired for a silence that tokens have since broken: re-arm.
-                    _ => sleep.as_mut().reset(wake_at(heard).unwrap_or(now)),
-                }
-            }
-        }
-    };
-    if tracker.forwarded() == 0 {
-        return Attempt::FailedClean(failure);
-    }
-    // Tokens already reached the client: never a silent clean end.
-    edge.stats.error(ErrorCode::UPSTREAM_FAILED);
-    let msg = format!("worker failed mid-stream: {failure}");
-    let e = ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, msg.clone());
-    sink.fail(e, tracker.at_boundary()).await;
-    Attempt::FailedDirty {
-        msg,
-        tokens: relayed,
-    }
+    (tokens, region)
 }

@@ -96,6 +96,8 @@ pub struct EdgeStats {
     pub cancelled: AtomicU64,
     /// Requests refused for residency.
     pub residency_rejections: AtomicU64,
+    /// Resumable streams: their text budget and what happened when a worker failed.
+    pub resume: super::resume::ResumeStats,
     errors: [AtomicU64; 16],
     /// Requests routed, per region.
     routes: Box<[AtomicU64]>,
@@ -127,6 +129,7 @@ impl EdgeStats {
             retries: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             residency_rejections: AtomicU64::new(0),
+            resume: super::resume::ResumeStats::new(config.edge.resume_buffer_total_bytes),
             errors: Default::default(),
             routes: config.regions.iter().map(|_| AtomicU64::new(0)).collect(),
             latencies: (0..config.regions.len() * models.len().max(1))
@@ -326,6 +329,7 @@ impl EdgeStats {
             }
         }
         super::health_metrics::render(&mut out, self, router);
+        self.resume.render(&mut out);
         out
     }
 }

@@ -54,10 +54,43 @@ impl ResponseTracker {
     /// Accounts for one chunk about to be forwarded; returns how many TOKENS frames start
     /// in it.
     pub fn on_chunk(&mut self, chunk: &[u8]) -> Result<u64, UpstreamViolation> {
+        self.track(chunk, None)
+    }
+
+    /// [`ResponseTracker::on_chunk`], also appending TOKENS text to `transcript` (a
+    /// resumable stream).
+    pub fn on_chunk_into(
+        &mut self,
+        chunk: &[u8],
+        transcript: &mut super::resume::Transcript,
+    ) -> Result<u64, UpstreamViolation> {
+        self.track(chunk, Some(transcript))
+    }
+
+    /// Within the chunk last accounted: where its last frame start and last frame end are
+    /// ([`meridian_protocol::scan::FrameScanner::last_frame`]).
+    pub fn last_frame(&self) -> (Option<usize>, Option<usize>) {
+        self.scanner.last_frame()
+    }
+
+    fn track(
+        &mut self,
+        chunk: &[u8],
+        mut transcript: Option<&mut super::resume::Transcript>,
+    ) -> Result<u64, UpstreamViolation> {
         let mut tokens = 0u64;
         let terminal = &mut self.terminal;
         let (tail, tail_len) = (&mut self.tail, &mut self.tail_len);
         self.scanner.scan(chunk, |ev| {
+            if let Some(t) = transcript.as_deref_mut() {
+                match ev {
+                    Scanned::Payload(FrameType::TOKENS, p) => {
+                        t.payload(p);
+                    }
+                    Scanned::End(FrameType::TOKENS) => t.frame_end(),
+                    _ => {}
+                }
+            }
             if let Scanned::Payload(FrameType::END | FrameType::ERROR, p) = ev {
                 let take = (TAIL - *tail_len).min(p.len());
                 tail[*tail_len..*tail_len + take].copy_from_slice(&p[..take]);
