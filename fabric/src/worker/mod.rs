@@ -4,6 +4,7 @@
 
 mod emit;
 mod openai;
+pub use openai::not_resumable;
 mod request;
 mod stats;
 pub mod synthetic;

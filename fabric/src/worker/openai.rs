@@ -11,7 +11,8 @@ use meridian_protocol::{body_format, ErrorCode, ErrorFrame, FinishReason, Reques
 use serde_json::{json, Value};
 
 use super::emit::{Emitter, GenError};
-use crate::config::OpenAiBackend;
+use super::request::Continuation;
+use crate::config::{ChatContinuation, OpenAiBackend};
 use crate::http1::Pool;
 
 /// Most idle upstream connections kept.
@@ -57,11 +58,13 @@ impl OpenAiClient {
         }
     }
 
-    /// The upstream path and body for a request (the model mapped, streaming forced on).
+    /// The upstream path and body for a request (the model mapped, streaming forced on; a
+    /// continuation's answer so far added, PROTOCOL.md §4.10).
     fn upstream_request(
         &self,
         h: &RequestHeaders,
         prompt: &[u8],
+        cont: Option<&Continuation>,
     ) -> Result<(String, Vec<u8>), GenError> {
         let model = self
             .cfg
@@ -100,6 +103,10 @@ impl OpenAiClient {
                 )
             }
         };
+        if let Some(c) = cont {
+            let chat = endpoint == "chat/completions";
+            continue_body(&mut body, chat, &c.text, self.cfg.chat_continuation)?;
+        }
         body["model"] = model.into();
         body["stream"] = true.into();
         body["stream_options"] = json!({ "include_usage": true });
@@ -138,10 +145,11 @@ impl OpenAiClient {
         &self,
         h: &RequestHeaders,
         prompt: Bytes,
+        cont: Option<Continuation>,
         traceparent: Option<String>,
         mut emit: Emitter<'_>,
     ) -> Result<(), GenError> {
-        let (path, body) = self.upstream_request(h, &prompt)?;
+        let (path, body) = self.upstream_request(h, &prompt, cont.as_ref())?;
         let mut req = hyper::Request::post(path)
             .header("host", &self.cfg.authority)
             .header("content-type", "application/json")
@@ -224,12 +232,106 @@ impl OpenAiClient {
             ));
         }
         self.pool.put(sr);
-        let completion = sse.completion_tokens.unwrap_or(emit.tokens);
+        // A continuation's END counts the whole answer; the server counted the answer so far
+        // as prompt (≈ `offset` tokens), which is taken back out.
+        let offset = cont.map_or(0, |c| c.offset);
+        let completion = sse.completion_tokens.unwrap_or(emit.tokens) + offset;
         let prompt_tokens = sse
             .prompt_tokens
-            .unwrap_or((prompt.len() as u64).div_ceil(4));
+            .unwrap_or((prompt.len() as u64).div_ceil(4))
+            .saturating_sub(offset);
         emit.end(sse.finish, prompt_tokens, completion).await
     }
+}
+
+/// Request fields whose answer another worker cannot continue faithfully: tools and
+/// function calls, several choices, log probabilities, constrained decoding (PROTOCOL.md
+/// §4.10).
+const NOT_RESUMABLE: &[&str] = &[
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+    "grammar",
+    "json_schema",
+];
+
+/// Why a request body cannot be continued by another worker, if it cannot. Shared with the
+/// HTTP front door, which does not mark such requests resumable.
+pub fn not_resumable(body: &Value) -> Option<String> {
+    for field in NOT_RESUMABLE {
+        match body.get(*field) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::String(s)) if *field == "tool_choice" && s == "none" => {}
+            Some(_) => return Some(format!("the request uses `{field}`")),
+        }
+    }
+    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Some("the request asks for n > 1 choices".into());
+    }
+    if body
+        .get("best_of")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 1)
+    {
+        return Some("the request uses `best_of`".into());
+    }
+    match body.get("response_format").map(|f| &f["type"]) {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == "text" => {}
+        Some(_) => return Some("the request constrains `response_format`".into()),
+    }
+    None
+}
+
+/// Adds a continuation's answer so far to the upstream body: appended to a completion's
+/// prompt, or a chat's last `assistant` message (continued, per `how`).
+fn continue_body(
+    body: &mut Value,
+    chat: bool,
+    text: &str,
+    how: ChatContinuation,
+) -> Result<(), GenError> {
+    let refuse = |why: String| {
+        failed(
+            ErrorCode::BAD_REQUEST,
+            format!("cannot continue this answer faithfully: {why}"),
+        )
+    };
+    if let Some(why) = not_resumable(body) {
+        return Err(refuse(why));
+    }
+    if !chat {
+        return match body.get_mut("prompt") {
+            Some(Value::String(p)) => {
+                p.push_str(text);
+                Ok(())
+            }
+            _ => Err(refuse("`prompt` is not one string".into())),
+        };
+    }
+    if how == ChatContinuation::Off {
+        return Err(refuse(
+            "this worker's server cannot continue a chat message".into(),
+        ));
+    }
+    let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) else {
+        return Err(refuse("`messages` is not an array".into()));
+    };
+    messages.push(json!({ "role": "assistant", "content": text }));
+    if how == ChatContinuation::ContinueFinalMessage {
+        body["continue_final_message"] = true.into();
+        body["add_generation_prompt"] = false.into();
+    }
+    Ok(())
 }
 
 /// What the SSE stream told us so far.
@@ -335,12 +437,13 @@ mod tests {
             api_key: None,
             model_map: Default::default(),
             timeout: std::time::Duration::from_secs(1),
+            chat_continuation: Default::default(),
         });
         let mut h = RequestHeaders::new("m");
         h.body_format = Some(body_format::OPENAI_CHAT);
         h.max_tokens = Some(64);
         let body = |raw: &str| {
-            let (_, b) = client.upstream_request(&h, raw.as_bytes()).unwrap();
+            let (_, b) = client.upstream_request(&h, raw.as_bytes(), None).unwrap();
             serde_json::from_slice::<Value>(&b).unwrap()
         };
         let v = body(r#"{"messages":[],"max_tokens":100000,"max_completion_tokens":8}"#);
@@ -357,6 +460,77 @@ mod tests {
         assert_eq!(v["max_completion_tokens"].as_u64(), Some(64));
         let v = body(r#"{"messages":[],"n":64,"best_of":64}"#);
         assert_eq!((v["n"].as_u64(), v.get("best_of")), (Some(1), None));
+    }
+
+    #[test]
+    fn continuations_append_the_answer_so_far_or_refuse() {
+        let client = |how| {
+            OpenAiClient::new(OpenAiBackend {
+                authority: "127.0.0.1:9".into(),
+                path_prefix: "/v1".into(),
+                api_key: None,
+                model_map: Default::default(),
+                timeout: std::time::Duration::from_secs(1),
+                chat_continuation: how,
+            })
+        };
+        let cont = Continuation {
+            offset: 2,
+            text: "Hello wor".into(),
+        };
+        let mut h = RequestHeaders::new("m");
+        let body = |c: &OpenAiClient, h: &RequestHeaders, raw: &str| {
+            c.upstream_request(h, raw.as_bytes(), Some(&cont))
+                .map(|(_, b)| serde_json::from_slice::<Value>(&b).unwrap())
+        };
+        let vllm = client(ChatContinuation::ContinueFinalMessage);
+        // Plain prompt: a chat whose last message is the partial answer, continued.
+        let v = body(&vllm, &h, "say hi").unwrap();
+        assert_eq!(
+            v["messages"][1],
+            json!({"role": "assistant", "content": "Hello wor"})
+        );
+        assert_eq!(
+            (
+                v["continue_final_message"].as_bool(),
+                v["add_generation_prompt"].as_bool()
+            ),
+            (Some(true), Some(false))
+        );
+        h.body_format = Some(body_format::OPENAI_CHAT);
+        let v = body(
+            &client(ChatContinuation::Prefill),
+            &h,
+            r#"{"messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v["messages"][1]["content"], "Hello wor");
+        assert!(v.get("continue_final_message").is_none());
+        for raw in [
+            r#"{"messages":[],"tools":[{"type":"function"}]}"#,
+            r#"{"messages":[],"n":2}"#,
+            r#"{"messages":[],"logprobs":true}"#,
+            r#"{"messages":[],"response_format":{"type":"json_object"}}"#,
+            r#"{"messages":[],"guided_json":{}}"#,
+        ] {
+            let Err(GenError::Failed(e)) = body(&vllm, &h, raw) else {
+                panic!("{raw} continued")
+            };
+            assert_eq!(e.code, ErrorCode::BAD_REQUEST, "{raw}");
+        }
+        assert!(body(&client(ChatContinuation::Off), &h, r#"{"messages":[]}"#).is_err());
+        assert!(body(
+            &vllm,
+            &h,
+            r#"{"messages":[],"tool_choice":"none","n":1,"response_format":{"type":"text"}}"#
+        )
+        .is_ok());
+        // A completion: the prompt grows by the answer so far.
+        h.body_format = Some(body_format::OPENAI_COMPLETIONS);
+        let v = body(&vllm, &h, r#"{"prompt":"Say: "}"#).unwrap();
+        assert_eq!(v["prompt"], "Say: Hello wor");
+        assert!(body(&vllm, &h, r#"{"prompt":["a","b"]}"#).is_err());
+        assert!(body(&vllm, &h, r#"{"prompt":"p","echo":true}"#).is_err());
     }
 
     #[test]

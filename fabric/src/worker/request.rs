@@ -206,23 +206,57 @@ async fn read_request(
     }
 }
 
+/// A continuation request's parts (PROTOCOL.md §4.10): the answer so far, which the edge
+/// appended to the prompt, and how many TOKENS frames of it the client has.
+#[derive(Clone, Debug)]
+pub(crate) struct Continuation {
+    pub offset: u64,
+    pub text: String,
+}
+
+/// Splits a continuation request's BODY into the prompt and the answer so far.
+fn split_continuation(
+    headers: &RequestHeaders,
+    body: Bytes,
+) -> Result<(Bytes, Option<Continuation>), ErrorFrame> {
+    let Some(r) = headers.resume else {
+        return Ok((body, None));
+    };
+    let bad = |m: &str| ErrorFrame::new(ErrorCode::BAD_REQUEST, m);
+    let at = usize::try_from(r.text_len)
+        .ok()
+        .and_then(|n| body.len().checked_sub(n))
+        .ok_or_else(|| bad("resume_text_len is larger than the body"))?;
+    let text = std::str::from_utf8(&body[at..])
+        .map_err(|_| bad("the answer so far (resume_text_len) is not UTF-8"))?
+        .to_owned();
+    Ok((
+        body.slice(..at),
+        Some(Continuation {
+            offset: r.offset,
+            text,
+        }),
+    ))
+}
+
 async fn generate(
     send: &mut SendStream,
     headers: &RequestHeaders,
-    prompt: Bytes,
+    body: Bytes,
     traceparent: Option<String>,
     shared: &Shared,
     received: Instant,
 ) -> Result<(), GenError> {
+    let (prompt, cont) = split_continuation(headers, body).map_err(GenError::Failed)?;
     let emit = Emitter::new(send, &shared.stats, received);
     match &shared.config.backend {
-        Backend::Synthetic(cfg) => synthetic::run(cfg, headers, &prompt, emit).await,
+        Backend::Synthetic(cfg) => synthetic::run(cfg, headers, &prompt, cont, emit).await,
         Backend::OpenAi(_) => {
             let client = shared
                 .openai
                 .as_ref()
                 .expect("an openai backend has a client");
-            client.run(headers, prompt, traceparent, emit).await
+            client.run(headers, prompt, cont, traceparent, emit).await
         }
     }
 }

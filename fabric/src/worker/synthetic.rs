@@ -129,17 +129,22 @@ impl Plan {
     }
 }
 
-/// Generates the planned tokens with the configured timing.
+/// Generates the planned tokens with the configured timing. A continuation (PROTOCOL.md
+/// §4.10) generates the same plan from token `offset` on, so the whole answer equals an
+/// unbroken run's; its `max_tokens` is what remains, so the plan's limit adds the offset.
 pub(crate) async fn run(
     cfg: &SyntheticBackend,
     headers: &RequestHeaders,
     prompt: &[u8],
+    cont: Option<super::request::Continuation>,
     mut emit: Emitter<'_>,
 ) -> Result<(), GenError> {
-    let plan = Plan::new(cfg, prompt, headers.max_tokens);
+    let offset = cont.map_or(0, |c| c.offset);
+    let limit = headers.max_tokens.map(|m| m.saturating_add(offset));
+    let plan = Plan::new(cfg, prompt, limit);
     tokio::time::sleep(plan.ttft).await;
-    for i in 0..plan.count {
-        if i > 0 {
+    for i in offset..plan.count {
+        if i > offset {
             tokio::time::sleep(plan.itl).await;
         }
         emit.token(plan.token(i).as_bytes()).await?;
