@@ -46,6 +46,9 @@ pub struct Front {
     /// Longest time a client may take to send its request head and body
     /// (`[edge] intake_timeout_ms`, as for QUIC clients).
     pub intake_timeout: Duration,
+    /// Models whose requests are resumable without the header (`[edge]
+    /// http_resumable_models`).
+    pub resumable_models: Arc<[String]>,
 }
 
 impl Front {
@@ -57,6 +60,7 @@ impl Front {
             tenant,
             max_body: cfg.edge.max_prompt_bytes,
             intake_timeout: cfg.edge.intake_timeout,
+            resumable_models: cfg.edge.http_resumable_models.clone().into(),
         }
     }
 
@@ -409,6 +413,8 @@ struct Inputs {
     /// A valid W3C `traceparent`: the edge's spans join the caller's trace. An invalid one
     /// is ignored (a new trace starts), as Trace Context asks.
     traceparent: Option<String>,
+    /// `x-meridian-resumable`: `Some(true|false)` overrides the model's configured default.
+    resumable: Option<bool>,
 }
 
 fn routing_headers(headers: &HeaderMap) -> Result<Inputs, String> {
@@ -441,10 +447,17 @@ fn routing_headers(headers: &HeaderMap) -> Result<Inputs, String> {
         .and_then(|v| v.to_str().ok())
         .filter(|v| TraceContext::parse(v).is_some())
         .map(str::to_owned);
+    let resumable = match header("x-meridian-resumable") {
+        None => None,
+        Some(Ok(v)) if v == "1" || v.eq_ignore_ascii_case("true") => Some(true),
+        Some(Ok(v)) if v == "0" || v.eq_ignore_ascii_case("false") => Some(false),
+        Some(_) => return Err("x-meridian-resumable must be true or false (1 or 0)".into()),
+    };
     Ok(Inputs {
         area,
         session,
         traceparent,
+        resumable,
     })
 }
 
@@ -504,6 +517,14 @@ async fn completion(
         Kind::Chat => body_format::OPENAI_CHAT,
         Kind::Completions => body_format::OPENAI_COMPLETIONS,
     });
+    // PROTOCOL.md §4.10: asked for (header) or configured for the model, and only for
+    // bodies another worker can continue faithfully (no tools, one choice, no logprobs, no
+    // constrained decoding); the answer says which with `x-meridian-resumable`.
+    let wanted = (inputs.resumable).unwrap_or_else(|| front.resumable_models.contains(&peek.model));
+    headers.resumable = wanted
+        && serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|v| meridian_fabric::worker::not_resumable(&v).is_none());
+    let resumable = headers.resumable;
     let mut sub = match front.submitter.submit_held(headers, body, held) {
         Ok(s) => s,
         Err(e) => return error(e.code(), &e.to_string()),
@@ -542,7 +563,11 @@ async fn completion(
     let include_usage = peek.stream_options.is_some_and(|o| o.include_usage);
     let response = Response::builder()
         .header("x-meridian-region", region)
-        .header("x-meridian-worker", worker);
+        .header("x-meridian-worker", worker)
+        .header(
+            "x-meridian-resumable",
+            if resumable { "true" } else { "false" },
+        );
     if peek.stream.unwrap_or(false) {
         let body = SseBody::new(sub, first, meta, include_usage);
         response
