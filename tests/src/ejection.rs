@@ -39,6 +39,7 @@ async fn a_worker_answering_errors_is_ejected_and_readmitted() {
             api_key: None,
             model_map: BTreeMap::new(),
             timeout: Duration::from_secs(10),
+            chat_continuation: Default::default(),
         });
         let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
         toml += &format!(

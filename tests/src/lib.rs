@@ -35,6 +35,8 @@ mod process;
 #[cfg(test)]
 mod request_errors;
 #[cfg(test)]
+mod resume;
+#[cfg(test)]
 mod stall;
 #[cfg(test)]
 mod traces;

@@ -61,6 +61,7 @@ pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option
             api_key: Some("sk-test".into()),
             model_map: BTreeMap::from([("llama-3-8b".to_owned(), "mock-model".to_owned())]),
             timeout: Duration::from_secs(10),
+            chat_continuation: Default::default(),
         };
         let wc = WorkerConfig {
             name: format!("w{i}"),

@@ -84,6 +84,48 @@ fn relaying_token_frames_allocates_nothing() {
 }
 
 #[test]
+fn a_resumable_stream_allocates_only_to_grow_its_transcript() {
+    // The resumable relay (PROTOCOL.md §4.10): track, append the text to the bounded
+    // transcript, let only whole frames through (slices of the same chunks).
+    use meridian_fabric::edge::{FrameGate, ResumeStats, Transcript};
+    let mut stream = BytesMut::new();
+    for i in 0..1000 {
+        Frame::Tokens(Bytes::from(format!("tok{i} "))).encode(&mut stream);
+    }
+    let stream = stream.freeze();
+    let ragged: Vec<Bytes> = stream.chunks(7).map(|c| stream.slice_ref(c)).collect();
+    let stats = ResumeStats::new(64 << 20);
+    let mut tracker = ResponseTracker::new();
+    let mut transcript = Transcript::new(256 << 10, &stats);
+    let mut gate = FrameGate::new();
+    let (mut ready, mut out) = (Vec::with_capacity(8), Vec::with_capacity(ragged.len() * 2));
+    let mut tokens = 0;
+    let n = allocations(|| {
+        for chunk in &ragged {
+            tokens += tracker.on_chunk_into(chunk, &mut transcript).unwrap();
+            gate.admit(&tracker, chunk.clone(), false, &mut ready);
+            out.append(&mut ready);
+        }
+    });
+    assert_eq!(tokens, 1000);
+    assert_eq!(transcript.offset(), 1000);
+    let text = transcript.text();
+    assert_eq!(&text[..5], b"tok0 ");
+    // Growing the transcript: amortised doubling up to ~9 KB, plus the gate's first hold.
+    println!("allocations for 1000 resumable tokens: {n}");
+    assert!(n <= 20, "{n} allocations for 1000 tokens: not per token");
+    let mut sent = BytesMut::new();
+    for b in &out {
+        assert!(
+            stream.as_ptr_range().contains(&b.as_ptr()),
+            "forwarded without copying"
+        );
+        sent.extend_from_slice(b);
+    }
+    assert_eq!(sent.freeze(), stream, "every byte forwarded once, in order");
+}
+
+#[test]
 fn route_decision_allocates_nothing() {
     use meridian_fabric::config::parse_config;
     use meridian_fabric::route::{RouteRequest, Router};

@@ -2,6 +2,8 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
+use meridian_protocol::ErrorCode;
+
 use super::*;
 use crate::config::parse_config;
 
@@ -309,6 +311,31 @@ proptest! {
             Err(e) => {
                 let open = (0..10).any(|w| live(w) && allowed.contains(cfg.workers[w].region));
                 prop_assert!(!open, "refused ({e}) although an allowed region had a live worker");
+            }
+        }
+        // A resumable stream whose workers keep failing mid-answer (PROTOCOL.md §4.10): each
+        // continuation is routed as the relay routes it — the same request minus the workers
+        // that failed it, each failure recorded (which may eject the worker) — and lands
+        // inside the policy; the chain ends only when no allowed live worker is left.
+        let mut failed: Vec<usize> = Vec::new();
+        for _ in 0..4 {
+            let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &failed };
+            let next = r.route(&q).map(|d| (d.region, d.worker));
+            match next {
+                Ok((region, worker)) => {
+                    prop_assert!(allowed.contains(region), "resumed outside residency: {}", cfg.regions[region].name);
+                    prop_assert!(!failed.contains(&worker), "resumed on a worker that failed the stream");
+                    r.record_attempt(worker, true);
+                    failed.push(worker);
+                }
+                Err(e) => {
+                    let open = (0..10).any(|w| live(w) && !failed.contains(&w) && allowed.contains(cfg.workers[w].region));
+                    prop_assert!(!open, "resumption refused ({e}) although an allowed worker was left");
+                    if allowed != RegionSet::ALL {
+                        prop_assert!(matches!(e.code(), ErrorCode::RESIDENCY_UNAVAILABLE | ErrorCode::OVERLOADED), "{e}");
+                    }
+                    break;
+                }
             }
         }
     }
