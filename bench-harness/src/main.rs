@@ -6,6 +6,7 @@
 //! * `impair` — a user-space UDP WAN impairment proxy.
 //! * `suite` — direct vs. via-edge at several concurrency levels, on its own topology.
 //! * `wan` — the edge → worker hop on an emulated long-haul link, clean vs. impaired.
+//! * `resume` — a worker failing mid-answer on that link: what resuming costs the stream.
 
 mod dist;
 mod http;
@@ -16,6 +17,7 @@ mod mock_openai;
 mod plot;
 mod procs;
 mod report;
+mod resume;
 mod suite;
 mod target;
 mod wan;
@@ -48,6 +50,9 @@ enum Command {
     /// Start workers behind impairment proxies and an edge, and measure the long-haul hop
     /// clean and impaired.
     Wan(wan::WanArgs),
+    /// Fail the worker serving a resumable stream on an emulated long-haul link and measure
+    /// what the resumption costs.
+    Resume(resume::ResumeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,6 +101,12 @@ fn main() -> anyhow::Result<()> {
                     std::fs::write(&p, serde_json::to_string_pretty(&report)?)
                         .with_context(|| format!("writing {}", p.display()))?;
                 }
+                Ok(())
+            }
+            Command::Resume(a) => {
+                let report = resume::run(a).await?;
+                resume::print(&report);
+                println!("{}", serde_json::to_string(&report)?);
                 Ok(())
             }
             Command::Wan(a) => {

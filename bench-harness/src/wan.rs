@@ -111,82 +111,15 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
             bail!("unknown phase `{p}` (clean, impaired)");
         }
     }
-    let bin = meridian_bin(a.meridian.as_ref())?;
-    let me = std::env::current_exe()?;
-    let dir = std::env::temp_dir().join(format!("meridian-wan-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let mut procs = Vec::new();
-    let mut proxies = Vec::new();
-    let mut entries = String::new();
-    let itl = 1000 / a.tokens_per_s.max(1);
-    for i in 1..=a.workers {
-        let name = format!("frankfurt-{i}");
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "[worker]\nname = \"{name}\"\nregion = \"frankfurt\"\nlisten = \"127.0.0.1:0\"\n\
-                 models = [\"llama-3-8b\"]\nmax_concurrent = 4000\n{}\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
-                 [backend]\nkind = \"synthetic\"\nttft_ms = {}\nitl_ms = {itl}\nmax_tokens = {}\n",
-                a.worker_config.join("\n"),
-                a.ttft_ms,
-                a.max_tokens
-            ),
-        )?;
-        let mut w = Proc::start(&bin, &["worker", "--json", "--config", path(&cfg)?])?;
-        let line = w.json_line().await?;
-        let addr = line["addr"].as_str().context("worker addr")?.to_owned();
-        let cert = line["cert"].as_str().context("worker cert")?.to_owned();
-        let delay = a.delay_ms.to_string();
-        let mut proxy = Proc::start_controlled(
-            &me,
-            &[
-                "impair",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                &addr,
-                "--delay-ms",
-                &delay,
-                "--seed",
-                &i.to_string(),
-            ],
-        )?;
-        let via = proxy.json_line().await?["impair"]
-            .as_str()
-            .context("impair address")?
-            .to_owned();
-        entries += &format!(
-            "\n[[worker]]\nname = \"{name}\"\nregion = \"frankfurt\"\naddress = \"{via}\"\n\
-             models = [\"llama-3-8b\"]\npin = \"{cert}\"\n"
-        );
-        procs.push(w);
-        proxies.push(proxy);
-    }
-    let (api_key, auth) = crate::suite::api_key(&bin, "wan")?;
-    let edge_cfg = dir.join("edge.toml");
-    std::fs::write(
-        &edge_cfg,
-        format!(
-            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"tokyo\"\nmax_streams_per_connection = {}\n\n\
-             [tls]\ndev_cert_dir = \"edge-certs\"\n\n[upstream]\n{}\n\n\
-             [[region]]\nname = \"frankfurt\"\njurisdiction = [\"de\", \"eu\"]\n\n\
-             [areas]\nde = [\"frankfurt\"]\n{entries}\n[tenants]\nwan = {{}}\n[auth]\n{auth}",
-            a.concurrency.div_ceil(a.connections as u64).max(16),
-            a.upstream_config.join("\n"),
-        ),
-    )?;
-    let mut edge = Proc::start(&bin, &["edge", "--json", "--config", path(&edge_cfg)?])?;
-    let started = edge.json_line().await?;
-    if edge.json_line().await?["ready"] != true {
-        bail!("edge did not report ready");
-    }
-    let edge_addr = started["edge_addr"]
-        .as_str()
-        .context("edge_addr")?
-        .parse()?;
-    let edge_cert = PathBuf::from(started["cert"].as_str().context("cert")?);
+    let Fleet {
+        procs,
+        mut proxies,
+        edge,
+        edge_addr,
+        edge_cert,
+        api_key,
+        dir,
+    } = start_fleet(&a, "").await?;
     let floor_ms = 2.0 * a.delay_ms + a.ttft_ms as f64;
     let mut phases = Vec::new();
     for (n, name) in a.phases.iter().enumerate() {
@@ -246,6 +179,7 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
             report,
         });
     }
+    let mut edge = edge;
     let _ = edge.child.start_kill();
     for mut p in procs.into_iter().chain(proxies) {
         let _ = p.child.start_kill();
@@ -256,6 +190,111 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
         upstream_config: a.upstream_config,
         worker_config: a.worker_config,
         phases,
+    })
+}
+
+/// The processes of a WAN run: workers, the proxy in front of each, the edge.
+pub(crate) struct Fleet {
+    /// Worker processes, `frankfurt-1`…, in order.
+    pub procs: Vec<Proc>,
+    /// The impairment proxy in front of each worker, same order.
+    pub proxies: Vec<Proc>,
+    pub edge: Proc,
+    pub edge_addr: std::net::SocketAddr,
+    pub edge_cert: PathBuf,
+    /// A key of the edge's tenant `wan`.
+    pub api_key: String,
+    /// Scratch directory (configs, certificates).
+    pub dir: PathBuf,
+}
+
+/// Starts `a.workers` workers, each behind an `impair` proxy with `a.delay_ms`, and an edge
+/// reaching them only through the proxies (`edge_extra`: more `[edge]` lines).
+pub(crate) async fn start_fleet(a: &WanArgs, edge_extra: &str) -> anyhow::Result<Fleet> {
+    let bin = meridian_bin(a.meridian.as_ref())?;
+    let me = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("meridian-wan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut procs = Vec::new();
+    let mut proxies = Vec::new();
+    let mut entries = String::new();
+    let itl = 1000 / a.tokens_per_s.max(1);
+    for i in 1..=a.workers {
+        let name = format!("frankfurt-{i}");
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[worker]\nname = \"{name}\"\nregion = \"frankfurt\"\nlisten = \"127.0.0.1:0\"\n\
+                 models = [\"llama-3-8b\"]\nmax_concurrent = 4000\n{}\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
+                 [backend]\nkind = \"synthetic\"\nttft_ms = {}\nitl_ms = {itl}\nmax_tokens = {}\n",
+                a.worker_config.join("\n"),
+                a.ttft_ms,
+                a.max_tokens
+            ),
+        )?;
+        let mut w = Proc::start(&bin, &["worker", "--json", "--config", path(&cfg)?])?;
+        let line = w.json_line().await?;
+        let addr = line["addr"].as_str().context("worker addr")?.to_owned();
+        let cert = line["cert"].as_str().context("worker cert")?.to_owned();
+        let delay = a.delay_ms.to_string();
+        let mut proxy = Proc::start_controlled(
+            &me,
+            &[
+                "impair",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &addr,
+                "--delay-ms",
+                &delay,
+                "--seed",
+                &i.to_string(),
+            ],
+        )?;
+        let via = proxy.json_line().await?["impair"]
+            .as_str()
+            .context("impair address")?
+            .to_owned();
+        entries += &format!(
+            "\n[[worker]]\nname = \"{name}\"\nregion = \"frankfurt\"\naddress = \"{via}\"\n\
+             models = [\"llama-3-8b\"]\npin = \"{cert}\"\n"
+        );
+        procs.push(w);
+        proxies.push(proxy);
+    }
+    let (api_key, auth) = crate::suite::api_key(&bin, "wan")?;
+    let edge_cfg = dir.join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "[edge]\nlisten = \"127.0.0.1:0\"\npop = \"tokyo\"\nmax_streams_per_connection = {}\n{edge_extra}\n\n\
+             [tls]\ndev_cert_dir = \"edge-certs\"\n\n[upstream]\n{}\n\n\
+             [[region]]\nname = \"frankfurt\"\njurisdiction = [\"de\", \"eu\"]\n\n\
+             [areas]\nde = [\"frankfurt\"]\n{entries}\n[tenants]\nwan = {{}}\n[auth]\n{auth}",
+            a.concurrency.div_ceil(a.connections as u64).max(16),
+            a.upstream_config.join("\n"),
+        ),
+    )?;
+    let mut edge = Proc::start(&bin, &["edge", "--json", "--config", path(&edge_cfg)?])?;
+    let started = edge.json_line().await?;
+    if edge.json_line().await?["ready"] != true {
+        bail!("edge did not report ready");
+    }
+    let edge_addr: std::net::SocketAddr = started["edge_addr"]
+        .as_str()
+        .context("edge_addr")?
+        .parse()?;
+    let edge_cert = PathBuf::from(started["cert"].as_str().context("cert")?);
+    Ok(Fleet {
+        procs,
+        proxies,
+        edge,
+        edge_addr,
+        edge_cert,
+        api_key,
+        dir,
     })
 }
 
