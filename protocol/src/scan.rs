@@ -43,9 +43,10 @@ impl FrameScanner {
         self.current.is_none() && self.head_len == 0
     }
 
-    /// Offsets within the chunk last scanned: where the last frame whose header began in it
-    /// began, and where the last frame that ended in it ended. A relay that forwards whole
-    /// frames only splits the chunk there (zero-copy slices).
+    /// Offsets within the chunk last scanned with [`FrameScanner::scan_positions`]: where
+    /// the last frame whose header began in it began, and where the last frame that ended in
+    /// it ended. A relay that forwards whole frames only splits the chunk there (zero-copy
+    /// slices).
     pub fn last_frame(&self) -> (Option<usize>, Option<usize>) {
         (self.last_start, self.last_end)
     }
@@ -54,12 +55,32 @@ impl FrameScanner {
     /// framing (`TooLarge`, `UnknownFrameType`) or from `visit`.
     pub fn scan<'a, E: From<DecodeError>>(
         &mut self,
+        data: &'a [u8],
+        visit: impl FnMut(Scanned<'a>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.scan_inner::<false, E>(data, visit)
+    }
+
+    /// [`FrameScanner::scan`], also recording where frames start and end in `data`
+    /// ([`FrameScanner::last_frame`]). A separate instantiation, so `scan` pays nothing.
+    pub fn scan_positions<'a, E: From<DecodeError>>(
+        &mut self,
+        data: &'a [u8],
+        visit: impl FnMut(Scanned<'a>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.scan_inner::<true, E>(data, visit)
+    }
+
+    fn scan_inner<'a, const POS: bool, E: From<DecodeError>>(
+        &mut self,
         mut data: &'a [u8],
         mut visit: impl FnMut(Scanned<'a>) -> Result<(), E>,
     ) -> Result<(), E> {
         let len = data.len();
-        self.last_start = None;
-        self.last_end = None;
+        if POS {
+            self.last_start = None;
+            self.last_end = None;
+        }
         while !data.is_empty() {
             if let Some(ty) = self.current {
                 let take = self.remaining.min(data.len());
@@ -71,12 +92,14 @@ impl FrameScanner {
                 }
                 if self.remaining == 0 {
                     self.current = None;
-                    self.last_end = Some(len - data.len());
+                    if POS {
+                        self.last_end = Some(len - data.len());
+                    }
                     visit(Scanned::End(ty))?;
                 }
                 continue;
             }
-            if self.head_len == 0 {
+            if POS && self.head_len == 0 {
                 self.last_start = Some(len - data.len());
             }
             // Accumulate header bytes (at most 16) until the header parses.
@@ -94,7 +117,9 @@ impl FrameScanner {
                     visit(Scanned::Start(head))?;
                     if head.payload_len == 0 {
                         self.current = None;
-                        self.last_end = Some(len - data.len());
+                        if POS {
+                            self.last_end = Some(len - data.len());
+                        }
                         visit(Scanned::End(head.ty))?;
                     }
                 }
@@ -184,7 +209,7 @@ mod tests {
             for end in points {
                 let chunk = &data[start..end];
                 start = end;
-                s.scan::<DecodeError>(chunk, |_| Ok(())).unwrap();
+                s.scan_positions::<DecodeError>(chunk, |_| Ok(())).unwrap();
                 let (first, last) = s.last_frame();
                 if let Some(f) = first {
                     prop_assert!(f <= chunk.len());

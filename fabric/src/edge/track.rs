@@ -54,7 +54,7 @@ impl ResponseTracker {
     /// Accounts for one chunk about to be forwarded; returns how many TOKENS frames start
     /// in it.
     pub fn on_chunk(&mut self, chunk: &[u8]) -> Result<u64, UpstreamViolation> {
-        self.track(chunk, None)
+        self.track::<false>(chunk, None)
     }
 
     /// [`ResponseTracker::on_chunk`], also appending TOKENS text to `transcript` (a
@@ -64,7 +64,7 @@ impl ResponseTracker {
         chunk: &[u8],
         transcript: &mut super::resume::Transcript,
     ) -> Result<u64, UpstreamViolation> {
-        self.track(chunk, Some(transcript))
+        self.track::<true>(chunk, Some(transcript))
     }
 
     /// Within the chunk last accounted: where its last frame start and last frame end are
@@ -73,7 +73,9 @@ impl ResponseTracker {
         self.scanner.last_frame()
     }
 
-    fn track(
+    /// One instantiation per kind of stream: a non-resumable one pays for nothing here.
+    #[inline(always)]
+    fn track<const RESUMABLE: bool>(
         &mut self,
         chunk: &[u8],
         mut transcript: Option<&mut super::resume::Transcript>,
@@ -81,8 +83,8 @@ impl ResponseTracker {
         let mut tokens = 0u64;
         let terminal = &mut self.terminal;
         let (tail, tail_len) = (&mut self.tail, &mut self.tail_len);
-        self.scanner.scan(chunk, |ev| {
-            if let Some(t) = transcript.as_deref_mut() {
+        let visit = |ev: Scanned<'_>| {
+            if let Some(t) = transcript.as_deref_mut().filter(|_| RESUMABLE) {
                 match ev {
                     Scanned::Payload(FrameType::TOKENS, p) => {
                         t.payload(p);
@@ -112,7 +114,12 @@ impl ResponseTracker {
                 }
             }
             Ok(())
-        })?;
+        };
+        if RESUMABLE {
+            self.scanner.scan_positions(chunk, visit)?;
+        } else {
+            self.scanner.scan(chunk, visit)?;
+        }
         self.forwarded += chunk.len();
         Ok(tokens)
     }
