@@ -340,6 +340,10 @@ impl Line {
             let mut heap = std::collections::BinaryHeap::new();
             let mut open = true;
             loop {
+                // The sender is gone (its socket's task ended) and everything was delivered.
+                if !open && heap.is_empty() {
+                    return;
+                }
                 let next = heap.peek().map(|h: &Held| h.at);
                 tokio::select! {
                     held = rx.recv(), if open => match held {
