@@ -252,7 +252,8 @@ pub struct RoutingSettings {
     pub ring_key: Option<[u8; 16]>,
     /// Prompt bytes hashed into a shard key when the request has none.
     pub prefix_bytes: usize,
-    /// Most attempts per request (first try plus retries before the first token).
+    /// Most attempts per request: the first try, retries before the first token, and
+    /// resumptions of a resumable stream after it.
     pub max_attempts: u32,
 }
 
