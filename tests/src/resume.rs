@@ -228,6 +228,97 @@ async fn a_cancel_after_a_resumption_reaches_the_worker_generating() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_worker_gone_a_resumed_stream_ends_in_an_error() {
+    let (edge, mut workers, client) = fleet("resume-none-left", 2, "", (0, 10, 100_000)).await;
+    let mut g = client
+        .generate(Request::new("m", "outlive them all").resumable())
+        .await
+        .unwrap();
+    let first = routed(&mut g).await;
+    read_tokens(&mut g, 2).await;
+    kill(&mut workers, &first.worker).kill();
+    let second = routed(&mut g).await;
+    read_tokens(&mut g, 2).await;
+    kill(&mut workers, &second.worker).kill();
+    let (_, routes, end) = read_rest(&mut g).await;
+    assert!(routes.is_empty(), "{routes:?}");
+    assert_eq!(end.unwrap_err(), ErrorCode::UPSTREAM_FAILED);
+    let m = edge.stats.render(&edge.router);
+    assert!(
+        m.contains("meridian_resumes_total{result=\"exhausted\"} 1"),
+        "{m}"
+    );
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_continue_refuses_and_the_stream_fails() {
+    use meridian_fabric::config::{Backend, ChatContinuation, OpenAiBackend};
+    // w0 synthetic; w1 an `openai` worker whose server cannot continue a chat message.
+    let (mock, authority) = crate::bench_procs::mock_openai(1, 50).await;
+    let dir = scratch("resume-refused");
+    let mut id = Identity::self_signed().unwrap();
+    id.write(&dir).unwrap();
+    let cert = id.cert_path.clone().unwrap();
+    let mut toml = String::from(
+        "[edge]\nlisten = \"127.0.0.1:0\"\n[auth]\nrequired = false\n[[region]]\nname = \"r\"\n",
+    );
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let mut wc = worker_config(ServerTls::Dev { dir: dir.clone() }, (0, 10, 100_000));
+        wc.name = format!("w{i}");
+        if i == 1 {
+            wc.backend = Backend::OpenAi(OpenAiBackend {
+                authority: authority.clone(),
+                path_prefix: "/v1".into(),
+                api_key: None,
+                model_map: Default::default(),
+                timeout: std::time::Duration::from_secs(10),
+                chat_continuation: ChatContinuation::Off,
+            });
+        }
+        let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
+        toml += &format!(
+            "[[worker]]\nname = \"w{i}\"\nregion = \"r\"\naddress = \"{}\"\nmodels = [\"m\"]\npin = \"{}\"\n",
+            w.addr,
+            cert.display()
+        );
+        workers.push(Some(w));
+    }
+    let edge = edge_from(&toml, &dir.join("edge.toml"), &id, 2).await;
+    let client = pinned_client(edge.addr, &cert).await;
+    // A session whose stream starts on the synthetic worker.
+    let mut g = None;
+    for key in 0..64 {
+        let mut r = Request::new("m", "plain prompt").resumable();
+        r.headers.shard_key = Some(format!("s{key}").into_bytes().into());
+        let mut gen = client.generate(r).await.unwrap();
+        if routed(&mut gen).await.worker == "w0" {
+            g = Some(gen);
+            break;
+        }
+    }
+    let mut g = g.expect("some session lands on w0");
+    read_tokens(&mut g, 3).await;
+    kill(&mut workers, "w0").kill();
+    let resumed = routed(&mut g).await;
+    assert_eq!(
+        (resumed.worker.as_str(), resumed.resumed_at),
+        ("w1", Some(3))
+    );
+    let err = within("refused", g.collect()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UPSTREAM_FAILED), "{err}");
+    assert!(err.to_string().contains("cannot continue"), "{err}");
+    let m = edge.stats.render(&edge.router);
+    assert!(
+        m.contains("meridian_resumes_total{result=\"refused\"} 1"),
+        "{m}"
+    );
+    drop(mock);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_send_continuation_fields() {
     let (_edge, _workers, client) = fleet("resume-forged", 1, "", (0, 1, 3)).await;
     let mut r = Request::new("m", "forged");
