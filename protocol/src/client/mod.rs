@@ -130,7 +130,7 @@ impl Request {
 
     /// Asks the edge to finish the answer on another worker (same residency rules) if the
     /// serving worker fails after tokens arrived (PROTOCOL.md §4.10). The generation then
-    /// yields a second [`Event::Routed`](generation::Event::Routed) whose `resumed_at` is
+    /// yields a second [`Event::Routed`] whose `resumed_at` is
     /// the token offset where the new worker took over, and the text simply continues.
     pub fn resumable(mut self) -> Self {
         self.headers.resumable = true;
