@@ -216,20 +216,7 @@ async fn h3_stream_as(
     during: impl FnOnce(),
 ) -> (u16, String, String) {
     use bytes::{Buf, Bytes};
-    let trust = meridian_protocol::client::Trust::pin_file(&s.cert).unwrap();
-    let crypto = meridian_protocol::client::tls::client_crypto(&trust, &[b"h3"]).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    let conn = ep
-        .connect(s.edge.parse().unwrap(), "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .unwrap();
-    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let mut send = common::h3_connect(&s.edge, &s.cert).await;
     let req = hyper::Request::post("https://localhost/v1/chat/completions")
         .header("content-type", "application/json")
         .header("x-meridian-area", "jp")

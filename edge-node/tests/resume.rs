@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 
+mod common;
+
 use bytes::{Buf, Bytes};
 use meridian_protocol::client::{Client, ClientConfig, Event, Request, Trust};
 
@@ -277,20 +279,7 @@ fn http1_stream_survives_a_sigkilled_worker() {
 /// One streaming chat completion over HTTP/3; `during(worker)` runs once ten SSE events
 /// arrived. Returns the body.
 async fn h3(fleet: &mut Fleet, during: impl FnOnce(&mut Fleet, &str)) -> String {
-    let trust = Trust::pin_file(&fleet.cert).unwrap();
-    let crypto = meridian_protocol::client::tls::client_crypto(&trust, &[b"h3"]).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    let conn = (ep
-        .connect(fleet.addr.parse().unwrap(), "localhost")
-        .unwrap())
-    .await
-    .unwrap();
-    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .unwrap();
-    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let mut send = common::h3_connect(&fleet.addr, &fleet.cert).await;
     let req = hyper::Request::post("https://localhost/v1/chat/completions")
         .header("content-type", "application/json")
         .header("x-meridian-resumable", "true")

@@ -118,6 +118,17 @@ async fn fleet(
     edge_extra: &str,
     timing: (u64, u64, u64),
 ) -> (EdgeHandle, Vec<Option<WorkerHandle>>, Client) {
+    fleet_with(name, n, edge_extra, timing, |_, _| {}).await
+}
+
+/// [`fleet`], with `adjust(i, config)` applied to worker `i`'s config.
+async fn fleet_with(
+    name: &str,
+    n: usize,
+    edge_extra: &str,
+    timing: (u64, u64, u64),
+    adjust: impl Fn(usize, &mut meridian_fabric::config::WorkerConfig),
+) -> (EdgeHandle, Vec<Option<WorkerHandle>>, Client) {
     let dir = scratch(name);
     let mut id = Identity::self_signed().unwrap();
     id.write(&dir).unwrap();
@@ -129,6 +140,7 @@ async fn fleet(
     for i in 0..n {
         let mut wc = worker_config(ServerTls::Dev { dir: dir.clone() }, timing);
         wc.name = format!("w{i}");
+        adjust(i, &mut wc);
         let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
         toml += &format!(
             "[[worker]]\nname = \"w{i}\"\nregion = \"r\"\naddress = \"{}\"\nmodels = [\"m\"]\npin = \"{}\"\n",
@@ -256,37 +268,20 @@ async fn a_worker_that_cannot_continue_refuses_and_the_stream_fails() {
     use meridian_fabric::config::{Backend, ChatContinuation, OpenAiBackend};
     // w0 synthetic; w1 an `openai` worker whose server cannot continue a chat message.
     let (mock, authority) = crate::bench_procs::mock_openai(1, 50).await;
-    let dir = scratch("resume-refused");
-    let mut id = Identity::self_signed().unwrap();
-    id.write(&dir).unwrap();
-    let cert = id.cert_path.clone().unwrap();
-    let mut toml = String::from(
-        "[edge]\nlisten = \"127.0.0.1:0\"\n[auth]\nrequired = false\n[[region]]\nname = \"r\"\n",
-    );
-    let mut workers = Vec::new();
-    for i in 0..2 {
-        let mut wc = worker_config(ServerTls::Dev { dir: dir.clone() }, (0, 10, 100_000));
-        wc.name = format!("w{i}");
-        if i == 1 {
-            wc.backend = Backend::OpenAi(OpenAiBackend {
-                authority: authority.clone(),
-                path_prefix: "/v1".into(),
-                api_key: None,
-                model_map: Default::default(),
-                timeout: std::time::Duration::from_secs(10),
-                chat_continuation: ChatContinuation::Off,
-            });
-        }
-        let w = worker::spawn(wc, &id, Shutdown::new()).unwrap();
-        toml += &format!(
-            "[[worker]]\nname = \"w{i}\"\nregion = \"r\"\naddress = \"{}\"\nmodels = [\"m\"]\npin = \"{}\"\n",
-            w.addr,
-            cert.display()
-        );
-        workers.push(Some(w));
-    }
-    let edge = edge_from(&toml, &dir.join("edge.toml"), &id, 2).await;
-    let client = pinned_client(edge.addr, &cert).await;
+    let (edge, mut workers, client) =
+        fleet_with("resume-refused", 2, "", (0, 10, 100_000), |i, wc| {
+            if i == 1 {
+                wc.backend = Backend::OpenAi(OpenAiBackend {
+                    authority: authority.clone(),
+                    path_prefix: "/v1".into(),
+                    api_key: None,
+                    model_map: Default::default(),
+                    timeout: std::time::Duration::from_secs(10),
+                    chat_continuation: ChatContinuation::Off,
+                });
+            }
+        })
+        .await;
     // A session whose stream starts on the synthetic worker.
     let mut g = None;
     for key in 0..64 {

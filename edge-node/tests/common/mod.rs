@@ -160,3 +160,26 @@ fn started(mut cmd: Command, dir: std::path::PathBuf) -> Serve {
         dir,
     }
 }
+
+/// An HTTP/3 connection to the edge's UDP port at `addr` (certificate pinned from `cert`):
+/// the request sender; the connection's driver runs on a spawned task.
+pub async fn h3_connect(
+    addr: &str,
+    cert: &str,
+) -> h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes> {
+    let trust = meridian_protocol::client::Trust::pin_file(cert).unwrap();
+    let crypto = meridian_protocol::client::tls::client_crypto(&trust, &[b"h3"]).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = ep
+        .connect(addr.parse().unwrap(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    send
+}
