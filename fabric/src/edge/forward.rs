@@ -89,7 +89,9 @@ pub(super) async fn forward(
 ) -> Attempt {
     let base = resume.as_ref().map_or(0, |r| r.transcript.offset());
     let continuation = resume.as_ref().is_some_and(|r| r.started);
-    let mut last_tokens: Option<Instant> = None;
+    // A continuation's first token is not the request's TTFT: the wait for it counts as the
+    // gap between tokens the client saw.
+    let mut last_tokens: Option<Instant> = continuation.then(Instant::now);
     let sleep = tokio::time::sleep_until(
         deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
     );

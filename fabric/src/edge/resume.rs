@@ -202,7 +202,8 @@ impl FrameGate {
                     self.pending.push(chunk);
                 }
             }
-            None => self.pending.push(chunk),
+            None if !chunk.is_empty() => self.pending.push(chunk),
+            None => {}
         }
     }
 
@@ -242,7 +243,50 @@ impl Resume {
 
 #[cfg(test)]
 mod tests {
+    use meridian_protocol::{ErrorCode, ErrorFrame, Frame};
+
     use super::*;
+    use crate::edge::ResponseTracker;
+
+    /// Feeds `stream` cut at `cuts` through a tracker and a gate; returns what went out.
+    fn gate_through(stream: &Bytes, cuts: &[usize], drop_terminal: bool) -> Vec<u8> {
+        let (mut t, mut gate, mut out) = (ResponseTracker::new(), FrameGate::new(), Vec::new());
+        let stats = ResumeStats::new(1 << 20);
+        let mut transcript = Transcript::new(1 << 16, &stats);
+        let mut at = 0;
+        for &cut in cuts.iter().chain([&stream.len()]) {
+            let chunk = stream.slice(at..cut);
+            at = cut;
+            t.on_chunk_into(&chunk, &mut transcript).unwrap();
+            let last = at == stream.len();
+            gate.admit(&t, chunk, drop_terminal && last, &mut out);
+        }
+        out.iter().flat_map(|b| b.to_vec()).collect()
+    }
+
+    #[test]
+    fn the_gate_lets_whole_frames_through_at_any_split() {
+        let mut s = bytes::BytesMut::new();
+        Frame::Tokens(Bytes::from_static(b"one ")).encode(&mut s);
+        Frame::Unknown(meridian_protocol::FrameType(0x21)).encode(&mut s);
+        Frame::Tokens(Bytes::from(vec![b'x'; 300])).encode(&mut s);
+        let before_error = s.len();
+        Frame::Error(ErrorFrame::new(ErrorCode::UPSTREAM_FAILED, "backend broke")).encode(&mut s);
+        let stream = s.freeze();
+        for a in 0..stream.len() {
+            for b in [a, a + 1, a + 7, stream.len() - 1] {
+                let cuts = [a, b.clamp(a, stream.len())];
+                assert_eq!(
+                    gate_through(&stream, &cuts, false),
+                    stream.to_vec(),
+                    "cuts {cuts:?}"
+                );
+                // A retryable ERROR to be resumed past: everything before it, nothing of it.
+                let kept = gate_through(&stream, &cuts, true);
+                assert_eq!(kept, stream[..before_error].to_vec(), "cuts {cuts:?}");
+            }
+        }
+    }
 
     #[test]
     fn keeps_whole_frames_within_both_bounds() {
