@@ -81,8 +81,9 @@ async fn a_worker_answering_errors_is_ejected_and_readmitted() {
         }
     }
     assert!(health.is_ejected(), "w0 ejected after its failures");
-    // Three failures eject it; one more request may race the ejection.
-    assert!((3..=4).contains(&failed), "{failed} requests saw w0 fail");
+    // Three failures eject it. The edge records a failure after relaying the ERROR, so on a
+    // loaded machine the client's next requests can race the ejection.
+    assert!((3..=5).contains(&failed), "{failed} requests saw w0 fail");
     // Ejected: every key goes to w1 now, and is served.
     for key in 200..220 {
         assert_eq!(ask(key).await.expect("served"), "w1");

@@ -87,6 +87,10 @@ pub(super) async fn forward(
     edge: &EdgeShared,
     mut resume: Option<&mut Resume>,
 ) -> Attempt {
+    if let Some(r) = resume.as_deref_mut() {
+        // Nothing held from an earlier attempt may reach the client before this one's frames.
+        r.abandon();
+    }
     let base = resume.as_ref().map_or(0, |r| r.transcript.offset());
     let continuation = resume.as_ref().is_some_and(|r| r.started);
     // A continuation's first token is not the request's TTFT: the wait for it counts as the
@@ -144,6 +148,8 @@ pub(super) async fn forward(
         sleep.as_mut().reset(at);
     }
     let timed = deadline.is_some() || stall.is_some();
+    // The worker's retryable ERROR is being skipped to resume (it was not relayed).
+    let mut resuming_past_error = false;
     let failure: String = loop {
         tokio::select! {
             chunk = up_recv.read_chunk(usize::MAX, true) => match chunk {
@@ -190,9 +196,22 @@ pub(super) async fn forward(
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
                         return Attempt::Draining;
                     }
+                    // A continuation answered with an ERROR: a retryable one (busy, failing) sends
+                    // the continuation to the next worker; any other means this worker cannot
+                    // continue the answer.
                     if error_first && continuation {
                         cancel_upstream(&mut up_send, &mut up_recv, ErrorCode::CANCELLED);
-                        return Attempt::Refused(tracker.error_code().unwrap_or(ErrorCode::INTERNAL));
+                        let code = tracker.error_code().unwrap_or(ErrorCode::INTERNAL);
+                        if tracker.error_retryable() {
+                            if let Some(r) = resume.as_deref_mut() {
+                                r.abandon();
+                            }
+                            return Attempt::Broken {
+                                msg: format!("worker answered the continuation with {code} (retryable)"),
+                                tokens: base,
+                            };
+                        }
+                        return Attempt::Refused(code);
                     }
                     let Some(r) = resume.as_deref_mut() else {
                         sent += bytes.len();
@@ -220,6 +239,7 @@ pub(super) async fn forward(
                     r.started |= sent > 0;
                     if resume_now {
                         let code = tracker.error_code().unwrap_or(ErrorCode::INTERNAL);
+                        resuming_past_error = true;
                         break format!("worker answered {code} (retryable)");
                     }
                 }
@@ -262,6 +282,18 @@ pub(super) async fn forward(
             }
         }
     };
+    // The client already has the worker's END or ERROR (the stream broke only after it, or
+    // bytes followed it): the answer is over; never a second terminal frame or a resumption.
+    if tracker.terminal_ended() && !resuming_past_error {
+        sink.finish();
+        let tokens = (base + relayed).max(tracker.completion_tokens().unwrap_or(0));
+        let worker_error = (tracker.ended_with_error())
+            .then(|| tracker.error_code().unwrap_or(ErrorCode::INTERNAL));
+        return Attempt::Done {
+            tokens,
+            worker_error,
+        };
+    }
     let tokens = base + relayed;
     let at_boundary = match resume {
         Some(r) => {
@@ -270,9 +302,10 @@ pub(super) async fn forward(
                 return Attempt::FailedClean(failure);
             }
             if r.transcript.usable() {
+                // Only whole frames reached the client: a dropped partial one is not charged.
                 return Attempt::Broken {
                     msg: failure,
-                    tokens,
+                    tokens: r.transcript.offset(),
                 };
             }
             true

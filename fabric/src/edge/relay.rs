@@ -266,7 +266,7 @@ async fn route_and_relay(
         if !sink.routed(routed).await {
             edge.stats.cancelled.fetch_add(1, Relaxed);
             span.set("meridian.outcome", "cancelled");
-            return (broken.map_or(0, |b| b.1), None);
+            return broken.map_or((0, None), |b| (b.1, Some(b.2)));
         }
         edge.stats.routed(decision.region);
         if resumed_at.is_some() {

@@ -39,6 +39,8 @@ pub struct ResponseTracker {
     scanner: FrameScanner,
     /// END or ERROR, once seen.
     terminal: Option<FrameType>,
+    /// The terminal frame's last byte was seen.
+    terminal_ended: bool,
     forwarded: usize,
     /// The start of the terminal frame's payload (fixed size: no allocation).
     tail: [u8; TAIL],
@@ -82,6 +84,7 @@ impl ResponseTracker {
     ) -> Result<u64, UpstreamViolation> {
         let mut tokens = 0u64;
         let terminal = &mut self.terminal;
+        let terminal_ended = &mut self.terminal_ended;
         let (tail, tail_len) = (&mut self.tail, &mut self.tail_len);
         let visit = |ev: Scanned<'_>| {
             if let Some(t) = transcript.as_deref_mut().filter(|_| RESUMABLE) {
@@ -92,6 +95,9 @@ impl ResponseTracker {
                     Scanned::End(FrameType::TOKENS) => t.frame_end(),
                     _ => {}
                 }
+            }
+            if let Scanned::End(FrameType::END | FrameType::ERROR) = ev {
+                *terminal_ended = true;
             }
             if let Scanned::Payload(FrameType::END | FrameType::ERROR, p) = ev {
                 let take = (TAIL - *tail_len).min(p.len());
@@ -137,6 +143,11 @@ impl ResponseTracker {
     /// Whether the response is complete: END or ERROR seen, ending at a boundary.
     pub fn complete(&self) -> bool {
         self.terminal.is_some() && self.scanner.at_boundary()
+    }
+
+    /// Whether the whole terminal frame (END or ERROR) was seen, even if bytes followed it.
+    pub fn terminal_ended(&self) -> bool {
+        self.terminal_ended
     }
 
     /// Whether the worker ended the response with ERROR.

@@ -65,7 +65,7 @@ impl OpenAiClient {
         h: &RequestHeaders,
         prompt: &[u8],
         cont: Option<&Continuation>,
-    ) -> Result<(String, Vec<u8>), GenError> {
+    ) -> Result<Option<(String, Vec<u8>)>, GenError> {
         let model = self
             .cfg
             .model_map
@@ -105,7 +105,7 @@ impl OpenAiClient {
         };
         if let Some(c) = cont {
             let chat = endpoint == "chat/completions";
-            continue_body(&mut body, chat, &c.text, self.cfg.chat_continuation)?;
+            continue_body(&mut body, chat, c, self.cfg.chat_continuation)?;
         }
         body["model"] = model.into();
         body["stream"] = true.into();
@@ -135,8 +135,15 @@ impl OpenAiClient {
                 body["max_tokens"] = m.into();
             }
         }
+        // A continuation with no tokens left: the answer is complete (`None`).
+        let spent = ["max_tokens", "max_completion_tokens"]
+            .iter()
+            .any(|f| body.get(*f).and_then(Value::as_u64) == Some(0));
+        if cont.is_some() && spent {
+            return Ok(None);
+        }
         let body = serde_json::to_vec(&body).expect("JSON values serialise");
-        Ok((format!("{}/{endpoint}", self.cfg.path_prefix), body))
+        Ok(Some((format!("{}/{endpoint}", self.cfg.path_prefix), body)))
     }
 
     /// Runs one request upstream and emits its tokens; `traceparent` continues the trace
@@ -149,7 +156,13 @@ impl OpenAiClient {
         traceparent: Option<String>,
         mut emit: Emitter<'_>,
     ) -> Result<(), GenError> {
-        let (path, body) = self.upstream_request(h, &prompt, cont.as_ref())?;
+        let offset = cont.as_ref().map_or(0, |c| c.offset);
+        let Some((path, body)) = self.upstream_request(h, &prompt, cont.as_ref())? else {
+            // The answer had reached its limit when its worker failed (before END): nothing
+            // is left to generate.
+            let prompt_tokens = (prompt.len() as u64).div_ceil(4);
+            return emit.end(FinishReason::Length, prompt_tokens, offset).await;
+        };
         let mut req = hyper::Request::post(path)
             .header("host", &self.cfg.authority)
             .header("content-type", "application/json")
@@ -234,12 +247,9 @@ impl OpenAiClient {
         self.pool.put(sr);
         // A continuation's END counts the whole answer; the server counted the answer so far
         // as prompt (≈ `offset` tokens), which is taken back out.
-        let offset = cont.map_or(0, |c| c.offset);
         let completion = sse.completion_tokens.unwrap_or(emit.tokens) + offset;
-        let prompt_tokens = sse
-            .prompt_tokens
-            .unwrap_or((prompt.len() as u64).div_ceil(4))
-            .saturating_sub(offset);
+        let prompt_tokens = (sse.prompt_tokens.map(|p| p.saturating_sub(offset)))
+            .unwrap_or((prompt.len() as u64).div_ceil(4));
         emit.end(sse.finish, prompt_tokens, completion).await
     }
 }
@@ -284,6 +294,9 @@ pub fn not_resumable(body: &Value) -> Option<String> {
     {
         return Some("the request uses `best_of`".into());
     }
+    if body.get("prompt").is_some_and(|p| !p.is_string()) {
+        return Some("`prompt` is not one string".into());
+    }
     match body.get("response_format").map(|f| &f["type"]) {
         None | Some(Value::Null) => {}
         Some(Value::String(t)) if t == "text" => {}
@@ -297,9 +310,10 @@ pub fn not_resumable(body: &Value) -> Option<String> {
 fn continue_body(
     body: &mut Value,
     chat: bool,
-    text: &str,
+    cont: &Continuation,
     how: ChatContinuation,
 ) -> Result<(), GenError> {
+    let text = cont.text.as_str();
     let refuse = |why: String| {
         failed(
             ErrorCode::BAD_REQUEST,
@@ -308,6 +322,13 @@ fn continue_body(
     };
     if let Some(why) = not_resumable(body) {
         return Err(refuse(why));
+    }
+    // A body's own limits count the whole answer: what remains is the limit minus the
+    // tokens already delivered.
+    for field in ["max_tokens", "max_completion_tokens"] {
+        if let Some(n) = body.get(field).and_then(Value::as_u64) {
+            body[field] = n.saturating_sub(cont.offset).into();
+        }
     }
     if !chat {
         return match body.get_mut("prompt") {
@@ -443,7 +464,10 @@ mod tests {
         h.body_format = Some(body_format::OPENAI_CHAT);
         h.max_tokens = Some(64);
         let body = |raw: &str| {
-            let (_, b) = client.upstream_request(&h, raw.as_bytes(), None).unwrap();
+            let (_, b) = client
+                .upstream_request(&h, raw.as_bytes(), None)
+                .unwrap()
+                .unwrap();
             serde_json::from_slice::<Value>(&b).unwrap()
         };
         let v = body(r#"{"messages":[],"max_tokens":100000,"max_completion_tokens":8}"#);
@@ -481,7 +505,7 @@ mod tests {
         let mut h = RequestHeaders::new("m");
         let body = |c: &OpenAiClient, h: &RequestHeaders, raw: &str| {
             c.upstream_request(h, raw.as_bytes(), Some(&cont))
-                .map(|(_, b)| serde_json::from_slice::<Value>(&b).unwrap())
+                .map(|r| serde_json::from_slice::<Value>(&r.expect("tokens left").1).unwrap())
         };
         let vllm = client(ChatContinuation::ContinueFinalMessage);
         // Plain prompt: a chat whose last message is the partial answer, continued.
@@ -531,6 +555,22 @@ mod tests {
         assert_eq!(v["prompt"], "Say: Hello wor");
         assert!(body(&vllm, &h, r#"{"prompt":["a","b"]}"#).is_err());
         assert!(body(&vllm, &h, r#"{"prompt":"p","echo":true}"#).is_err());
+        // A body's limit counts the whole answer; none left: no upstream request at all.
+        let v = body(
+            &vllm,
+            &h,
+            r#"{"prompt":"p","max_tokens":10,"max_completion_tokens":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                v["max_tokens"].as_u64(),
+                v["max_completion_tokens"].as_u64()
+            ),
+            (Some(8), Some(3))
+        );
+        let done = vllm.upstream_request(&h, br#"{"prompt":"p","max_tokens":2}"#, Some(&cont));
+        assert!(matches!(done, Ok(None)));
     }
 
     #[test]

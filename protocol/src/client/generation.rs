@@ -88,6 +88,9 @@ pub struct Generation {
     saw_tokens: bool,
     /// The request asked for resumable delivery: a resuming ROUTED may follow TOKENS.
     resumable: bool,
+    /// TOKENS frames received, and the last ROUTED's attempt (a resumption must match both).
+    frames: u64,
+    attempt: u64,
 }
 
 impl Generation {
@@ -98,6 +101,8 @@ impl Generation {
             done: false,
             saw_tokens: false,
             resumable,
+            frames: 0,
+            attempt: 0,
         }
     }
 
@@ -121,13 +126,25 @@ impl Generation {
                 None => Err(ClientError::Protocol(
                     "stream ended without END or ERROR".into(),
                 )),
-                Some(Frame::Routed(r)) if !self.saw_tokens => Ok(Some(Event::Routed(r))),
-                // PROTOCOL.md §4.10: after TOKENS only a resumption, and only if asked for.
+                Some(Frame::Routed(r)) if !self.saw_tokens => {
+                    self.attempt = r.attempt;
+                    Ok(Some(Event::Routed(r)))
+                }
+                // PROTOCOL.md §4.10: after TOKENS only a resumption, only if asked for, at
+                // exactly the text received so far and a later attempt.
                 Some(Frame::Routed(r)) if self.resumable && r.resumed_at.is_some() => {
+                    if r.resumed_at != Some(self.frames) || r.attempt <= self.attempt {
+                        return Err(ClientError::Protocol(format!(
+                            "resumption at token {:?} (attempt {}) after {} TOKENS frames (attempt {})",
+                            r.resumed_at, r.attempt, self.frames, self.attempt
+                        )));
+                    }
+                    self.attempt = r.attempt;
                     Ok(Some(Event::Routed(r)))
                 }
                 Some(Frame::Tokens(t)) => {
                     self.saw_tokens = true;
+                    self.frames += 1;
                     String::from_utf8(t.to_vec())
                         .map(|s| Some(Event::Tokens(s)))
                         .map_err(|_| {

@@ -31,12 +31,9 @@ impl Routed {
         let region = get_string(p, FRAME, "region", MAX_NAME_LEN)?;
         let worker = get_string(p, FRAME, "worker", MAX_NAME_LEN)?;
         let attempt = get_varint(p, FRAME)?;
-        // An optional trailing field; bytes after it stay reserved and are ignored.
-        let resumed_at = if p.is_empty() {
-            None
-        } else {
-            Some(get_varint(p, FRAME)?)
-        };
+        // An optional trailing field; bytes after it stay reserved and are ignored (and
+        // bytes that are not a varint are ignored as before the field existed).
+        let resumed_at = crate::varint::peek(p).map(|(v, _)| v);
         Ok(Routed {
             region,
             worker,
