@@ -17,9 +17,11 @@ const MAX_UPDATE_BYTES: usize = 4096;
 
 /// The live routing table as JSON.
 pub fn routes(router: &Router) -> serde_json::Value {
-    let cfg = router.config();
+    // One table: its generation's config, live state and status, consistent with each other.
     let table = router.table();
-    let scored = router.scored();
+    let topo = &table.topology;
+    let cfg = &topo.config;
+    let scored = router.scored_in(&table);
     let regions: Vec<_> = cfg
         .regions
         .iter()
@@ -31,7 +33,7 @@ pub fn routes(router: &Router) -> serde_json::Value {
                 "jurisdiction": region.jurisdiction,
                 "healthy_workers": table.regions[r].healthy.iter().map(|w| &cfg.workers[*w].name).collect::<Vec<_>>(),
                 "capacity": table.regions[r].capacity,
-                "in_flight": router.region_in_flight(r),
+                "in_flight": topo.regions[r].in_flight.current(),
                 "status": scored.regions[r],
             })
         })
@@ -41,7 +43,7 @@ pub fn routes(router: &Router) -> serde_json::Value {
         .iter()
         .enumerate()
         .map(|(w, worker)| {
-            let s = router.worker(w);
+            let s = &topo.workers[w];
             let h = &s.health;
             json!({
                 "name": worker.name,
@@ -80,6 +82,7 @@ pub fn routes(router: &Router) -> serde_json::Value {
         areas.into_iter().map(|(k, v)| (k, json!(v))).collect();
     json!({
         "epoch": table.epoch,
+        "generation": topo.generation,
         "objective": format!("{:?}", cfg.routing.objective).to_lowercase(),
         "regions": regions,
         "workers": workers,
@@ -134,6 +137,7 @@ pub fn explain(router: &Router, query: Option<&str>) -> Response<Full<Bytes>> {
         residency: q.get("residency").map(String::as_str),
         shard_key: key.as_bytes(),
         exclude: &[],
+        pinned: None,
     };
     let e = router.explain(&req);
     text(

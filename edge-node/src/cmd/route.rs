@@ -99,6 +99,7 @@ pub fn run(args: &RouteArgs) -> ExitCode {
         residency: args.residency.as_deref(),
         shard_key: key,
         exclude: &[],
+        pinned: None,
     };
     let explanation = router.explain(&req);
     let request = format!(

@@ -17,6 +17,8 @@ const NS_PER_SEC: f64 = 1e9;
 #[derive(Debug)]
 pub struct TenantState {
     name: String,
+    /// The limits it enforces (a reload keeps the state of a tenant whose limits stayed).
+    pub(super) limits: TenantLimits,
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
     concurrent: Option<(InFlight, u64)>,
@@ -32,6 +34,7 @@ impl TenantState {
             .flatten();
         TenantState {
             name: name.to_owned(),
+            limits: l.clone(),
             requests: l.requests_per_s.map(|rate| {
                 let burst = l
                     .burst
@@ -44,6 +47,11 @@ impl TenantState {
             concurrent: l.max_concurrent.map(|m| (InFlight::new(), u64::from(m))),
             fleet,
         }
+    }
+
+    /// Whether `limits` include one the fleet shares (with `[limits] redis`).
+    pub(super) fn fleet_limited(limits: Option<&TenantLimits>) -> bool {
+        limits.is_some_and(|l| l.requests_per_s.is_some() || l.tokens_per_min.is_some())
     }
 
     /// The tenant's name.

@@ -14,6 +14,7 @@ mod limits;
 pub mod token;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meridian_protocol::{ErrorCode, ErrorFrame, RequestHeaders};
@@ -78,7 +79,7 @@ pub struct Auth {
     required: bool,
     keys: HashMap<String, KeyRecord>,
     signing: HashMap<String, hmac::Key>,
-    tenants: Vec<TenantState>,
+    tenants: Vec<Arc<TenantState>>,
     tenant_ids: HashMap<String, usize>,
 }
 
@@ -103,6 +104,13 @@ pub fn unix_now() -> u64 {
 impl Auth {
     /// The authenticator for `config`'s `[auth]` and tenants.
     pub fn new(config: &Config) -> Auth {
+        Self::carry(config, None)
+    }
+
+    /// The authenticator for `config` after a reload from `prev`: a tenant whose limits did
+    /// not change keeps its limit state (buckets, requests in flight, fleet counts), so a
+    /// reload neither resets nor tightens anyone's rate by itself.
+    pub fn carry(config: &Config, prev: Option<&Auth>) -> Auth {
         let mut names: Vec<&String> = config.tenants.keys().collect();
         names.sort();
         let tenant_ids: HashMap<String, usize> = names
@@ -110,11 +118,19 @@ impl Auth {
             .enumerate()
             .map(|(i, n)| ((*n).clone(), i))
             .collect();
+        let fleet = config.shared_limits.is_some();
         let tenants = names
             .iter()
             .map(|n| {
-                let fleet = config.shared_limits.is_some();
-                TenantState::new(n, config.tenant_limits.get(*n), fleet)
+                let limits = config.tenant_limits.get(*n);
+                let kept = prev
+                    .and_then(|p| p.tenant_ids.get(*n).map(|i| &p.tenants[*i]))
+                    .filter(|t| {
+                        t.limits == limits.cloned().unwrap_or_default()
+                            && t.fleet.is_some() == (fleet && TenantState::fleet_limited(limits))
+                    });
+                kept.cloned()
+                    .unwrap_or_else(|| Arc::new(TenantState::new(n, limits, fleet)))
             })
             .collect();
         let keys = config
@@ -190,7 +206,7 @@ impl Auth {
         now_ns: u64,
     ) -> Result<Admission<'_>, ErrorFrame> {
         let tenant = self.identify(headers, now_unix)?;
-        let state = tenant.map(|t| &self.tenants[t]);
+        let state = tenant.map(|t| &*self.tenants[t]);
         Admission::new(state, headers.max_tokens, now_ns)
     }
 

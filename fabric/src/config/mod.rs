@@ -258,7 +258,7 @@ pub struct RoutingSettings {
 }
 
 /// Upstream (edge → worker) connection settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamSettings {
     /// Handshake timeout.
     pub connect_timeout: Duration,
@@ -331,6 +331,16 @@ pub struct OtlpSettings {
     pub export_interval: Duration,
     /// Most finished spans waiting for export; more are dropped and counted.
     pub max_queue: usize,
+}
+
+impl EdgeSettings {
+    /// `max_connections` and `validate_addresses_above`, as the accept loop uses them.
+    pub fn admission_limits(&self) -> (usize, usize) {
+        (
+            self.max_connections as usize,
+            self.validate_addresses_above as usize,
+        )
+    }
 }
 
 impl Config {

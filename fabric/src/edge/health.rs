@@ -6,7 +6,7 @@
 //! upstream connections: the worker is readmitted only if it answers with END, which checks
 //! the worker *and* its inference backend (a ping would only check the QUIC path).
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use meridian_protocol::{Frame, RequestHeaders};
 use super::track::ResponseTracker;
 use super::EdgeShared;
 use crate::config::WorkerId;
-use crate::route::Scorer;
+use crate::route::Topology;
 use crate::shutdown::Shutdown;
 
 /// Longest a probe may take.
@@ -25,43 +25,37 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs until shutdown.
 pub(crate) async fn run(edge: Arc<EdgeShared>, shutdown: Shutdown) {
     let router = edge.router.clone();
-    let mut scorer = Scorer::new(router.config());
-    let probing: Arc<Vec<AtomicBool>> = Arc::new(
-        (0..router.config().workers.len())
-            .map(|_| AtomicBool::new(false))
-            .collect(),
-    );
-    let mut tick = tokio::time::interval(router.config().health.score_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Read every round: a reload may change it.
+        let every = router.config().health.score_interval;
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait() => return,
         }
-        for w in router.due_probes() {
-            if probing[w].swap(true, Relaxed) {
+        let (topo, due) = router.due_probes();
+        for w in due {
+            let state = topo.workers[w].clone();
+            if state.probing.swap(true, Relaxed) {
                 continue;
             }
-            let (edge, probing) = (edge.clone(), probing.clone());
+            let (edge, topo) = (edge.clone(), topo.clone());
             tokio::spawn(async move {
-                let ok = probe(&edge, w).await;
-                edge.router.probed(w, ok);
-                probing[w].store(false, Relaxed);
+                let ok = probe(&topo, w).await;
+                edge.router.probed(&topo, w, ok);
+                state.probing.store(false, Relaxed);
             });
         }
-        let prev = router.scored();
-        let next = scorer.tick(&router, &prev, router.now_ms());
-        router.publish(next);
+        router.tick();
     }
 }
 
-/// Sends worker `w` a one-token request; true if it ends with END.
-async fn probe(edge: &EdgeShared, w: WorkerId) -> bool {
-    let cfg = edge.router.config();
-    let Some(model) = cfg.workers[w].models.first() else {
+/// Sends worker `w` of `topo` a one-token request; true if it ends with END.
+async fn probe(topo: &Topology, w: WorkerId) -> bool {
+    let entry = &topo.config.workers[w];
+    let Some(model) = entry.models.first() else {
         return false;
     };
-    let Some(conn) = edge.upstreams.connection(w) else {
+    let Some(conn) = topo.workers[w].links.connection() else {
         return false;
     };
     let mut headers = RequestHeaders::new(model.clone());
@@ -85,6 +79,6 @@ async fn probe(edge: &EdgeShared, w: WorkerId) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false);
-    tracing::debug!(worker = %cfg.workers[w].name, ok, "probe");
+    tracing::debug!(worker = %entry.name, ok, "probe");
     ok
 }

@@ -5,16 +5,16 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::stats::{label, EdgeStats};
-use crate::route::{Demotion, Router, Spill};
+use super::stats::label;
+use crate::route::{Demotion, Router, Spill, Topology};
 
 fn family(out: &mut String, name: &str, help: &str, ty: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
 }
 
 /// Appends the families to `out`.
-pub(crate) fn render(out: &mut String, stats: &EdgeStats, router: &Router) {
-    let cfg = router.config();
+pub(crate) fn render(out: &mut String, topo: &Topology, router: &Router) {
+    let cfg = &topo.config;
     let worker_labels = |w: usize| {
         let e = &cfg.workers[w];
         format!(
@@ -76,12 +76,15 @@ pub(crate) fn render(out: &mut String, stats: &EdgeStats, router: &Router) {
     for (name, help, ty, pick) in per_worker {
         family(out, name, help, ty);
         for w in 0..cfg.workers.len() {
-            if let Some(v) = pick(&router.worker(w).health) {
+            if let Some(v) = pick(&topo.workers[w].health) {
                 let _ = writeln!(out, "{name}{{{}}} {v}", worker_labels(w));
             }
         }
     }
-    let scored = router.scored();
+    let table = router.table();
+    let scored = router.scored_in(&table);
+    // Names of the scored generation (a reload may have published a newer one since).
+    let names = &table.topology.config.regions;
     type RegionPick = fn(&crate::route::RegionStatus) -> Option<f64>;
     let per_region: [(&str, &str, RegionPick); 6] = [
         (
@@ -119,7 +122,7 @@ pub(crate) fn render(out: &mut String, stats: &EdgeStats, router: &Router) {
         family(out, name, help, "gauge");
         for (r, s) in scored.regions.iter().enumerate() {
             if let Some(v) = pick(s) {
-                let _ = writeln!(out, "{name}{{region=\"{}\"}} {v}", cfg.regions[r].name);
+                let _ = writeln!(out, "{name}{{region=\"{}\"}} {v}", names[r].name);
             }
         }
     }
@@ -153,17 +156,13 @@ pub(crate) fn render(out: &mut String, stats: &EdgeStats, router: &Router) {
         "Estimated spend: relayed tokens × the region's price_per_mtok at the time (in the price's currency).",
         "counter",
     );
-    for (r, region) in cfg.regions.iter().enumerate() {
-        for model in stats.models() {
-            if let Some(l) = stats.latencies(r, model) {
-                let v = l.spend_nano.load(Relaxed) as f64 / 1e9;
-                let _ = writeln!(
-                    out,
-                    "meridian_cost_usd_total{{region=\"{}\",model=\"{}\"}} {v}",
-                    region.name,
-                    label(model)
-                );
-            }
-        }
+    for (r, model, l) in topo.all_latencies() {
+        let v = l.spend_nano.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "meridian_cost_usd_total{{region=\"{}\",model=\"{}\"}} {v}",
+            cfg.regions[r].name,
+            label(model)
+        );
     }
 }

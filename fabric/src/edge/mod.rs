@@ -8,6 +8,7 @@ mod health;
 mod health_metrics;
 mod intake;
 mod relay;
+mod reload;
 mod resume;
 mod sink;
 mod stats;
@@ -22,9 +23,10 @@ use std::sync::Arc;
 use meridian_protocol::Settings;
 use tracing::info;
 
+pub use reload::{ReloadError, ReloadReport};
 pub use resume::{FrameGate, ResumeStats, Transcript};
 pub use sink::Delivery;
-pub use stats::{EdgeStats, Histogram, Latencies};
+pub use stats::{EdgeStats, Histogram, Latencies, ReloadResult};
 pub use submit::{Submission, SubmitError, Submitter};
 pub use track::{ResponseTracker, UpstreamViolation};
 pub use upstream::Upstreams;
@@ -35,7 +37,6 @@ use crate::server::{self, ControlStream};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{self, TraceStats, Tracer};
 use crate::tls::{Identity, IdentityError};
-use crate::transport;
 
 pub use crate::server::DRAIN_TIMEOUT;
 
@@ -51,8 +52,12 @@ pub(crate) struct EdgeShared {
     pub shutdown: Shutdown,
     /// In-process submissions in flight.
     pub submissions: submit::InFlight,
-    /// Tenant identity and limits.
-    pub auth: crate::auth::Auth,
+    /// Tenant identity and limits (replaced by a reload).
+    pub auth: crate::sync::RcuCell<crate::auth::Auth>,
+    /// The client-facing endpoint (a reload gives it a new server config).
+    pub endpoint: quinn::Endpoint,
+    /// Serialises reloads.
+    pub reloading: tokio::sync::Mutex<()>,
     /// Time base of the tenants' rate limits.
     pub epoch: tokio::time::Instant,
 }
@@ -148,14 +153,7 @@ pub fn spawn_with_h3(
     h3: Option<H3Handler>,
 ) -> Result<EdgeHandle, EdgeError> {
     let listen = config.edge.listen;
-    let mut transport = transport::transport(config.edge.max_streams_per_connection);
-    transport::client_facing(&mut transport, &config.edge);
-    let alpn: &[&[u8]] = if h3.is_some() {
-        &[meridian_protocol::ALPN, H3_ALPN]
-    } else {
-        &[meridian_protocol::ALPN]
-    };
-    let server = identity.server_config(alpn, transport)?;
+    let server = reload::server_config(&config, identity, h3.is_some())?;
     let endpoint =
         quinn::Endpoint::server(server, listen).map_err(|e| EdgeError::Bind(listen, e))?;
     let addr = endpoint
@@ -179,7 +177,9 @@ pub fn spawn_with_h3(
         tracer: telemetry::start(config.telemetry.as_ref(), &instance),
         shutdown: shutdown.clone(),
         submissions: submit::InFlight::default(),
-        auth: crate::auth::Auth::new(&config),
+        auth: crate::sync::RcuCell::new(Arc::new(crate::auth::Auth::new(&config))),
+        endpoint: endpoint.clone(),
+        reloading: tokio::sync::Mutex::new(()),
         epoch: tokio::time::Instant::now(),
     });
     if let Some(settings) = config.shared_limits.clone() {
@@ -212,14 +212,13 @@ async fn serve(
     shared: Arc<EdgeShared>,
     shutdown: Shutdown,
 ) {
-    let cfg = shared.router.config();
-    let max = cfg.edge.max_connections as usize;
-    let validate_above = cfg.edge.validate_addresses_above as usize;
     // Half-open handshakes are counted apart from connections: they never take a
     // connection slot, and past `validate_addresses_above` of them an unvalidated source
     // gets a stateless Retry (a spoofed one never comes back), so a flood of Initial
     // packets cannot lock real clients out.
     let admit = |ep: &quinn::Endpoint, incoming: &quinn::Incoming| {
+        // The running config's limits (a reload may change them).
+        let (max, validate_above) = shared.router.config().edge.admission_limits();
         let handshaking = shared.stats.handshaking.load(Relaxed).max(0) as usize;
         let established = ep.open_connections().saturating_sub(handshaking);
         if established >= max {

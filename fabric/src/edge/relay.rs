@@ -17,8 +17,8 @@ use super::intake::{self, Intake, IntakeError};
 use super::resume::Resume;
 use super::sink::{code, QuicSink, Sink};
 use super::EdgeShared;
-use crate::config::WorkerId;
-use crate::route::RouteRequest;
+use crate::config::RegionId;
+use crate::route::{Pinned, RouteRequest, Topology};
 use crate::telemetry::{Span, SpanKind, TraceContext};
 
 /// Where a request's latencies are recorded.
@@ -60,7 +60,7 @@ pub(crate) async fn serve(send: SendStream, mut recv: RecvStream, edge: Arc<Edge
             cfg.edge.max_prompt_bytes,
             cfg.routing.prefix_bytes,
             &edge.stats.budget,
-            |h| edge.auth.identify(h, crate::auth::unix_now()).map(|_| ()),
+            |h| edge.auth.read(|a| a.identify(h, crate::auth::unix_now()).map(|_| ())),
         ) => r,
         _ = sink.gone() => Err(IntakeError::Gone),
         // A client that never finishes sending must not hold a stream and its buffers.
@@ -138,10 +138,9 @@ pub(crate) async fn dispatch(
     // credential's, never the claim's.
     // Limits run on the admission time, not the stream's arrival (intake may take a while).
     let now_ns = edge.epoch.elapsed().as_nanos() as u64;
-    let mut admission = match edge
-        .auth
-        .admit(&intake.headers, crate::auth::unix_now(), now_ns)
-    {
+    // The tenants of the running config; the admission keeps its own for the request's life.
+    let auth = edge.auth.load();
+    let mut admission = match auth.admit(&intake.headers, crate::auth::unix_now(), now_ns) {
         Ok(a) => a,
         Err(e) => {
             span_error(&mut span, e.code, &e.message);
@@ -155,15 +154,16 @@ pub(crate) async fn dispatch(
         }
     }
     let cap = admission.token_cap();
-    let (tokens, region) =
+    let (tokens, served) =
         route_and_relay(intake, (tenant, cap), arrived, sink, edge, &mut span).await;
     // The worker was told `max_tokens = cap`: a count above it (a misreporting backend) is
     // not charged beyond the cap.
     let tokens = tokens.min(cap.unwrap_or(u64::MAX));
     admission.settle(tokens);
-    if let Some(r) = region {
-        edge.stats
-            .spend(r, &intake.headers.model, tokens, edge.router.price(r));
+    if let Some((topo, r)) = served {
+        if let Some(l) = topo.latencies(r, &intake.headers.model) {
+            l.spend(tokens, topo.regions[r].price());
+        }
     }
 }
 
@@ -176,8 +176,11 @@ fn worker_fault(code: ErrorCode) -> bool {
     )
 }
 
-/// Routes and relays; returns the tokens relayed to the client and the region of the last
-/// attempt that relayed any (whose price they cost).
+/// The region (and its generation) of the last attempt that relayed tokens: whose price
+/// they cost.
+type Served = Option<(Arc<Topology>, RegionId)>;
+
+/// Routes and relays; returns the tokens relayed to the client and where they were served.
 async fn route_and_relay(
     intake: &Intake,
     (tenant, cap): (Option<&str>, Option<u64>),
@@ -185,7 +188,7 @@ async fn route_and_relay(
     sink: &mut impl Sink,
     edge: &EdgeShared,
     span: &mut Span,
-) -> (u64, Option<crate::config::RegionId>) {
+) -> (u64, Served) {
     let cfg = edge.router.config();
     // A deadline beyond what the clock can represent (any varint up to 2^62 - 1 ms may come
     // from a peer) is no deadline, never an overflow.
@@ -202,9 +205,14 @@ async fn route_and_relay(
         .or(cfg.edge.default_area.as_deref());
     let mut resume = (intake.headers.resumable)
         .then(|| Resume::new(cfg.edge.resume_buffer_bytes, &edge.stats.resume));
-    let mut exclude: Vec<WorkerId> = Vec::new();
-    // Why the last worker broke the answer, and the tokens the client has (a resumption).
-    let mut broken: Option<(String, u64, crate::config::RegionId)> = None;
+    // Workers that failed this request, by uid (stable across reloads).
+    let mut exclude: Vec<u64> = Vec::new();
+    // The residency of the first decision: later attempts stay inside it even if a reload
+    // changed the policy in between (they must satisfy both).
+    let mut pinned: Option<Pinned> = None;
+    // Why the last worker broke the answer, the tokens the client has, and where they came
+    // from (a resumption).
+    let mut broken: Option<(String, u64, Served)> = None;
     for attempt in 1..=u64::from(cfg.routing.max_attempts) {
         // Every attempt — first try, retry or continuation — is routed by the same rules:
         // the request's residency policy, minus the workers that already failed it.
@@ -215,6 +223,7 @@ async fn route_and_relay(
             residency: intake.headers.residency.as_deref(),
             shard_key: &shard_key,
             exclude: &exclude,
+            pinned: pinned.as_ref(),
         };
         let decision = match edge.router.route(&req) {
             Ok(d) => d,
@@ -238,16 +247,19 @@ async fn route_and_relay(
                 );
                 span_error(span, code, &msg);
                 fail(sink, edge, ErrorFrame::new(code, msg)).await;
-                return (tokens, Some(region));
+                return (tokens, region);
             }
         };
-        let worker_id = decision.worker;
-        let worker = &cfg.workers[worker_id];
+        if pinned.is_none() {
+            pinned = Some(Pinned::of(&decision));
+        }
+        let (worker_id, topo) = (decision.worker, decision.topology().clone());
+        let worker = &topo.config.workers[worker_id];
         let resumed_at = (resume.as_ref())
             .filter(|r| r.started)
             .map(|r| r.transcript.offset());
         let routed = Routed {
-            region: cfg.regions[decision.region].name.clone(),
+            region: decision.region_name().to_owned(),
             worker: worker.name.clone(),
             attempt,
             resumed_at,
@@ -266,17 +278,17 @@ async fn route_and_relay(
         if !sink.routed(routed).await {
             edge.stats.cancelled.fetch_add(1, Relaxed);
             span.set("meridian.outcome", "cancelled");
-            return broken.map_or((0, None), |b| (b.1, Some(b.2)));
+            return broken.map_or((0, None), |b| (b.1, b.2));
         }
-        edge.stats.routed(decision.region);
+        topo.regions[decision.region].routes.fetch_add(1, Relaxed);
         if resumed_at.is_some() {
             edge.stats.resume.resumed.fetch_add(1, Relaxed);
         }
         let timing = Timing {
             arrived,
-            latencies: edge.stats.latencies(decision.region, &intake.headers.model),
+            latencies: topo.latencies(decision.region, &intake.headers.model),
         };
-        let outcome = match edge.upstreams.connection(decision.worker) {
+        let outcome = match decision.state().links.connection() {
             Some(conn) => {
                 let chunks = match (resumed_at, resume.as_ref()) {
                     (Some(offset), Some(r)) => intake.continuation_chunks(
@@ -290,13 +302,14 @@ async fn route_and_relay(
                 let up = Upstream {
                     conn: &conn,
                     chunks,
-                    health: &edge.router.worker(worker_id).health,
+                    health: &topo.workers[worker_id].health,
                 };
                 forward(up, sink, deadline, &timing, edge, resume.as_mut()).await
             }
             None => Attempt::FailedClean("no connection".into()),
         };
-        let region = Some(decision.region);
+        let region = Some((topo.clone(), decision.region));
+        let uid = decision.uid();
         drop(decision);
         let failed = match &outcome {
             Attempt::Done { worker_error, .. } => worker_error.is_some_and(worker_fault),
@@ -311,7 +324,7 @@ async fn route_and_relay(
             Attempt::Draining | Attempt::ClientGone { .. } | Attempt::Deadline { .. }
         );
         if judged {
-            edge.router.record_attempt(worker_id, failed);
+            edge.router.record_attempt(&topo, worker_id, failed);
         }
         match outcome {
             Attempt::Done {
@@ -360,21 +373,21 @@ async fn route_and_relay(
             Attempt::Broken { msg, tokens } => {
                 span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &msg);
                 debug!(worker = %worker.name, %msg, attempt, tokens, "worker failed mid-stream; resuming elsewhere");
-                exclude.push(worker_id);
-                broken = region.map(|r| (msg, tokens, r));
+                exclude.push(uid);
+                broken = Some((msg, tokens, region));
             }
             Attempt::Draining => {
                 let reason = "the worker is draining (UNAVAILABLE)";
                 span_error(&mut att, ErrorCode::UNAVAILABLE, reason);
                 debug!(worker = %worker.name, attempt, "worker draining; retrying elsewhere");
                 edge.stats.retries.fetch_add(1, Relaxed);
-                exclude.push(worker_id);
+                exclude.push(uid);
             }
             Attempt::FailedClean(reason) => {
                 span_error(&mut att, ErrorCode::UPSTREAM_FAILED, &reason);
                 debug!(worker = %worker.name, %reason, attempt, "upstream attempt failed before any token; retrying");
                 edge.stats.retries.fetch_add(1, Relaxed);
-                exclude.push(worker_id);
+                exclude.push(uid);
             }
         }
     }
@@ -385,7 +398,7 @@ async fn route_and_relay(
                 "worker failed mid-stream ({why}); {} attempts used, the answer is incomplete",
                 cfg.routing.max_attempts
             );
-            (msg, tokens, Some(region))
+            (msg, tokens, region)
         }
         None => {
             let msg = format!(

@@ -69,6 +69,15 @@ pub struct Latencies {
     pub spend_nano: AtomicU64,
 }
 
+impl Latencies {
+    /// Adds `tokens` at `price_per_mtok` to the estimated spend.
+    pub fn spend(&self, tokens: u64, price_per_mtok: f64) {
+        // price per million tokens × 1e9 nano-units / 1e6 tokens = price × 1e3 per token.
+        let nano = (tokens as f64 * price_per_mtok * 1e3).round();
+        self.spend_nano.fetch_add(nano as u64, Relaxed);
+    }
+}
+
 /// Edge-wide counters.
 #[derive(Debug)]
 pub struct EdgeStats {
@@ -99,23 +108,30 @@ pub struct EdgeStats {
     /// Resumable streams: their text budget and what happened when a worker failed.
     pub resume: super::resume::ResumeStats,
     errors: [AtomicU64; 16],
-    /// Requests routed, per region.
-    routes: Box<[AtomicU64]>,
-    /// Model names, in index order.
-    models: Vec<String>,
-    /// Per region × model.
-    latencies: Box<[Latencies]>,
+    /// Config reloads, by [`ReloadResult`].
+    pub reloads: [AtomicU64; 2],
+}
+
+/// How a config reload ended (`meridian_config_reloads_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// Validated and published.
+    Applied = 0,
+    /// Invalid: the running config stays.
+    Rejected = 1,
+}
+
+impl ReloadResult {
+    /// Every result with its metric label.
+    pub const ALL: [(ReloadResult, &'static str); 2] = [
+        (ReloadResult::Applied, "applied"),
+        (ReloadResult::Rejected, "rejected"),
+    ];
 }
 
 impl EdgeStats {
-    /// Counters for `config`'s regions and models.
+    /// Counters of an edge running `config`.
     pub fn new(config: &Config) -> Self {
-        let mut models: Vec<String> = Vec::new();
-        for m in config.workers.iter().flat_map(|w| &w.models) {
-            if !models.contains(m) {
-                models.push(m.clone());
-            }
-        }
         EdgeStats {
             connections: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
@@ -131,11 +147,7 @@ impl EdgeStats {
             residency_rejections: AtomicU64::new(0),
             resume: super::resume::ResumeStats::new(config.edge.resume_buffer_total_bytes),
             errors: Default::default(),
-            routes: config.regions.iter().map(|_| AtomicU64::new(0)).collect(),
-            latencies: (0..config.regions.len() * models.len().max(1))
-                .map(|_| Latencies::default())
-                .collect(),
-            models,
+            reloads: Default::default(),
         }
     }
 
@@ -149,33 +161,15 @@ impl EdgeStats {
         self.errors[(code.0 as usize).min(self.errors.len() - 1)].load(Relaxed)
     }
 
-    pub(crate) fn routed(&self, region: usize) {
-        self.routes[region].fetch_add(1, Relaxed);
-    }
-
-    /// The histograms of `(region, model)`; `None` for a model the topology does not serve.
-    pub fn latencies(&self, region: usize, model: &str) -> Option<&Latencies> {
-        let m = self.models.iter().position(|x| x == model)?;
-        self.latencies.get(region * self.models.len() + m)
-    }
-
-    /// Adds `tokens` at `price_per_mtok` to `(region, model)`'s estimated spend.
-    pub(crate) fn spend(&self, region: usize, model: &str, tokens: u64, price_per_mtok: f64) {
-        if let Some(l) = self.latencies(region, model) {
-            // price per million tokens × 1e9 nano-units / 1e6 tokens = price × 1e3 per token.
-            let nano = (tokens as f64 * price_per_mtok * 1e3).round();
-            l.spend_nano.fetch_add(nano as u64, Relaxed);
-        }
-    }
-
-    /// Model names, in index order.
-    pub(crate) fn models(&self) -> &[String] {
-        &self.models
+    /// Counts a config reload.
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads[result as usize].fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
     pub fn render(&self, router: &Router) -> String {
-        let cfg = router.config();
+        let topo = router.topology();
+        let cfg = &topo.config;
         let mut out = String::with_capacity(16 * 1024);
         let scalars: [(&str, &str, &str, i64); 12] = [
             (
@@ -266,12 +260,12 @@ impl EdgeStats {
             );
         }
         let _ = writeln!(out, "# HELP meridian_routes_total Requests routed, by region.\n# TYPE meridian_routes_total counter");
-        for (r, region) in cfg.regions.iter().enumerate() {
+        for region in &topo.regions {
             let _ = writeln!(
                 out,
                 "meridian_routes_total{{region=\"{}\"}} {}",
                 region.name,
-                self.routes[r].load(Relaxed)
+                region.routes.load(Relaxed)
             );
         }
         let _ = writeln!(out, "# HELP meridian_worker_healthy Whether the worker is connected and not draining.\n# TYPE meridian_worker_healthy gauge");
@@ -283,7 +277,7 @@ impl EdgeStats {
             let _ = writeln!(
                 out,
                 "meridian_worker_healthy{{{labels}}} {}",
-                u8::from(router.worker(w).is_healthy())
+                u8::from(topo.workers[w].is_healthy())
             );
         }
         let _ = writeln!(out, "# HELP meridian_worker_in_flight Requests this edge has in flight on the worker.\n# TYPE meridian_worker_in_flight gauge");
@@ -295,7 +289,7 @@ impl EdgeStats {
             let _ = writeln!(
                 out,
                 "meridian_worker_in_flight{{{labels}}} {}",
-                router.worker(w).local_in_flight()
+                topo.workers[w].local_in_flight()
             );
         }
         for (name, help, pick) in [
@@ -316,19 +310,29 @@ impl EdgeStats {
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (r, region) in cfg.regions.iter().enumerate() {
-                for (m, model) in self.models.iter().enumerate() {
-                    let l = &self.latencies[r * self.models.len() + m];
-                    let h = [&l.ttft, &l.itl, &l.e2e][pick];
-                    h.render(
-                        &mut out,
-                        name,
-                        &format!("region=\"{}\",model=\"{}\"", region.name, label(model)),
-                    );
-                }
+            for (r, model, l) in topo.all_latencies() {
+                let h = [&l.ttft, &l.itl, &l.e2e][pick];
+                h.render(
+                    &mut out,
+                    name,
+                    &format!(
+                        "region=\"{}\",model=\"{}\"",
+                        cfg.regions[r].name,
+                        label(model)
+                    ),
+                );
             }
         }
-        super::health_metrics::render(&mut out, self, router);
+        let _ = writeln!(out, "# HELP meridian_config_reloads_total Config reloads (SIGHUP, the watched file, discovery), by result.\n# TYPE meridian_config_reloads_total counter");
+        for (r, name) in ReloadResult::ALL {
+            let n = self.reloads[r as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "meridian_config_reloads_total{{result=\"{name}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP meridian_config_generation The running topology generation (0 at start, one more per applied reload).\n# TYPE meridian_config_generation gauge\nmeridian_config_generation {}", topo.generation);
+        super::health_metrics::render(&mut out, &topo, router);
         self.resume.render(&mut out);
         out
     }

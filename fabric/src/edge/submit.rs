@@ -146,8 +146,7 @@ impl Submitter {
     pub fn identify(&self, headers: &RequestHeaders) -> Result<(), meridian_protocol::ErrorFrame> {
         self.shared
             .auth
-            .identify(headers, crate::auth::unix_now())
-            .map(|_| ())
+            .read(|a| a.identify(headers, crate::auth::unix_now()).map(|_| ()))
     }
 
     /// The edge's request buffer budget in bytes.

@@ -16,7 +16,7 @@ use meridian_protocol::{varint, ErrorCode, Frame, CONTROL_STREAM_TYPE};
 use tracing::{debug, info, warn};
 
 use crate::config::{UpstreamSettings, UpstreamTrust, WorkerEntry, WorkerId};
-use crate::route::Router;
+use crate::route::{Router, Topology, WorkerState};
 use crate::shutdown::Shutdown;
 use crate::sync::{Arc as SyncArc, RcuCell};
 use crate::transport;
@@ -24,10 +24,11 @@ use crate::transport;
 /// How often each upstream connection's path statistics are sampled.
 pub const PATH_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// One worker's connections.
+/// One worker's connections, readable without locks: each slot holds the connection the
+/// slot's task keeps up, and is emptied as soon as it drains or ends.
 #[derive(Debug)]
-struct Slots {
-    conns: Vec<RcuCell<Option<quinn::Connection>>>,
+pub struct Links {
+    conns: Box<[RcuCell<Option<quinn::Connection>>]>,
     /// Round-robin cursor over `conns`.
     next: AtomicUsize,
     /// Connections whose SETTINGS arrived and that have not ended or sent GOAWAY.
@@ -36,101 +37,148 @@ struct Slots {
     changing: std::sync::Mutex<()>,
 }
 
-/// The current connections of each worker, readable without locks.
+impl Links {
+    /// `n` empty slots.
+    pub fn new(n: usize) -> Links {
+        Links {
+            conns: (0..n.max(1))
+                .map(|_| RcuCell::new(SyncArc::new(None)))
+                .collect(),
+            next: AtomicUsize::new(0),
+            live: AtomicU32::new(0),
+            changing: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// A live connection, if any: the next one round-robin.
+    pub fn connection(&self) -> Option<quinn::Connection> {
+        let n = self.conns.len();
+        let start = self.next.fetch_add(1, Relaxed);
+        // A slot is emptied as soon as its connection drains or ends (`Link::down`, then
+        // `maintain`), so no per-request check of the connection's state (a lock in quinn).
+        (0..n).find_map(|i| self.conns[(start + i) % n].load().as_ref().clone())
+    }
+
+    /// How many connection slots the worker has.
+    pub fn slots(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn close(&self, reason: &[u8]) {
+        for c in self.conns.iter() {
+            if let Some(conn) = c.load().as_ref() {
+                conn.close(0u32.into(), reason);
+            }
+        }
+    }
+}
+
+/// Starts, drains and closes the edge's upstream connections as workers join and leave the
+/// topology.
 #[derive(Debug)]
 pub struct Upstreams {
-    workers: Vec<Slots>,
+    router: Arc<Router>,
+    endpoint: quinn::Endpoint,
+    shutdown: Shutdown,
 }
 
 impl Upstreams {
-    /// A live connection to worker `w`, if any: the next one round-robin.
-    pub fn connection(&self, w: WorkerId) -> Option<quinn::Connection> {
-        let slots = &self.workers[w];
-        let n = slots.conns.len();
-        let start = slots.next.fetch_add(1, Relaxed);
-        // A slot is emptied as soon as its connection drains or ends (`Link::down`, then
-        // `maintain`), so no per-request check of the connection's state (a lock in quinn).
-        (0..n).find_map(|i| slots.conns[(start + i) % n].load().as_ref().clone())
-    }
-
-    /// Starts the connection tasks for every worker of `router`'s config.
+    /// Starts the connection tasks for every worker of the router's current topology.
     pub fn spawn(
         router: Arc<Router>,
         endpoint: quinn::Endpoint,
         shutdown: Shutdown,
     ) -> Arc<Upstreams> {
-        let cfg = router.config();
-        let per = cfg.upstream.connections_per_worker.max(1) as usize;
         let ups = Arc::new(Upstreams {
-            workers: (0..cfg.workers.len())
-                .map(|_| Slots {
-                    conns: (0..per).map(|_| RcuCell::new(SyncArc::new(None))).collect(),
-                    next: AtomicUsize::new(0),
-                    live: AtomicU32::new(0),
-                    changing: std::sync::Mutex::new(()),
-                })
-                .collect(),
+            router,
+            endpoint,
+            shutdown,
         });
-        for w in 0..cfg.workers.len() {
-            for slot in 0..per {
-                let link = Link {
-                    w,
-                    slot,
-                    router: router.clone(),
-                    ups: ups.clone(),
-                };
-                tokio::spawn(maintain(link, endpoint.clone(), shutdown.clone()));
-            }
+        let topo = ups.router.topology();
+        for w in 0..topo.workers.len() {
+            ups.start(&topo, w);
         }
         ups
     }
 
-    /// Closes every connection (edge shutdown).
+    /// Starts the connection tasks of worker `w` of `topo` (new in that generation).
+    pub fn start(&self, topo: &Topology, w: WorkerId) {
+        let state = topo.workers[w].clone();
+        for slot in 0..state.links.slots() {
+            let link = Link {
+                state: state.clone(),
+                entry: topo.config.workers[w].clone(),
+                settings: topo.config.upstream.clone(),
+                slot,
+                router: self.router.clone(),
+            };
+            tokio::spawn(maintain(link, self.endpoint.clone(), self.shutdown.clone()));
+        }
+    }
+
+    /// Drains a worker that left the topology: it takes no new request from now on; each of
+    /// its connections closes once the requests this edge has in flight on it ended (they
+    /// are never cut), and none is made again.
+    pub fn retire(&self, state: &WorkerState, entry: &WorkerEntry) {
+        info!(worker = %entry.name, in_flight = state.local_in_flight(), "worker left the topology: draining");
+        state.retired.trigger();
+        state.set_healthy(false);
+    }
+
+    /// Closes every connection of the current topology (edge shutdown).
     pub fn close_all(&self) {
-        for c in self.workers.iter().flat_map(|s| &s.conns) {
-            if let Some(conn) = c.load().as_ref() {
-                conn.close(0u32.into(), b"edge shutting down");
-            }
+        for state in &self.router.topology().workers {
+            state.links.close(b"edge shutting down");
         }
     }
 }
 
 /// One connection slot of one worker.
 struct Link {
-    w: WorkerId,
+    state: Arc<WorkerState>,
+    entry: WorkerEntry,
+    settings: UpstreamSettings,
     slot: usize,
     router: Arc<Router>,
-    ups: Arc<Upstreams>,
 }
 
 impl Link {
-    fn slots(&self) -> &Slots {
-        &self.ups.workers[self.w]
+    fn links(&self) -> &Links {
+        &self.state.links
     }
 
     /// This connection's SETTINGS arrived: the worker is routable.
     fn up(&self) {
         let _serial = self
-            .slots()
+            .links()
             .changing
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        self.slots().live.fetch_add(1, Relaxed);
-        self.router.set_healthy(self.w, true);
+        self.links().live.fetch_add(1, Relaxed);
+        self.router.set_worker_healthy(&self.state, true);
     }
 
     /// This connection no longer takes new requests (its streams in flight go on); the
     /// worker is unhealthy once none does.
     fn down(&self) {
-        self.slots().conns[self.slot].store(SyncArc::new(None));
+        self.links().conns[self.slot].store(SyncArc::new(None));
         let _serial = self
-            .slots()
+            .links()
             .changing
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if self.slots().live.fetch_sub(1, Relaxed) == 1 {
-            self.router.set_healthy(self.w, false);
+        if self.links().live.fetch_sub(1, Relaxed) == 1 {
+            self.router.set_worker_healthy(&self.state, false);
         }
+    }
+}
+
+/// Resolves once the worker left the topology and every request this edge had in flight on
+/// it ended.
+async fn retired_and_drained(state: &WorkerState) {
+    state.retired.wait().await;
+    while state.local_in_flight() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -167,18 +215,18 @@ fn transport_for(
     transport::upstream_transport(settings.idle_timeout, initial_rtt, &settings.link)
 }
 
-/// Keeps one connection slot of worker `w` connected until shutdown.
+/// Keeps one connection slot of a worker connected until shutdown, or until the worker
+/// leaves the topology (then the connection drains and closes).
 async fn maintain(link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown) {
-    let (w, router) = (link.w, link.router.clone());
-    let entry = router.config().workers[w].clone();
-    let settings = router.config().upstream.clone();
+    let (state, entry, settings) = (link.state.clone(), &link.entry, &link.settings);
+    let retired = state.retired.clone();
     let mut backoff = settings.backoff_min;
     let mut tls: Option<quinn::ClientConfig> = None;
     // The last connect error, logged as a warning when it first appears or changes (a
     // missing pin file, a refused certificate), then only at debug level while it repeats.
     let mut last_error: Option<String> = None;
     loop {
-        if shutdown.is_triggered() {
+        if shutdown.is_triggered() || retired.is_triggered() {
             return;
         }
         // Trust is read again after a failure: a dev worker may write its certificate after
@@ -186,10 +234,10 @@ async fn maintain(link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown) {
         let attempt = async {
             let mut cfg = match tls.take() {
                 Some(c) => c,
-                None => crypto(&entry, settings.client_identity.as_ref())?,
+                None => crypto(entry, settings.client_identity.as_ref())?,
             };
-            let last_rtt = router.worker(w).health.path_rtt();
-            cfg.transport_config(Arc::new(transport_for(&settings, last_rtt)));
+            let last_rtt = state.health.path_rtt();
+            cfg.transport_config(Arc::new(transport_for(settings, last_rtt)));
             let connecting = endpoint
                 .connect_with(cfg.clone(), entry.address, &entry.server_name)
                 .map_err(|e| e.to_string())?;
@@ -205,6 +253,7 @@ async fn maintain(link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown) {
         let conn = tokio::select! {
             r = attempt => r,
             _ = shutdown.wait() => return,
+            _ = retired.wait() => return,
         };
         match conn {
             Ok((conn, cfg)) => {
@@ -212,26 +261,33 @@ async fn maintain(link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown) {
                 last_error = None;
                 info!(worker = %entry.name, slot = link.slot, addr = %entry.address, "upstream connected");
                 backoff = settings.backoff_min;
-                link.slots().conns[link.slot].store(SyncArc::new(Some(conn.clone())));
+                link.links().conns[link.slot].store(SyncArc::new(Some(conn.clone())));
                 // The worker becomes routable once its SETTINGS (capacity) arrived: see `control`.
                 let mut counted = false;
                 let reason = tokio::select! {
                     r = control(&link, &conn, &mut counted) => r,
                     e = conn.closed() => e.to_string(),
-                    _ = sample_path(w, &router, &conn) => unreachable!("the sampler runs until dropped"),
+                    _ = sample_path(&state, &conn) => unreachable!("the sampler runs until dropped"),
                     _ = shutdown.wait() => "edge shutting down".into(),
+                    _ = retired.wait() => "worker left the topology".into(),
                 };
                 if counted {
                     link.down();
                 }
                 info!(worker = %entry.name, slot = link.slot, %reason, "upstream unavailable for new requests");
                 // A draining worker finishes in-flight streams on this connection; new ones go
-                // elsewhere. Wait for it to close before reconnecting.
+                // elsewhere: wait for it to close before reconnecting. A retired worker's
+                // connection is closed by us once its streams ended: drained, never cut.
                 tokio::select! {
                     _ = conn.closed() => {}
                     _ = shutdown.wait() => return,
+                    _ = retired_and_drained(&state) => conn.close(0u32.into(), b"removed from the topology"),
                 }
-                link.slots().conns[link.slot].store(SyncArc::new(None));
+                link.links().conns[link.slot].store(SyncArc::new(None));
+                if retired.is_triggered() {
+                    info!(worker = %entry.name, slot = link.slot, "retired worker's connection closed");
+                    return;
+                }
             }
             Err(e) => {
                 if last_error.as_deref() != Some(e.as_str()) {
@@ -243,19 +299,20 @@ async fn maintain(link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown) {
             }
         }
         let jitter = Duration::from_millis(
-            u64::from(std::process::id() % 7) * 3 + (w as u64 % 5) * 2 + link.slot as u64 * 7,
+            u64::from(std::process::id() % 7) * 3 + (state.uid % 5) * 2 + link.slot as u64 * 7,
         );
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
             _ = shutdown.wait() => return,
+            _ = retired.wait() => return,
         }
         backoff = (backoff * 2).min(settings.backoff_max);
     }
 }
 
 /// Records the connection's path RTT and loss counters every [`PATH_SAMPLE_INTERVAL`].
-async fn sample_path(w: WorkerId, router: &Router, conn: &quinn::Connection) {
-    let health = &router.worker(w).health;
+async fn sample_path(state: &WorkerState, conn: &quinn::Connection) {
+    let health = &state.health;
     let mut tick = tokio::time::interval(PATH_SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = conn.stats().path;
@@ -275,7 +332,7 @@ async fn sample_path(w: WorkerId, router: &Router, conn: &quinn::Connection) {
 /// is marked healthy when its SETTINGS arrive (PROTOCOL.md §5.2: they carry its capacity);
 /// `counted` records that this connection counts as live.
 async fn control(link: &Link, conn: &quinn::Connection, counted: &mut bool) -> String {
-    let (w, router) = (link.w, &*link.router);
+    let (state, router, name) = (&link.state, &*link.router, &link.entry.name);
     let recv = loop {
         let Ok(mut recv) = conn.accept_uni().await else {
             return "connection closed".into();
@@ -305,21 +362,23 @@ async fn control(link: &Link, conn: &quinn::Connection, counted: &mut bool) -> S
         match reader.next().await {
             Ok(Some(Frame::Settings(s))) if first => {
                 if let Some(c) = s.max_concurrent_requests {
-                    router.worker(w).set_capacity(c);
+                    state.set_capacity(c);
                 }
                 // Healthy from here: the table rebuild this triggers includes the capacity.
                 link.up();
                 *counted = true;
             }
-            Ok(Some(Frame::Load(l))) if !first => router.record_load(w, l.in_flight, l.queue_depth),
+            Ok(Some(Frame::Load(l))) if !first => {
+                router.record_load(state, l.in_flight, l.queue_depth)
+            }
             Ok(Some(Frame::GoAway(_))) if !first => return "worker sent GOAWAY (draining)".into(),
             Ok(Some(Frame::Unknown(_))) if !first => {}
             Ok(Some(f)) => {
                 let reason = format!("unexpected {} frame on the control stream", f.ty().name());
-                return protocol_violation(w, conn, ErrorCode::PROTOCOL_ERROR, reason);
+                return protocol_violation(name, conn, ErrorCode::PROTOCOL_ERROR, reason);
             }
             Err(ReadFrameError::Decode(e)) => {
-                return protocol_violation(w, conn, e.code(), e.to_string())
+                return protocol_violation(name, conn, e.code(), e.to_string())
             }
             Ok(None) | Err(_) => return "control stream ended (draining)".into(),
         }
@@ -329,12 +388,12 @@ async fn control(link: &Link, conn: &quinn::Connection, counted: &mut bool) -> S
 
 /// Closes a worker connection whose control stream broke the protocol (PROTOCOL.md §5.1).
 fn protocol_violation(
-    w: WorkerId,
+    worker: &str,
     conn: &quinn::Connection,
     code: ErrorCode,
     reason: String,
 ) -> String {
-    warn!(worker = w, %reason, "closing upstream connection: control stream protocol error");
+    warn!(worker, %reason, "closing upstream connection: control stream protocol error");
     conn.close(
         quinn::VarInt::from_u64(code.0).expect("error codes are small"),
         reason.as_bytes(),

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{RouteError, RouteRequest, Router, Trace};
+use super::{RouteError, RouteRequest, Router, RoutingTable, Trace};
 use crate::config::{RegionId, WorkerId};
 
 /// What routing concluded about one candidate region.
@@ -81,16 +81,27 @@ pub struct Explanation {
 
 struct Recorder<'a> {
     router: &'a Router,
+    /// The request's area.
+    area: Option<String>,
     /// The request area's preference list.
     preferred: Vec<RegionId>,
     out: Explanation,
 }
 
 impl Trace for Recorder<'_> {
-    fn order(&mut self, order: &[RegionId]) {
-        let cfg = &self.router.config;
+    fn order(&mut self, table: &RoutingTable, order: &[RegionId]) {
+        let cfg = &table.topology.config;
         self.out.candidates = order.iter().map(|r| cfg.regions[*r].name.clone()).collect();
-        let scored = self.router.scored();
+        self.preferred = (self.area.as_deref())
+            .and_then(|a| {
+                super::score::preferences(cfg)
+                    .into_iter()
+                    .find(|(name, _)| name == a)
+            })
+            .map(|(_, p)| p)
+            .unwrap_or_default();
+        self.out.objective = format!("{:?}", cfg.routing.objective).to_lowercase();
+        let scored = self.router.scored_in(table);
         let pref = self.preferred.clone();
         let latency = cfg.routing.objective == crate::config::Objective::Latency;
         self.out.scores = order
@@ -116,9 +127,9 @@ impl Trace for Recorder<'_> {
             .collect();
     }
 
-    fn region(&mut self, region: RegionId, verdict: RegionVerdict) {
+    fn region(&mut self, table: &RoutingTable, region: RegionId, verdict: RegionVerdict) {
         self.out.steps.push(RegionStep {
-            region: self.router.config.regions[region].name.clone(),
+            region: table.topology.config.regions[region].name.clone(),
             verdict,
         });
     }
@@ -127,8 +138,8 @@ impl Trace for Recorder<'_> {
         false
     }
 
-    fn worker(&mut self, worker: WorkerId, skipped: usize) {
-        self.out.worker = Some(self.router.config.workers[worker].name.clone());
+    fn worker(&mut self, table: &RoutingTable, worker: WorkerId, skipped: usize) {
+        self.out.worker = Some(table.topology.config.workers[worker].name.clone());
         self.out.ring_skipped = Some(skipped);
     }
 }
@@ -136,25 +147,17 @@ impl Trace for Recorder<'_> {
 impl Router {
     /// Routes `req` and records every step. The in-flight slot is released at once.
     pub fn explain(&self, req: &RouteRequest<'_>) -> Explanation {
-        let preferred = req
-            .area
-            .and_then(|a| {
-                super::score::preferences(&self.config)
-                    .into_iter()
-                    .find(|(name, _)| name == a)
-            })
-            .map(|(_, p)| p)
-            .unwrap_or_default();
         let mut rec = Recorder {
             router: self,
-            preferred,
+            area: req.area.map(str::to_owned),
+            preferred: Vec::new(),
             out: Explanation {
-                objective: format!("{:?}", self.config.routing.objective).to_lowercase(),
+                objective: format!("{:?}", self.config().routing.objective).to_lowercase(),
                 ..Default::default()
             },
         };
         match self.route_traced(req, &mut rec) {
-            Ok(d) => rec.out.region = Some(self.config.regions[d.region].name.clone()),
+            Ok(d) => rec.out.region = Some(d.region_name().to_owned()),
             Err(e) => rec.out.fail(&e),
         }
         rec.out

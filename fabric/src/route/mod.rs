@@ -16,6 +16,7 @@ pub mod ring;
 pub mod score;
 mod state;
 pub mod table;
+pub mod topology;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,9 +29,10 @@ pub use hash::KeyedHash;
 pub use score::{Demotion, RegionStatus, Scored, Scorer};
 pub use state::WorkerState;
 pub use table::RoutingTable;
+pub use topology::{Change, RegionState, Topology};
 
-use crate::config::{Config, RegionId, RegionSet, WorkerId};
-use crate::sync::{InFlight, LoadGuard, RcuCell};
+use crate::config::{Config, RegionId, RegionSet, WorkerEntry, WorkerId};
+use crate::sync::RcuCell;
 
 /// What routing needs to know about a request.
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,21 +47,79 @@ pub struct RouteRequest<'a> {
     pub residency: Option<&'a str>,
     /// Shard key bytes (explicit session id, or the prompt's first bytes).
     pub shard_key: &'a [u8],
-    /// Workers that already failed this request.
-    pub exclude: &'a [WorkerId],
+    /// Workers that already failed this request, by [`WorkerState::uid`].
+    pub exclude: &'a [u64],
+    /// The residency of the request's first decision, for its later attempts.
+    pub pinned: Option<&'a Pinned>,
 }
 
-/// Where a request goes. Holds the worker's and the region's in-flight slots until dropped.
+/// Where a request goes. Holds the worker's and the region's in-flight slots, and the
+/// routing table (so the generation) it was decided on, until dropped.
 #[derive(Debug)]
-pub struct Decision<'a> {
-    /// The region.
+pub struct Decision {
+    /// The region, in the decision's generation.
     pub region: RegionId,
-    /// The worker.
+    /// The worker, in the decision's generation.
     pub worker: WorkerId,
-    /// The worker's in-flight slot.
-    pub guard: LoadGuard<'a>,
-    /// The region's in-flight slot.
-    pub region_guard: LoadGuard<'a>,
+    /// The regions the request's residency policy allowed, in the decision's generation.
+    pub allowed: RegionSet,
+    table: Arc<RoutingTable>,
+}
+
+impl Decision {
+    /// The generation the decision was made in.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.table.topology
+    }
+
+    /// The chosen worker's live state.
+    pub fn state(&self) -> &Arc<WorkerState> {
+        &self.table.topology.workers[self.worker]
+    }
+
+    /// The chosen worker's config entry.
+    pub fn entry(&self) -> &WorkerEntry {
+        &self.table.topology.config.workers[self.worker]
+    }
+
+    /// The chosen region's name.
+    pub fn region_name(&self) -> &str {
+        &self.table.topology.config.regions[self.region].name
+    }
+
+    /// The chosen worker's uid (to exclude it from the request's later attempts).
+    pub fn uid(&self) -> u64 {
+        self.state().uid
+    }
+}
+
+impl Drop for Decision {
+    fn drop(&mut self) {
+        let topo = &self.table.topology;
+        topo.workers[self.worker].in_flight.leave();
+        topo.regions[self.region].in_flight.leave();
+    }
+}
+
+/// The residency a request was first routed under: its later attempts (retries,
+/// resumptions) may only go where that *and* the policy in force then allow, so a reload in
+/// between can never send it somewhere neither policy allows alone.
+#[derive(Clone, Debug)]
+pub struct Pinned {
+    /// The generation of the first decision.
+    pub topology: Arc<Topology>,
+    /// The regions its policy allowed then.
+    pub allowed: RegionSet,
+}
+
+impl Pinned {
+    /// The pin of a first decision.
+    pub fn of(d: &Decision) -> Pinned {
+        Pinned {
+            topology: d.topology().clone(),
+            allowed: d.allowed,
+        }
+    }
 }
 
 /// Why a request cannot be routed.
@@ -106,14 +166,14 @@ impl RouteError {
 }
 
 /// Receives the steps of a routing decision; the request path uses `()` (no cost),
-/// `meridian route` records them.
+/// `meridian route` records them. `table` is the table the decision is made on.
 pub trait Trace {
     /// The candidate order before filtering.
-    fn order(&mut self, _order: &[RegionId]) {}
+    fn order(&mut self, _table: &RoutingTable, _order: &[RegionId]) {}
     /// The verdict on one candidate region.
-    fn region(&mut self, _region: RegionId, _verdict: RegionVerdict) {}
+    fn region(&mut self, _table: &RoutingTable, _region: RegionId, _verdict: RegionVerdict) {}
     /// The worker picked inside the chosen region and how many ring candidates were passed.
-    fn worker(&mut self, _worker: WorkerId, _skipped: usize) {}
+    fn worker(&mut self, _table: &RoutingTable, _worker: WorkerId, _skipped: usize) {}
     /// Whether the decision is a real request's (counted in metrics) rather than an
     /// explanation's.
     fn counts(&self) -> bool {
@@ -123,27 +183,22 @@ pub trait Trace {
 
 impl Trace for () {}
 
-/// The router: configuration, live worker state, and the current routing table.
+/// The router: the current topology generation (config and live worker state) and its
+/// routing table.
 #[derive(Debug)]
 pub struct Router {
-    config: Arc<Config>,
-    hash: KeyedHash,
-    workers: Vec<Arc<WorkerState>>,
-    /// In-flight requests per region (this edge's), for region bounds and ring bounds.
-    region_in_flight: Vec<InFlight>,
-    /// Per region, load other edges put on it (from LOAD reports; see `record_load`).
-    region_extra: Vec<AtomicU64>,
+    /// The current generation.
+    topology: RcuCell<Topology>,
     table: RcuCell<RoutingTable>,
     epoch: AtomicU64,
     changed: tokio::sync::watch::Sender<u64>,
-    /// Serialises rebuilds (off the hot path), so a slower rebuild that read older health
-    /// can never overwrite a newer table.
-    rebuilding: std::sync::Mutex<()>,
-    /// The scorer's latest orders and region status.
-    scored: RcuCell<Scored>,
-    /// Per region, price per million tokens and carbon intensity as `f64` bits (changed at
-    /// run time through the admin API).
-    prices: Vec<(AtomicU64, AtomicU64)>,
+    /// Serialises table rebuilds, scoring and reloads (all off the hot path), so a slower
+    /// rebuild that read older health — or an older generation — never overwrites a newer
+    /// table; holds the scorer's state between ticks.
+    control: std::sync::Mutex<Scorer>,
+    /// The scorer's latest region status and orders (republished every tick; the table
+    /// holds the orders it was built with).
+    status: RcuCell<Scored>,
     /// Time base of ejection backoffs and demotion holds.
     clock: std::time::Instant,
     /// Serialises ejection decisions (failure path only), so concurrent failures cannot
@@ -178,42 +233,17 @@ impl Spill {
 impl Router {
     /// A router over `config`; every worker starts unhealthy until marked otherwise.
     pub fn new(config: Arc<Config>) -> Self {
-        let hash = config
-            .routing
-            .ring_key
-            .map_or_else(KeyedHash::random, KeyedHash::new);
-        let workers: Vec<_> = config
-            .workers
-            .iter()
-            .map(|_| Arc::new(WorkerState::new()))
-            .collect();
-        let region_in_flight = config.regions.iter().map(|_| InFlight::new()).collect();
-        let region_extra = config.regions.iter().map(|_| AtomicU64::new(0)).collect();
-        let scored = Scored::initial(&config);
-        let table = RoutingTable::build(&config, hash, 0, &workers, &scored);
+        let topology = Arc::new(Topology::first(config));
+        let scored = Arc::new(Scored::initial(&topology));
+        let table = RoutingTable::build(&topology, 0, scored.clone());
         let (changed, _) = tokio::sync::watch::channel(0);
-        let prices = config
-            .regions
-            .iter()
-            .map(|r| {
-                (
-                    AtomicU64::new(r.price_per_mtok.to_bits()),
-                    AtomicU64::new(r.carbon_g_per_kwh.to_bits()),
-                )
-            })
-            .collect();
         Router {
-            config,
-            hash,
-            workers,
-            region_in_flight,
-            region_extra,
+            topology: RcuCell::new(topology),
             table: RcuCell::new(Arc::new(table)),
             epoch: AtomicU64::new(0),
             changed,
-            rebuilding: std::sync::Mutex::new(()),
-            scored: RcuCell::new(Arc::new(scored)),
-            prices,
+            control: std::sync::Mutex::new(Scorer::default()),
+            status: RcuCell::new(scored.clone()),
             clock: std::time::Instant::now(),
             ejecting: std::sync::Mutex::new(()),
             spills: Default::default(),
@@ -226,54 +256,108 @@ impl Router {
         self.clock.elapsed().as_millis() as u64
     }
 
-    /// Region `r`'s current price per million tokens.
+    /// The current generation.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.load()
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.topology.read(|t| t.config.clone())
+    }
+
+    /// Region `r`'s (current generation) price per million tokens.
     pub fn price(&self, r: RegionId) -> f64 {
-        f64::from_bits(self.prices[r].0.load(Ordering::Relaxed))
+        self.topology.read(|t| t.regions[r].price())
     }
 
-    /// Region `r`'s current carbon intensity, g/kWh.
+    /// Region `r`'s (current generation) carbon intensity, g/kWh.
     pub fn carbon(&self, r: RegionId) -> f64 {
-        f64::from_bits(self.prices[r].1.load(Ordering::Relaxed))
+        self.topology.read(|t| t.regions[r].carbon())
     }
 
-    /// Changes region `r`'s price and/or carbon intensity; the scorer uses them from its
-    /// next tick. Values must be finite and non-negative (the admin API checks).
+    /// Changes region `r`'s (current generation) price and/or carbon intensity; the scorer
+    /// uses them from its next tick. Values must be finite and non-negative (the admin API
+    /// checks).
     pub fn set_price(&self, r: RegionId, price_per_mtok: Option<f64>, carbon: Option<f64>) {
-        if let Some(p) = price_per_mtok {
-            self.prices[r].0.store(p.to_bits(), Ordering::Relaxed);
-        }
-        if let Some(c) = carbon {
-            self.prices[r].1.store(c.to_bits(), Ordering::Relaxed);
-        }
+        self.topology
+            .read(|t| t.regions[r].set_price(price_per_mtok, carbon));
     }
 
-    /// The scorer's latest orders and region status.
+    /// The scorer's latest orders and region status (region ids of its `generation`).
     pub fn scored(&self) -> Arc<Scored> {
-        self.scored.load()
+        self.status.load()
     }
 
-    /// Publishes new orders; rebuilds the table if an order or a demotion changed.
-    pub fn publish(&self, scored: Scored) {
-        let old = self.scored.load();
-        let changed = old.demoted != scored.demoted
-            || old.default_order != scored.default_order
-            || scored
+    /// The scorer's latest orders and region status, of `table`'s generation (the table's
+    /// own until the scorer's first tick on a new generation).
+    pub fn scored_in(&self, table: &RoutingTable) -> Arc<Scored> {
+        let latest = self.status.load();
+        if latest.generation == table.topology.generation {
+            latest
+        } else {
+            table.scored.clone()
+        }
+    }
+
+    fn control(&self) -> std::sync::MutexGuard<'_, Scorer> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Observes every region once (`route::score`) and publishes the new orders, rebuilding
+    /// the table if an order or a demotion changed.
+    pub fn tick(&self) {
+        self.tick_at(self.now_ms());
+    }
+
+    /// [`Router::tick`] at `now_ms` on the router's clock (tests step time by hand).
+    pub fn tick_at(&self, now_ms: u64) {
+        let mut scorer = self.control();
+        let table = self.table.load();
+        let topo = &table.topology;
+        let prev = self.scored_in(&table);
+        let next = Arc::new(scorer.tick(self, topo, &prev, now_ms));
+        let changed = prev.demoted != next.demoted
+            || prev.default_order != next.default_order
+            || next
                 .area_order
                 .iter()
-                .any(|(a, o)| old.area_order.get(a) != Some(o));
-        self.scored.store(Arc::new(scored));
+                .any(|(a, o)| prev.area_order.get(a) != Some(o));
+        self.status.store(next.clone());
         if changed {
-            self.rebuild();
+            self.rebuild_locked(topo, next);
         }
     }
 
-    /// Records how an attempt on worker `w` went; a failure may eject the worker
+    /// Publishes the next generation for `config`: workers and regions that did not change
+    /// keep their live state; the table is rebuilt and scored at once (orders carried over
+    /// by region name), then swapped in with one RCU store. Returns what changed about the
+    /// workers, for the caller to connect to new ones and drain retired ones. In-flight
+    /// requests keep the decisions they hold.
+    pub fn reload(&self, config: Arc<Config>) -> (Arc<Topology>, Change) {
+        let mut scorer = self.control();
+        let old = self.topology.load();
+        let (next, change) = old.next(config);
+        let next = Arc::new(next);
+        for (state, _) in &change.retired {
+            state.retired.trigger();
+            state.set_healthy(false);
+        }
+        let prev = self.table.read(|t| self.scored_in(t).translated(&next));
+        let scored = Arc::new(scorer.tick(self, &next, &prev, self.now_ms()));
+        self.status.store(scored.clone());
+        self.topology.store(next.clone());
+        self.rebuild_locked(&next, scored);
+        (next, change)
+    }
+
+    /// Records how an attempt on worker `w` of `topo` went; a failure may eject the worker
     /// (consecutive failures or error rate, `[health]`), at most `max_ejected_percent` of
     /// its region at once.
-    pub fn record_attempt(&self, w: WorkerId, failed: bool) {
-        let h = &self.workers[w].health;
+    pub fn record_attempt(&self, topo: &Topology, w: WorkerId, failed: bool) {
+        let h = &topo.workers[w].health;
         let consecutive = h.outcome(failed);
-        let s = &self.config.health;
+        let s = &topo.config.health;
         let by_count = consecutive >= s.eject_consecutive_failures;
         let by_rate = h.recent_attempts() >= s.eject_min_attempts
             && h.error_rate().is_some_and(|e| e >= s.eject_error_rate);
@@ -281,24 +365,21 @@ impl Router {
             return;
         }
         let _serial = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
-        let region = self.config.workers[w].region;
-        let members: Vec<WorkerId> = (0..self.workers.len())
-            .filter(|i| self.config.workers[*i].region == region)
-            .collect();
+        let members = topo.members(topo.config.workers[w].region);
         // Disconnected workers do not count: they are out of the table anyway.
         let ejected = members
             .iter()
-            .filter(|i| self.workers[**i].is_healthy() && self.workers[**i].health.is_ejected())
+            .filter(|i| topo.workers[**i].is_healthy() && topo.workers[**i].health.is_ejected())
             .count();
         let cap = (members.len() * s.max_ejected_percent as usize / 100).max(1);
         if ejected >= cap {
             return;
         }
-        let backoff = self.eject_backoff(w);
+        let backoff = eject_backoff(topo, w);
         if h.eject(self.now_ms() + backoff.as_millis() as u64) {
             h.eject_streak.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                worker = %self.config.workers[w].name,
+                worker = %topo.config.workers[w].name,
                 consecutive,
                 error_rate = h.error_rate().unwrap_or(0.0),
                 ?backoff,
@@ -308,51 +389,41 @@ impl Router {
         }
     }
 
-    /// How long worker `w`'s next ejection lasts: doubling per ejection in a row.
-    fn eject_backoff(&self, w: WorkerId) -> Duration {
-        let s = &self.config.health;
-        let streak = self.workers[w].health.eject_streak.load(Ordering::Relaxed);
-        (s.eject_backoff_min * (1u32 << streak.min(16))).min(s.eject_backoff_max)
-    }
-
-    /// Ejected workers due for a probe now.
-    pub fn due_probes(&self) -> Vec<WorkerId> {
+    /// Ejected workers of the current generation due for a probe now.
+    pub fn due_probes(&self) -> (Arc<Topology>, Vec<WorkerId>) {
         let now = self.now_ms();
-        (0..self.workers.len())
+        let topo = self.topology.load();
+        let due = (0..topo.workers.len())
             .filter(|w| {
-                let h = &self.workers[*w].health;
+                let h = &topo.workers[*w].health;
                 h.is_ejected() && h.probe_at_ms.load(Ordering::Relaxed) <= now
             })
-            .collect()
+            .collect();
+        (topo, due)
     }
 
-    /// A probe of ejected worker `w` ended: readmitted on success, ejected again (longer)
-    /// otherwise.
-    pub fn probed(&self, w: WorkerId, ok: bool) {
-        let h = &self.workers[w].health;
+    /// A probe of ejected worker `w` of `topo` ended: readmitted on success, ejected again
+    /// (longer) otherwise.
+    pub fn probed(&self, topo: &Topology, w: WorkerId, ok: bool) {
+        let h = &topo.workers[w].health;
         if ok {
             h.readmit();
-            tracing::info!(worker = %self.config.workers[w].name, "probe succeeded: worker readmitted");
+            tracing::info!(worker = %topo.config.workers[w].name, "probe succeeded: worker readmitted");
             self.rebuild();
         } else {
-            let backoff = self.eject_backoff(w);
+            let backoff = eject_backoff(topo, w);
             h.eject_streak.fetch_add(1, Ordering::Relaxed);
             h.probe_at_ms.store(
                 self.now_ms() + backoff.as_millis() as u64,
                 Ordering::Relaxed,
             );
-            tracing::info!(worker = %self.config.workers[w].name, ?backoff, "probe failed: worker stays ejected");
+            tracing::info!(worker = %topo.config.workers[w].name, ?backoff, "probe failed: worker stays ejected");
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
-    }
-
-    /// Live state of worker `w`.
-    pub fn worker(&self, w: WorkerId) -> &Arc<WorkerState> {
-        &self.workers[w]
+    /// Live state of worker `w` of the current generation.
+    pub fn worker(&self, w: WorkerId) -> Arc<WorkerState> {
+        self.topology.read(|t| t.workers[w].clone())
     }
 
     /// The current table.
@@ -362,10 +433,16 @@ impl Router {
 
     /// Rebuilds the table from current worker health and publishes it.
     pub fn rebuild(&self) {
-        let _serial = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = self.control();
+        let table = self.table.load();
+        self.rebuild_locked(&table.topology, table.scored.clone());
+    }
+
+    /// Rebuilds the table of `topo` (the current generation) with `scored` (of the same
+    /// generation); the caller holds `control`.
+    fn rebuild_locked(&self, topo: &Arc<Topology>, scored: Arc<Scored>) {
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let scored = self.scored.load();
-        let table = RoutingTable::build(&self.config, self.hash, epoch, &self.workers, &scored);
+        let table = RoutingTable::build(topo, epoch, scored);
         self.table.store(Arc::new(table));
         self.changed.send_replace(epoch);
     }
@@ -385,9 +462,9 @@ impl Router {
         self.table.read(|t| t.regions[region].healthy.is_empty())
     }
 
-    /// Requests this edge has in flight in region `r`.
+    /// Requests this edge has in flight in region `r` of the current generation.
     pub fn region_in_flight(&self, r: RegionId) -> u64 {
-        self.region_in_flight[r].current()
+        self.topology.read(|t| t.regions[r].in_flight.current())
     }
 
     /// Healthy workers in the current table (what routing sees, not just the flags).
@@ -396,15 +473,22 @@ impl Router {
             .read(|t| t.regions.iter().map(|r| r.healthy.len()).sum())
     }
 
-    /// Marks worker `w` healthy or not, rebuilding the table if that changed.
+    /// Marks worker `w` of the current generation healthy or not, rebuilding the table if
+    /// that changed.
     pub fn set_healthy(&self, w: WorkerId, healthy: bool) {
-        if self.workers[w].set_healthy(healthy) {
+        self.set_worker_healthy(&self.worker(w), healthy);
+    }
+
+    /// Marks a worker healthy or not, rebuilding the table if that changed.
+    pub fn set_worker_healthy(&self, state: &WorkerState, healthy: bool) {
+        if state.set_healthy(healthy) {
             self.rebuild();
         }
     }
 
-    /// Regions `req` may use under its tenant's and its own residency policies, and whether
-    /// any policy applies. No allocation.
+    /// Regions `req` may use under its tenant's and its own residency policies (and, for a
+    /// later attempt, its first decision's), and whether any policy applies. No allocation
+    /// unless the generation changed since the first decision.
     fn allowed(
         &self,
         table: &RoutingTable,
@@ -428,18 +512,32 @@ impl Router {
             allowed = allowed.intersect(*set);
             restricted = true;
         }
+        if let Some(pin) = req.pinned {
+            if pin.allowed != RegionSet::ALL {
+                let then = table.topology.translate(&pin.topology, pin.allowed);
+                allowed = allowed.intersect(then);
+                restricted = true;
+            }
+        }
         Ok((allowed, restricted))
     }
 
     /// The effective policy's name for error messages (`tenant-policy+request-policy`).
-    fn policy_name(&self, req: &RouteRequest<'_>) -> String {
+    fn policy_name(&self, table: &RoutingTable, req: &RouteRequest<'_>) -> String {
+        let cfg = &table.topology.config;
         let tenant = req
             .tenant
-            .and_then(|t| self.config.tenants.get(t))
+            .and_then(|t| cfg.tenants.get(t))
             .and_then(|p| p.as_deref());
         let mut names: Vec<&str> = tenant.into_iter().collect();
         if let Some(p) = req.residency.filter(|p| Some(*p) != tenant) {
             names.push(p);
+        }
+        if req
+            .pinned
+            .is_some_and(|p| p.topology.generation != table.topology.generation)
+        {
+            names.push("the policy the request was admitted under");
         }
         names.join("+")
     }
@@ -447,7 +545,7 @@ impl Router {
     /// Routes a request. Lock-free and allocation-free on success (one RCU read, a few
     /// hash-map probes, bit masks, one binary search on the region's ring, two atomic
     /// increments).
-    pub fn route(&self, req: &RouteRequest<'_>) -> Result<Decision<'_>, RouteError> {
+    pub fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
         self.route_traced(req, &mut ())
     }
 
@@ -456,8 +554,18 @@ impl Router {
         &self,
         req: &RouteRequest<'_>,
         trace: &mut impl Trace,
-    ) -> Result<Decision<'_>, RouteError> {
-        self.table.read(|table| self.route_in(table, req, trace))
+    ) -> Result<Decision, RouteError> {
+        let table = self.table.load();
+        let (region, worker, allowed) = self.route_in(&table, req, trace)?;
+        let topo = &table.topology;
+        topo.workers[worker].in_flight.enter();
+        topo.regions[region].in_flight.enter();
+        Ok(Decision {
+            region,
+            worker,
+            allowed,
+            table,
+        })
     }
 
     fn route_in(
@@ -465,46 +573,48 @@ impl Router {
         table: &RoutingTable,
         req: &RouteRequest<'_>,
         trace: &mut impl Trace,
-    ) -> Result<Decision<'_>, RouteError> {
+    ) -> Result<(RegionId, WorkerId, RegionSet), RouteError> {
         let (allowed, restricted) = self.allowed(table, req)?;
+        let topo = &table.topology;
         let model = *table
             .models
             .get(req.model)
             .ok_or_else(|| RouteError::ModelNotFound(req.model.to_owned()))?;
         let model_bit = 1u64 << model.index;
         let order = table.order(req.area);
-        trace.order(order);
+        trace.order(table, order);
         let mut any_over_bound = false;
         // Why the first region this request could use was passed over, if it was.
         let mut passed: Option<Spill> = None;
         let mut first = true;
-        let eligible =
-            |w: WorkerId| table.worker_models[w] & model_bit != 0 && !req.exclude.contains(&w);
+        let eligible = |w: WorkerId| {
+            table.worker_models[w] & model_bit != 0 && !req.exclude.contains(&topo.workers[w].uid)
+        };
         for &r in order {
             if !allowed.contains(r) {
-                trace.region(r, RegionVerdict::NotAllowed);
+                trace.region(table, r, RegionVerdict::NotAllowed);
                 continue;
             }
             if !model.regions.contains(r) {
-                trace.region(r, RegionVerdict::NoModel);
+                trace.region(table, r, RegionVerdict::NoModel);
                 continue;
             }
             let region = &table.regions[r];
             let live = region.healthy_models & model_bit != 0
                 && (req.exclude.is_empty() || region.healthy.iter().any(|w| eligible(*w)));
             let Some(ring) = region.ring.as_ref().filter(|_| live) else {
-                trace.region(r, RegionVerdict::Unhealthy);
+                trace.region(table, r, RegionVerdict::Unhealthy);
                 if std::mem::take(&mut first) {
                     passed = Some(Spill::Unhealthy);
                 }
                 continue;
             };
-            let load =
-                self.region_in_flight[r].current() + self.region_extra[r].load(Ordering::Relaxed);
+            let state = &topo.regions[r];
+            let load = state.in_flight.current() + state.extra.load(Ordering::Relaxed);
             let capacity = region.capacity;
             if load >= capacity {
                 any_over_bound = true;
-                trace.region(r, RegionVerdict::OverBound { load, capacity });
+                trace.region(table, r, RegionVerdict::OverBound { load, capacity });
                 if std::mem::take(&mut first) {
                     passed = Some(Spill::OverBound);
                 }
@@ -513,14 +623,14 @@ impl Router {
             let placement = ring
                 .place(
                     req.shard_key,
-                    self.config.routing.load_factor,
-                    self.region_in_flight[r].current(),
-                    |w| self.workers[w].local_in_flight(),
+                    topo.config.routing.load_factor,
+                    state.in_flight.current(),
+                    |w| topo.workers[w].local_in_flight(),
                     eligible,
                 )
                 .expect("the region has an eligible healthy worker");
-            trace.region(r, RegionVerdict::Chosen { load, capacity });
-            trace.worker(placement.worker, placement.skipped);
+            trace.region(table, r, RegionVerdict::Chosen { load, capacity });
+            trace.worker(table, placement.worker, placement.skipped);
             // A preferred region this request could have used was demoted: it spilled here.
             let usable = allowed.intersect(model.regions);
             let preferred = req
@@ -538,48 +648,49 @@ impl Router {
             if let Some(p) = passed.filter(|_| trace.counts()) {
                 self.spills[p as usize].fetch_add(1, Ordering::Relaxed);
             }
-            return Ok(Decision {
-                region: r,
-                worker: placement.worker,
-                guard: self.workers[placement.worker].in_flight.acquire(),
-                region_guard: self.region_in_flight[r].acquire(),
-            });
+            return Ok((r, placement.worker, allowed));
         }
         Err(if any_over_bound {
             RouteError::Overloaded
         } else if restricted {
             RouteError::ResidencyUnavailable {
-                policy: self.policy_name(req),
-                allowed: self.region_names(allowed),
+                policy: self.policy_name(table, req),
+                allowed: region_names(&topo.config, allowed),
             }
         } else {
             RouteError::Unavailable(req.model.to_owned())
         })
     }
 
-    /// Records worker `w`'s LOAD report and refreshes its region's share of load from other
+    /// Records a worker's LOAD report and refreshes its region's share of load from other
     /// edges (off the hot path: once per report interval per worker).
-    pub fn record_load(&self, w: WorkerId, in_flight: u64, queue_depth: u64) {
-        self.workers[w].set_reported(in_flight, queue_depth);
-        let r = self.config.workers[w].region;
-        let extra = (0..self.workers.len())
-            .filter(|i| self.config.workers[*i].region == r)
-            .map(|i| self.workers[i].reported_extra())
+    pub fn record_load(&self, state: &WorkerState, in_flight: u64, queue_depth: u64) {
+        state.set_reported(in_flight, queue_depth);
+        let topo = self.topology.load();
+        let Some(w) = topo.workers.iter().position(|s| s.uid == state.uid) else {
+            return; // retired
+        };
+        let r = topo.config.workers[w].region;
+        let extra = (topo.members(r).iter())
+            .map(|i| topo.workers[*i].reported_extra())
             .sum();
-        self.region_extra[r].store(extra, Ordering::Relaxed);
+        topo.regions[r].extra.store(extra, Ordering::Relaxed);
     }
+}
 
-    fn region_names(&self, set: RegionSet) -> String {
-        let names: Vec<_> = self
-            .config
-            .regions
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| set.contains(*i))
-            .map(|(_, r)| r.name.as_str())
-            .collect();
-        names.join(", ")
-    }
+/// How long worker `w`'s next ejection lasts: doubling per ejection in a row.
+fn eject_backoff(topo: &Topology, w: WorkerId) -> Duration {
+    let s = &topo.config.health;
+    let streak = topo.workers[w].health.eject_streak.load(Ordering::Relaxed);
+    (s.eject_backoff_min * (1u32 << streak.min(16))).min(s.eject_backoff_max)
+}
+
+fn region_names(config: &Config, set: RegionSet) -> String {
+    let names: Vec<_> = (config.regions.iter().enumerate())
+        .filter(|(i, _)| set.contains(*i))
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    names.join(", ")
 }
 
 #[cfg(test)]

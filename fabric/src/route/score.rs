@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::fastmap::FastMap;
-use super::Router;
+use super::{Router, Topology};
 use crate::config::{Config, HealthSettings, RegionId, RegionSet, Weights};
 
 /// Why a region is demoted behind every healthy one.
@@ -89,9 +89,13 @@ pub struct RegionStatus {
     pub score: Option<f64>,
 }
 
-/// Candidate orders and the status they came from.
+/// Candidate orders and the status they came from, for one topology generation.
 #[derive(Clone, Debug, Default)]
 pub struct Scored {
+    /// The generation the region ids refer to.
+    pub generation: u64,
+    /// Region names of that generation, by id.
+    pub names: Vec<String>,
     /// Per region.
     pub regions: Vec<RegionStatus>,
     /// Area → full candidate order.
@@ -122,7 +126,8 @@ pub fn preferences(config: &Config) -> Vec<(String, Vec<RegionId>)> {
 
 impl Scored {
     /// Orders before anything was measured: preference, then config order.
-    pub fn initial(config: &Config) -> Scored {
+    pub fn initial(topo: &Topology) -> Scored {
+        let config = &topo.config;
         let regions: Vec<RegionStatus> = config
             .regions
             .iter()
@@ -136,6 +141,8 @@ impl Scored {
         let latency_first = config.routing.objective == crate::config::Objective::Latency;
         let orders = |pref: &[RegionId]| order(pref, &regions, weights, latency_first, &[], 0.0);
         Scored {
+            generation: topo.generation,
+            names: config.regions.iter().map(|r| r.name.clone()).collect(),
             area_order: preferences(config)
                 .into_iter()
                 .map(|(a, p)| {
@@ -146,6 +153,33 @@ impl Scored {
             default_order: orders(&[]),
             demoted: RegionSet::default(),
             regions,
+        }
+    }
+
+    /// These orders and statuses in `next`'s region ids (matched by name; regions new in
+    /// `next` have no status and come last), so hysteresis carries over a reload.
+    pub fn translated(&self, next: &Topology) -> Scored {
+        let map = |r: RegionId| next.config.region_id(&self.names[r]);
+        let orders = |o: &[RegionId]| o.iter().filter_map(|r| map(*r)).collect::<Vec<_>>();
+        let mut regions = vec![RegionStatus::default(); next.config.regions.len()];
+        let mut demoted = RegionSet::default();
+        for (r, status) in self.regions.iter().enumerate() {
+            if let Some(n) = map(r) {
+                regions[n] = status.clone();
+                if self.demoted.contains(r) {
+                    demoted.insert(n);
+                }
+            }
+        }
+        Scored {
+            generation: next.generation,
+            names: next.config.regions.iter().map(|r| r.name.clone()).collect(),
+            regions,
+            area_order: (self.area_order.iter())
+                .map(|(a, o)| (a.clone(), orders(o)))
+                .collect(),
+            default_order: orders(&self.default_order),
+            demoted,
         }
     }
 }
@@ -261,10 +295,11 @@ struct Held {
     ttft_base: Option<f64>,
 }
 
-/// Turns observations into [`Scored`] orders, tick by tick. Owned by the edge's health task.
-#[derive(Debug)]
+/// Turns observations into [`Scored`] orders, tick by tick. Held by the router; each
+/// region's demotion state is kept by name, so it survives reloads.
+#[derive(Debug, Default)]
 pub struct Scorer {
-    held: Vec<Held>,
+    held: std::collections::HashMap<String, Held>,
 }
 
 /// Moves a baseline down to `v` at once and up towards it slowly (about 10 minutes), so a
@@ -284,25 +319,17 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 }
 
 impl Scorer {
-    /// A scorer for `config`'s regions.
-    pub fn new(config: &Config) -> Scorer {
-        Scorer {
-            held: vec![Held::default(); config.regions.len()],
-        }
-    }
-
-    /// Observes every region once and returns the new orders; `prev` is what is published
-    /// now (for hysteresis).
-    pub fn tick(&mut self, router: &Router, prev: &Scored, now_ms: u64) -> Scored {
-        let cfg = router.config();
+    /// Observes every region of `topo` once and returns the new orders; `prev` is what is
+    /// published now, in `topo`'s region ids (for hysteresis).
+    pub fn tick(&mut self, router: &Router, topo: &Topology, prev: &Scored, now_ms: u64) -> Scored {
+        let cfg = &topo.config;
         let h = &cfg.health;
         let up = (h.score_interval.as_secs_f64() / 600.0).min(1.0);
         let mut regions = Vec::with_capacity(cfg.regions.len());
-        for (r, held) in self.held.iter_mut().enumerate() {
-            let ws: Vec<_> = (0..cfg.workers.len())
-                .filter(|w| cfg.workers[*w].region == r)
-                .map(|w| router.worker(w))
-                .collect();
+        self.held.retain(|name, _| cfg.region_id(name).is_some());
+        for (r, region) in cfg.regions.iter().enumerate() {
+            let held = self.held.entry(region.name.clone()).or_default();
+            let ws: Vec<_> = topo.members(r).iter().map(|w| &topo.workers[*w]).collect();
             let connected: Vec<_> = ws.iter().filter(|w| w.is_healthy()).collect();
             let live: Vec<_> = connected
                 .iter()
@@ -315,8 +342,8 @@ impl Scorer {
                 ttft_ms: mean(live.iter().filter_map(|w| w.health.ttft_ms())),
                 error_rate: mean(connected.iter().filter_map(|w| w.health.error_rate())),
                 loss: mean(connected.iter().filter_map(|w| w.health.loss())),
-                price_per_mtok: router.price(r),
-                carbon_g_per_kwh: router.carbon(r),
+                price_per_mtok: topo.regions[r].price(),
+                carbon_g_per_kwh: topo.regions[r].carbon(),
                 workers: ws.len(),
                 connected: connected.len(),
                 // A disconnected worker is out anyway; its failing probes must not keep the
@@ -344,7 +371,7 @@ impl Scorer {
                         held.until_ms = now_ms + hold;
                         router.demotions[reason as usize]
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::info!(region = %cfg.regions[r].name, why = why.as_deref().unwrap_or(""), hold_ms = hold, "region demoted");
+                        tracing::info!(region = %region.name, why = why.as_deref().unwrap_or(""), hold_ms = hold, "region demoted");
                     }
                 }
                 Some(_) if now_ms >= held.until_ms => {
@@ -363,7 +390,7 @@ impl Scorer {
                         }
                         held.reason = None;
                         held.restored_ms = now_ms;
-                        tracing::info!(region = %cfg.regions[r].name, "region restored");
+                        tracing::info!(region = %region.name, "region restored");
                     }
                 }
                 Some(_) => {}
@@ -409,6 +436,8 @@ impl Scorer {
             }
         }
         Scored {
+            generation: topo.generation,
+            names: cfg.regions.iter().map(|r| r.name.clone()).collect(),
             regions,
             area_order,
             default_order,

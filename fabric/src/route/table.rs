@@ -4,12 +4,13 @@
 //! here: name lookups resolve to indices and bit masks, region capacities are summed, and
 //! each region's ring carries its candidate table.
 
+use std::sync::Arc;
+
 use super::fastmap::FastMap;
-use super::hash::KeyedHash;
 use super::ring::WorkerRing;
 use super::score::Scored;
-use super::state::WorkerState;
-use crate::config::{Config, RegionId, RegionSet, WorkerId};
+use super::topology::Topology;
+use crate::config::{RegionId, RegionSet, WorkerId};
 
 /// Most models a topology may serve (model sets are 64-bit masks).
 pub const MAX_MODELS: usize = 64;
@@ -39,6 +40,10 @@ pub struct ModelEntry {
 /// An immutable routing table.
 #[derive(Debug)]
 pub struct RoutingTable {
+    /// The generation it was built from: the config and live state its ids refer to.
+    pub topology: Arc<Topology>,
+    /// The scorer's orders it was built with.
+    pub scored: Arc<Scored>,
     /// Rebuild counter, for `/routes` and logs.
     pub epoch: u64,
     /// Per region, indexed by [`RegionId`].
@@ -63,14 +68,13 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// Compiles `config` with the live `workers` state (health, capacity).
-    pub fn build(
-        config: &Config,
-        hash: KeyedHash,
-        epoch: u64,
-        workers: &[std::sync::Arc<WorkerState>],
-        scored: &Scored,
-    ) -> Self {
+    /// Compiles `topology` with its workers' live state (health, capacity) and `scored`'s
+    /// orders (of the same generation).
+    pub fn build(topology: &Arc<Topology>, epoch: u64, scored: Arc<Scored>) -> Self {
+        debug_assert_eq!(scored.generation, topology.generation);
+        let config = &*topology.config;
+        let workers = &topology.workers;
+        let hash = topology.hash;
         let area_order = scored.area_order.clone();
         let default_order = scored.default_order.clone();
         let preferred = super::score::preferences(config)
@@ -100,8 +104,8 @@ impl RoutingTable {
         let healthy = |w: WorkerId| workers[w].is_healthy() && !workers[w].health.is_ejected();
         let regions = (0..config.regions.len())
             .map(|r| {
-                let live: Vec<WorkerId> = (0..config.workers.len())
-                    .filter(|w| config.workers[*w].region == r && healthy(*w))
+                let live: Vec<WorkerId> = (topology.members(r).iter().copied())
+                    .filter(|w| healthy(*w))
                     .collect();
                 let ring = WorkerRing::new(
                     hash,
@@ -137,13 +141,16 @@ impl RoutingTable {
                 )
             })
             .collect();
+        let demoted = scored.demoted;
         RoutingTable {
+            topology: topology.clone(),
+            scored,
             epoch,
             regions,
             area_order,
             default_order,
             preferred,
-            demoted: scored.demoted,
+            demoted,
             models,
             worker_models,
             tenants,

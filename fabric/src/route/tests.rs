@@ -19,6 +19,18 @@ fn router() -> Router {
     router
 }
 
+fn attempt(r: &Router, w: WorkerId, failed: bool) {
+    r.record_attempt(&r.topology(), w, failed);
+}
+
+fn probed(r: &Router, w: WorkerId, ok: bool) {
+    r.probed(&r.topology(), w, ok);
+}
+
+fn due(r: &Router) -> Vec<WorkerId> {
+    r.due_probes().1
+}
+
 fn req<'a>(area: Option<&'a str>, tenant: Option<&'a str>) -> RouteRequest<'a> {
     RouteRequest {
         model: "llama-3-8b",
@@ -151,7 +163,7 @@ fn retry_excludes_failed_worker_within_residency() {
     let r = router();
     let first = r.route(&req(Some("de"), Some("bund"))).unwrap();
     let q = RouteRequest {
-        exclude: &[first.worker],
+        exclude: &[first.uid()],
         ..req(Some("de"), Some("bund"))
     };
     let second = r.route(&q).unwrap();
@@ -160,7 +172,7 @@ fn retry_excludes_failed_worker_within_residency() {
         r.config().regions[second.region].name,
         "frankfurt-sovereign"
     );
-    let both = [first.worker, second.worker];
+    let both = [first.uid(), second.uid()];
     let q = RouteRequest {
         exclude: &both,
         ..req(Some("de"), Some("bund"))
@@ -202,19 +214,20 @@ proptest! {
         key in any::<u64>(),
     ) {
         let r = router();
-        let cfg0 = r.config().clone();
+        let topo = r.topology();
         let mut held = Vec::new();
         for w in 0..10 {
             r.set_healthy(w, health & (1 << w) != 0);
             if saturated & (1 << w) != 0 {
-                r.worker(w).set_capacity(1);
-                held.push(r.worker(w).in_flight.acquire());
-                held.push(r.region_in_flight[cfg0.workers[w].region].acquire());
+                topo.workers[w].set_capacity(1);
+                held.push(topo.workers[w].in_flight.acquire());
+                held.push(topo.regions[topo.config.workers[w].region].in_flight.acquire());
             }
         }
         r.rebuild();
         let key = key.to_le_bytes();
-        let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &exclude };
+        let uids: Vec<u64> = exclude.iter().map(|w| topo.workers[*w].uid).collect();
+        let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &uids, pinned: None };
         let cfg = r.config().clone();
         let mut allowed = RegionSet::ALL;
         if tenant == Some("bund") { allowed = allowed.intersect(cfg.residency["de-sovereign"]); }
@@ -222,7 +235,7 @@ proptest! {
         let usable = |w: usize| health & (1 << w) != 0 && !exclude.contains(&w);
         let region_open = |reg: usize| {
             let live: Vec<usize> = (0..10).filter(|w| cfg.workers[*w].region == reg && health & (1 << *w) != 0).collect();
-            let load = r.region_in_flight[reg].current();
+            let load = topo.regions[reg].in_flight.current();
             let cap: u64 = live.iter().map(|w| r.worker(*w).capacity()).sum();
             live.iter().any(|w| usable(*w)) && load < cap
         };
@@ -269,10 +282,11 @@ proptest! {
         let cfg = r.config().clone();
         for w in 0..10 {
             r.set_healthy(w, health & (1 << w) != 0);
-            let h = &r.worker(w).health;
+            let state = r.worker(w);
+            let h = &state.health;
             h.record_path(Duration::from_millis(rtts[w]), 0, 10);
             for _ in 0..failures[w] {
-                r.record_attempt(w, true);
+                attempt(&r, w, true);
             }
             if ejected & (1 << w) != 0 {
                 h.eject(u64::MAX);
@@ -283,21 +297,18 @@ proptest! {
         }
         // Two scorer ticks: baselines from the first RTTs, then some regions get slower
         // (demoted) — the real scorer decides.
-        let mut scorer = Scorer::new(&cfg);
-        let first = scorer.tick(&r, &r.scored(), 0);
-        r.publish(first);
+        r.tick_at(0);
         for w in 0..10 {
             r.worker(w).health.record_path(Duration::from_millis(rtts[w] + slow_after[w]), 0, 10);
         }
-        let second = scorer.tick(&r, &r.scored(), 10);
-        r.publish(second);
+        r.tick_at(10);
         for order in r.table().area_order.values().chain([&r.table().default_order]) {
             let mut sorted = order.clone();
             sorted.sort_unstable();
             prop_assert_eq!(sorted, (0..cfg.regions.len()).collect::<Vec<_>>(), "an order holds every region once");
         }
         let key = key.to_le_bytes();
-        let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &[] };
+        let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &[], pinned: None };
         let mut allowed = RegionSet::ALL;
         if tenant == Some("bund") { allowed = allowed.intersect(cfg.residency["de-sovereign"]); }
         if let Some(p) = residency { allowed = allowed.intersect(cfg.residency[p]); }
@@ -319,13 +330,14 @@ proptest! {
         // inside the policy; the chain ends only when no allowed live worker is left.
         let mut failed: Vec<usize> = Vec::new();
         for _ in 0..4 {
-            let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &failed };
+            let uids: Vec<u64> = failed.iter().map(|w| r.worker(*w).uid).collect();
+            let q = RouteRequest { model: "llama-3-8b", area, tenant, residency, shard_key: &key, exclude: &uids, pinned: None };
             let next = r.route(&q).map(|d| (d.region, d.worker));
             match next {
                 Ok((region, worker)) => {
                     prop_assert!(allowed.contains(region), "resumed outside residency: {}", cfg.regions[region].name);
                     prop_assert!(!failed.contains(&worker), "resumed on a worker that failed the stream");
-                    r.record_attempt(worker, true);
+                    attempt(&r, worker, true);
                     failed.push(worker);
                 }
                 Err(e) => {
@@ -356,14 +368,13 @@ fn a_degraded_preferred_region_spills_to_the_next_and_comes_back() {
     for reg in 0..r.config().regions.len() {
         set_rtt(reg, 30 + 10 * reg as u64);
     }
-    let mut scorer = Scorer::new(r.config());
     let hold = r.config().health.hold.as_millis() as u64;
-    r.publish(scorer.tick(&r, &r.scored(), 0));
+    r.tick_at(0);
     let fr = req(Some("fr"), None);
     assert_eq!(region_of(&r, &fr).unwrap(), "frankfurt");
     // Frankfurt becomes 300 ms slower: demoted at the next tick; French traffic spills.
     set_rtt(frankfurt, 30 + 10 * frankfurt as u64 + 300);
-    r.publish(scorer.tick(&r, &r.scored(), 250));
+    r.tick_at(250);
     assert_eq!(r.scored().regions[frankfurt].demoted, Some(Demotion::Rtt));
     assert_ne!(region_of(&r, &fr).unwrap(), "frankfurt");
     assert_eq!(
@@ -377,9 +388,9 @@ fn a_degraded_preferred_region_spills_to_the_next_and_comes_back() {
     );
     // Recovered, but held for `hold`: still demoted just before, back after.
     set_rtt(frankfurt, 30 + 10 * frankfurt as u64);
-    r.publish(scorer.tick(&r, &r.scored(), 250 + hold - 1));
+    r.tick_at(250 + hold - 1);
     assert_ne!(region_of(&r, &fr).unwrap(), "frankfurt");
-    r.publish(scorer.tick(&r, &r.scored(), 250 + hold));
+    r.tick_at(250 + hold);
     assert_eq!(region_of(&r, &fr).unwrap(), "frankfurt");
 }
 
@@ -389,21 +400,21 @@ fn consecutive_failures_eject_a_worker_and_a_good_probe_readmits_it() {
     let n = r.config().health.eject_consecutive_failures;
     let w = 0;
     for _ in 0..n - 1 {
-        r.record_attempt(w, true);
+        attempt(&r, w, true);
     }
     assert!(!r.worker(w).health.is_ejected());
-    r.record_attempt(w, true);
+    attempt(&r, w, true);
     assert!(r.worker(w).health.is_ejected());
     let reg = r.config().workers[w].region;
     assert!(
         !r.table().regions[reg].healthy.contains(&w),
         "ejected workers leave the table"
     );
-    assert!(r.due_probes().is_empty(), "not before the backoff");
+    assert!(due(&r).is_empty(), "not before the backoff");
     // A failed probe doubles the backoff; a good one readmits.
     r.worker(w).health.probe_at_ms.store(0, Ordering::Relaxed);
-    assert_eq!(r.due_probes(), vec![w]);
-    r.probed(w, false);
+    assert_eq!(due(&r), vec![w]);
+    probed(&r, w, false);
     assert!(r.worker(w).health.is_ejected());
     let next = r.worker(w).health.probe_at_ms.load(Ordering::Relaxed);
     let now = r.now_ms();
@@ -411,7 +422,7 @@ fn consecutive_failures_eject_a_worker_and_a_good_probe_readmits_it() {
         (now + 1_900..=now + 2_100).contains(&next),
         "second backoff is twice the first (1 s): {next} at {now}"
     );
-    r.probed(w, true);
+    probed(&r, w, true);
     assert!(!r.worker(w).health.is_ejected());
     assert!(r.table().regions[reg].healthy.contains(&w));
 }
@@ -425,7 +436,7 @@ fn at_most_half_a_region_is_ejected() {
     assert_eq!(members.len(), 2);
     for &w in &members {
         for _ in 0..10 {
-            r.record_attempt(w, true);
+            attempt(&r, w, true);
         }
     }
     let ejected = members
@@ -445,23 +456,22 @@ fn the_cost_objective_follows_prices_changed_at_run_time() {
             .health
             .record_path(Duration::from_millis(30), 0, 10);
     }
-    let mut scorer = Scorer::new(r.config());
-    r.publish(scorer.tick(&r, &r.scored(), 0));
+    r.tick_at(0);
     // jp prefers seoul (0.60) and tokyo (0.70): the cheaper one leads.
     let jp = req(Some("jp"), None);
     assert_eq!(region_of(&r, &jp).unwrap(), "seoul");
     let seoul = r.config().region_id("seoul").unwrap();
     // 0.66 is not 10 % more than tokyo's 0.70: hysteresis keeps seoul.
     r.set_price(seoul, Some(0.66), None);
-    r.publish(scorer.tick(&r, &r.scored(), 250));
+    r.tick_at(250);
     assert_eq!(region_of(&r, &jp).unwrap(), "seoul");
     r.set_price(seoul, Some(0.90), None);
-    r.publish(scorer.tick(&r, &r.scored(), 500));
+    r.tick_at(500);
     assert_eq!(region_of(&r, &jp).unwrap(), "tokyo");
     // However cheap a region outside the preference list gets, it only follows.
     let us = r.config().region_id("us-east").unwrap();
     r.set_price(us, Some(0.01), None);
-    r.publish(scorer.tick(&r, &r.scored(), 750));
+    r.tick_at(750);
     assert_eq!(region_of(&r, &jp).unwrap(), "tokyo");
     let e = r.explain(&jp);
     assert_eq!(e.objective, "cost");
@@ -474,15 +484,15 @@ fn one_failure_after_readmission_does_not_eject_again() {
     let r = router();
     let w = 0;
     for _ in 0..r.config().health.eject_min_attempts {
-        r.record_attempt(w, false);
+        attempt(&r, w, false);
     }
     for _ in 0..r.config().health.eject_consecutive_failures {
-        r.record_attempt(w, true);
+        attempt(&r, w, true);
     }
     assert!(r.worker(w).health.is_ejected());
-    r.probed(w, true);
+    probed(&r, w, true);
     // The error average restarts empty: a single failure reads as 100 % but is one attempt.
-    r.record_attempt(w, true);
+    attempt(&r, w, true);
     assert!(!r.worker(w).health.is_ejected());
     assert_eq!(
         r.worker(w).health.eject_streak.load(Ordering::Relaxed),

@@ -42,6 +42,19 @@ impl InFlight {
         self.count.fetch_add(1, AcqRel);
         LoadGuard { counter: self }
     }
+
+    /// Takes a slot that the caller gives back with [`InFlight::leave`] exactly once (for an
+    /// owner that keeps the counter alive through an `Arc`, where a borrowing guard cannot
+    /// live).
+    pub fn enter(&self) {
+        self.count.fetch_add(1, AcqRel);
+    }
+
+    /// Gives back a slot taken with [`InFlight::enter`].
+    pub fn leave(&self) {
+        let prev = self.count.fetch_sub(1, Relaxed);
+        debug_assert!(prev > 0, "in-flight counter underflow");
+    }
 }
 
 /// One in-flight request; releases its slot when dropped. Borrows the counter, so taking

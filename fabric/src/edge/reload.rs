@@ -1,0 +1,160 @@
+//! Hot reload of a running edge: a new, already validated config becomes the next topology
+//! generation (`route::topology`), published with one RCU swap of the routing table.
+//! Requests in flight keep the decisions they hold and finish; their later attempts stay
+//! inside the residency they were first routed under (`route::Pinned`). Workers that left
+//! are drained: no new requests, then their connections close once this edge's requests on
+//! them ended. New workers are connected to. Tenants whose limits did not change keep their
+//! limit state. A new certificate, or new client transport limits, apply to new client
+//! connections. Settings bound at start (listen addresses, buffers, Redis, telemetry) keep
+//! their running value until a restart; the report names them.
+
+use std::sync::Arc;
+
+use super::{EdgeHandle, H3_ALPN};
+use crate::config::{Config, EdgeSettings};
+use crate::tls::{Identity, IdentityError};
+use crate::transport;
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadReport {
+    /// The generation now running.
+    pub generation: u64,
+    /// Workers connected to for the first time.
+    pub added: Vec<String>,
+    /// Workers drained (left the topology, or changed address, trust or upstream settings).
+    pub retired: Vec<String>,
+    /// Workers kept with their connections and health.
+    pub kept: usize,
+    /// Settings that changed in the file but keep their running value until a restart.
+    pub restart_required: Vec<&'static str>,
+}
+
+/// Why a validated config could not be applied; the running config stays.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new `[tls]` certificate or key is unusable: fix the files and reload again.
+    #[error("the new edge certificate cannot be used: {0}")]
+    Identity(#[from] IdentityError),
+}
+
+/// The quinn server config of the client-facing endpoint for `config`: its certificate,
+/// ALPNs (`meridian/1`, and `h3` with the HTTP front door) and client transport tuning.
+pub(super) fn server_config(
+    config: &Config,
+    identity: &Identity,
+    h3: bool,
+) -> Result<quinn::ServerConfig, IdentityError> {
+    let mut t = transport::transport(config.edge.max_streams_per_connection);
+    transport::client_facing(&mut t, &config.edge);
+    let alpn: &[&[u8]] = if h3 {
+        &[meridian_protocol::ALPN, H3_ALPN]
+    } else {
+        &[meridian_protocol::ALPN]
+    };
+    identity.server_config(alpn, t)
+}
+
+/// Whether the client-facing server config (certificate, transport) must be rebuilt.
+fn server_changed(a: &EdgeSettings, b: &EdgeSettings) -> bool {
+    a.tls != b.tls
+        || a.max_streams_per_connection != b.max_streams_per_connection
+        || a.send_fairness != b.send_fairness
+        || a.stream_receive_window != b.stream_receive_window
+        || a.keep_alive != b.keep_alive
+        || a.initial_rtt != b.initial_rtt
+        || a.ack_eliciting_threshold != b.ack_eliciting_threshold
+}
+
+/// The settings that differ between `a` and `b` but are bound when the edge starts.
+pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
+    let (x, y) = (&a.edge, &b.edge);
+    let checks = [
+        (x.listen != y.listen, "[edge] listen"),
+        (x.pop != y.pop, "[edge] pop"),
+        (x.gso != y.gso, "[edge] gso"),
+        (x.http != y.http, "[edge] http"),
+        (x.http_tenant != y.http_tenant, "[edge] http_tenant"),
+        (x.admin != y.admin, "[edge] admin"),
+        (
+            x.admin_token_env != y.admin_token_env,
+            "[edge] admin_token_env",
+        ),
+        (
+            x.max_buffered_bytes != y.max_buffered_bytes,
+            "[edge] max_buffered_bytes",
+        ),
+        (
+            x.resume_buffer_total_bytes != y.resume_buffer_total_bytes,
+            "[edge] resume_buffer_total_bytes",
+        ),
+        (a.shared_limits != b.shared_limits, "[limits]"),
+        (a.telemetry != b.telemetry, "[telemetry]"),
+    ];
+    checks
+        .into_iter()
+        .filter(|(changed, _)| *changed)
+        .map(|(_, name)| name)
+        .collect()
+}
+
+impl EdgeHandle {
+    /// Applies `config` (validated by `parse_config`/`load_config`) to the running edge; see
+    /// the module docs. An error leaves the running config in place.
+    pub async fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+        let shared = &self.shared;
+        let _serial = shared.reloading.lock().await;
+        let old = shared.router.config();
+        // Everything that can fail is done before anything is published.
+        let server = if server_changed(&old.edge, &config.edge) {
+            let identity = Identity::load(&config.edge.tls)?;
+            Some(server_config(&config, &identity, shared.h3.is_some())?)
+        } else {
+            None
+        };
+        let restart = restart_required(&old, &config);
+        let config = Arc::new(config);
+        let (topo, change) = shared.router.reload(config.clone());
+        let auth = crate::auth::Auth::carry(&config, Some(&shared.auth.load()));
+        shared.auth.store(Arc::new(auth));
+        for w in &change.added {
+            shared.upstreams.start(&topo, *w);
+        }
+        for (state, entry) in &change.retired {
+            shared.upstreams.retire(state, entry);
+        }
+        if let Some(server) = server {
+            shared.endpoint.set_server_config(Some(server));
+        }
+        let report = ReloadReport {
+            generation: topo.generation,
+            added: (change.added.iter())
+                .map(|w| topo.config.workers[*w].name.clone())
+                .collect(),
+            retired: (change.retired.iter())
+                .map(|(_, e)| e.name.clone())
+                .collect(),
+            kept: change.kept,
+            restart_required: restart,
+        };
+        shared.stats.reload(super::ReloadResult::Applied);
+        tracing::info!(
+            generation = report.generation,
+            added = ?report.added,
+            retired = ?report.retired,
+            kept = report.kept,
+            "config reloaded"
+        );
+        if !report.restart_required.is_empty() {
+            tracing::warn!(settings = ?report.restart_required, "changed settings keep their running value until a restart");
+        }
+        Ok(report)
+    }
+
+    /// Counts a reload that was rejected before it reached [`EdgeHandle::reload`] (an
+    /// invalid file); the running config stays.
+    pub fn reload_rejected(&self) {
+        self.shared.stats.reload(super::ReloadResult::Rejected);
+    }
+}
