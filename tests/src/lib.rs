@@ -33,6 +33,10 @@ mod openai_backend;
 #[cfg(test)]
 mod process;
 #[cfg(test)]
+mod reload;
+#[cfg(test)]
+mod reload_proc;
+#[cfg(test)]
 mod request_errors;
 #[cfg(test)]
 mod resume;

@@ -28,21 +28,31 @@ pub fn meridian_bin() -> PathBuf {
     bin
 }
 
-struct Proc {
-    child: Child,
+pub(crate) struct Proc {
+    pub child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Proc {
-    fn start(args: &[&str]) -> Proc {
+    pub fn start(args: &[&str]) -> Proc {
+        Self::start_logging(args, None)
+    }
+
+    /// [`Proc::start`] with its stderr (info-level logs) written to `log`, if given.
+    pub fn start_logging(args: &[&str], log: Option<&Path>) -> Proc {
+        let level = match log {
+            Some(_) => "info".to_owned(),
+            None => std::env::var("TEST_MERIDIAN_LOG").unwrap_or("warn".into()),
+        };
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(meridian_bin())
             .args(args)
-            .env(
-                "MERIDIAN_LOG",
-                std::env::var("TEST_MERIDIAN_LOG").unwrap_or("warn".into()),
-            )
+            .env("MERIDIAN_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("meridian starts");
@@ -50,7 +60,7 @@ impl Proc {
         Proc { child, lines }
     }
 
-    async fn json_line(&mut self) -> Value {
+    pub async fn json_line(&mut self) -> Value {
         let line = within("process output", self.lines.next_line())
             .await
             .expect("stdout readable")
@@ -59,7 +69,7 @@ impl Proc {
     }
 }
 
-fn worker_config(dir: &Path, name: &str, region: &str) -> PathBuf {
+pub(crate) fn worker_config(dir: &Path, name: &str, region: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,

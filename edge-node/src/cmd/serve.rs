@@ -25,6 +25,9 @@ fn cert_display(identity: &Identity) -> String {
 }
 
 pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    // Caught before anything is printed: a SIGHUP sent as soon as the edge says it listens
+    // reloads, never kills it.
+    let hup = super::Hangups::new();
     let config = load_config(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let identity = Identity::load(&config.edge.tls).context("setting up the edge certificate")?;
     let pop = config.edge.pop.clone();
@@ -107,13 +110,45 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     tokio::select! {
         _ = super::terminated() => {}
         _ = ready => {}
+        _ = reloads(path, &handle, hup) => {}
     }
     tracing::info!("shutting down: draining in-flight requests");
     handle.stop().await;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reloads the config on SIGHUP, and whenever the file's content changes (checked every
+/// `[edge] watch_config_ms`; a mounted ConfigMap changes by an atomic symlink swap, which
+/// reading the path follows). Runs until the process ends.
+async fn reloads(path: &Path, handle: &edge::EdgeHandle, mut hup: super::Hangups) {
+    let mut seen = std::fs::read(path).ok();
+    loop {
+        let every = handle.router.config().edge.watch_config;
+        let changed = async {
+            match every {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+            std::fs::read(path).ok()
+        };
+        tokio::select! {
+            _ = hup.recv() => tracing::info!(config = %path.display(), "SIGHUP: reloading the config"),
+            now = changed => {
+                // A file that cannot be read for a moment (being replaced) is not a change.
+                if now.is_none() || now == seen {
+                    continue;
+                }
+                tracing::info!(config = %path.display(), "config file changed: reloading");
+            }
+        }
+        seen = std::fs::read(path).ok();
+        // Logged and counted (meridian_config_reloads_total) by the edge.
+        let _ = handle.reload_file(path).await;
+    }
+}
+
 pub async fn worker(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let mut hup = super::Hangups::new();
     let config = load_worker_config(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let identity = Identity::load(&config.tls).context("setting up the worker certificate")?;
     let name = config.name.clone();
@@ -131,7 +166,14 @@ pub async fn worker(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             handle.addr
         );
     }
-    super::terminated().await;
+    // A worker takes its config at start: SIGHUP is logged, not fatal (its default action
+    // would kill the process and cut its streams).
+    loop {
+        tokio::select! {
+            _ = super::terminated() => break,
+            _ = hup.recv() => tracing::warn!("SIGHUP: a worker does not reload its config; restart it (SIGTERM drains it first)"),
+        }
+    }
     tracing::info!("shutting down: GOAWAY sent, draining in-flight requests");
     handle.stop().await;
     Ok(ExitCode::SUCCESS)

@@ -72,6 +72,8 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 1;
 /// Default RTT assumed before an upstream connection's first sample.
 pub const DEFAULT_UPSTREAM_INITIAL_RTT: Duration = Duration::from_millis(333);
+/// Default interval between checks of the edge's config file for changes.
+pub const DEFAULT_WATCH_CONFIG: Duration = Duration::from_secs(1);
 /// Default most attempts (first try plus retries) per request.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Most regions a topology may have (regions sets are 64-bit masks).
@@ -131,7 +133,7 @@ pub enum UpstreamTrust {
 }
 
 /// A worker an edge may route to.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerEntry {
     /// Unique name.
     pub name: String,
@@ -229,6 +231,9 @@ pub struct EdgeSettings {
     pub keep_alive: Duration,
     /// RTT assumed before the first sample on client connections.
     pub initial_rtt: Duration,
+    /// How often `meridian edge` checks its config file for changes (a mounted ConfigMap's
+    /// symlink swap, an edit) and reloads it; `None`: only on SIGHUP.
+    pub watch_config: Option<Duration>,
 }
 
 /// Default fraction by which a region must score better to move ahead of another.

@@ -115,6 +115,7 @@ pub struct RawEdge {
     pub http: Option<Spanned<String>>,
     pub http_tenant: Option<Spanned<String>>,
     pub ack_eliciting_threshold: Option<Spanned<u64>>,
+    pub watch_config_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -379,6 +379,13 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         ack_eliciting_threshold: e
             .and_then(|e| e.ack_eliciting_threshold.as_ref())
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
+        watch_config: Some(cx.millis(
+            e.and_then(|e| e.watch_config_ms.as_ref()),
+            "watch_config_ms",
+            3_600_000,
+            DEFAULT_WATCH_CONFIG,
+        ))
+        .filter(|d| !d.is_zero()),
     };
     let u = raw.upstream.as_ref();
     let upstream = UpstreamSettings {

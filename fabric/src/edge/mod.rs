@@ -23,7 +23,7 @@ use std::sync::Arc;
 use meridian_protocol::Settings;
 use tracing::info;
 
-pub use reload::{ReloadError, ReloadReport};
+pub use reload::{ReloadError, ReloadFailure, ReloadReport};
 pub use resume::{FrameGate, ResumeStats, Transcript};
 pub use sink::Delivery;
 pub use stats::{EdgeStats, Histogram, Latencies, ReloadResult};
@@ -56,8 +56,8 @@ pub(crate) struct EdgeShared {
     pub auth: crate::sync::RcuCell<crate::auth::Auth>,
     /// The client-facing endpoint (a reload gives it a new server config).
     pub endpoint: quinn::Endpoint,
-    /// Serialises reloads.
-    pub reloading: tokio::sync::Mutex<()>,
+    /// The running config's parts (file, discovered workers); serialises reloads.
+    pub composition: tokio::sync::Mutex<reload::Composition>,
     /// Time base of the tenants' rate limits.
     pub epoch: tokio::time::Instant,
 }
@@ -179,7 +179,7 @@ pub fn spawn_with_h3(
         submissions: submit::InFlight::default(),
         auth: crate::sync::RcuCell::new(Arc::new(crate::auth::Auth::new(&config))),
         endpoint: endpoint.clone(),
-        reloading: tokio::sync::Mutex::new(()),
+        composition: tokio::sync::Mutex::new(reload::Composition::new(config.clone())),
         epoch: tokio::time::Instant::now(),
     });
     if let Some(settings) = config.shared_limits.clone() {

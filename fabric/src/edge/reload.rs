@@ -8,10 +8,12 @@
 //! connections. Settings bound at start (listen addresses, buffers, Redis, telemetry) keep
 //! their running value until a restart; the report names them.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use super::{EdgeHandle, H3_ALPN};
-use crate::config::{Config, EdgeSettings};
+use super::{EdgeHandle, EdgeShared, ReloadResult, H3_ALPN};
+use crate::config::{Config, ConfigErrors, EdgeSettings, WorkerEntry};
 use crate::tls::{Identity, IdentityError};
 use crate::transport;
 
@@ -99,62 +101,164 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
         .collect()
 }
 
-impl EdgeHandle {
-    /// Applies `config` (validated by `parse_config`/`load_config`) to the running edge; see
-    /// the module docs. An error leaves the running config in place.
-    pub async fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
-        let shared = &self.shared;
-        let _serial = shared.reloading.lock().await;
-        let old = shared.router.config();
-        // Everything that can fail is done before anything is published.
-        let server = if server_changed(&old.edge, &config.edge) {
-            let identity = Identity::load(&config.edge.tls)?;
-            Some(server_config(&config, &identity, shared.h3.is_some())?)
-        } else {
-            None
-        };
-        let restart = restart_required(&old, &config);
-        let config = Arc::new(config);
-        let (topo, change) = shared.router.reload(config.clone());
-        let auth = crate::auth::Auth::carry(&config, Some(&shared.auth.load()));
-        shared.auth.store(Arc::new(auth));
-        for w in &change.added {
-            shared.upstreams.start(&topo, *w);
+/// Why a reload did not apply; the running config stays.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadFailure {
+    /// The file is invalid: every problem with its `file:line:col`.
+    #[error("invalid config, the running one stays:\n{0}")]
+    Invalid(#[from] ConfigErrors),
+    /// The file is valid but could not be applied.
+    #[error(transparent)]
+    Apply(#[from] ReloadError),
+}
+
+/// What the running topology is made of: the config file's, plus the workers each
+/// discovery source found (`[[discovery]]`). Held by the edge under one lock, so file
+/// reloads and discovery updates apply one at a time, each on top of the latest other.
+#[derive(Debug)]
+pub(crate) struct Composition {
+    /// The last config file applied.
+    pub base: Arc<Config>,
+    /// Per discovery source, the workers it found.
+    pub found: BTreeMap<String, Vec<WorkerEntry>>,
+}
+
+impl Composition {
+    pub(crate) fn new(base: Arc<Config>) -> Self {
+        Composition {
+            base,
+            found: BTreeMap::new(),
         }
-        for (state, entry) in &change.retired {
-            shared.upstreams.retire(state, entry);
-        }
-        if let Some(server) = server {
-            shared.endpoint.set_server_config(Some(server));
-        }
-        let report = ReloadReport {
-            generation: topo.generation,
-            added: (change.added.iter())
-                .map(|w| topo.config.workers[*w].name.clone())
-                .collect(),
-            retired: (change.retired.iter())
-                .map(|(_, e)| e.name.clone())
-                .collect(),
-            kept: change.kept,
-            restart_required: restart,
-        };
-        shared.stats.reload(super::ReloadResult::Applied);
-        tracing::info!(
-            generation = report.generation,
-            added = ?report.added,
-            retired = ?report.retired,
-            kept = report.kept,
-            "config reloaded"
-        );
-        if !report.restart_required.is_empty() {
-            tracing::warn!(settings = ?report.restart_required, "changed settings keep their running value until a restart");
-        }
-        Ok(report)
     }
 
-    /// Counts a reload that was rejected before it reached [`EdgeHandle::reload`] (an
-    /// invalid file); the running config stays.
-    pub fn reload_rejected(&self) {
-        self.shared.stats.reload(super::ReloadResult::Rejected);
+    /// The config to run: the base's static workers, then every discovered worker whose
+    /// name is not taken (a static worker wins).
+    fn compose(&self) -> Config {
+        let mut config = (*self.base).clone();
+        for (source, workers) in &self.found {
+            for w in workers {
+                if config.workers.iter().any(|x| x.name == w.name) {
+                    tracing::warn!(source, worker = %w.name, "discovered worker's name is taken by another worker; ignored");
+                    continue;
+                }
+                config.workers.push(w.clone());
+            }
+        }
+        config
+    }
+}
+
+/// Applies `config` (composed) to the running edge; the caller holds the composition lock.
+async fn apply(shared: &Arc<EdgeShared>, config: Config) -> Result<ReloadReport, ReloadError> {
+    let old = shared.router.config();
+    // Everything that can fail is done before anything is published.
+    let server = if server_changed(&old.edge, &config.edge) {
+        let identity = Identity::load(&config.edge.tls)?;
+        Some(server_config(&config, &identity, shared.h3.is_some())?)
+    } else {
+        None
+    };
+    let restart = restart_required(&old, &config);
+    let config = Arc::new(config);
+    let (topo, change) = shared.router.reload(config.clone());
+    let auth = crate::auth::Auth::carry(&config, Some(&shared.auth.load()));
+    shared.auth.store(Arc::new(auth));
+    for w in &change.added {
+        shared.upstreams.start(&topo, *w);
+    }
+    for (state, entry) in &change.retired {
+        shared.upstreams.retire(state, entry);
+    }
+    if let Some(server) = server {
+        shared.endpoint.set_server_config(Some(server));
+    }
+    Ok(ReloadReport {
+        generation: topo.generation,
+        added: (change.added.iter())
+            .map(|w| topo.config.workers[*w].name.clone())
+            .collect(),
+        retired: (change.retired.iter())
+            .map(|(_, e)| e.name.clone())
+            .collect(),
+        kept: change.kept,
+        restart_required: restart,
+    })
+}
+
+/// Logs and counts a reload's outcome.
+fn record(shared: &EdgeShared, what: &str, r: &Result<ReloadReport, ReloadFailure>) {
+    match r {
+        Ok(report) => {
+            shared.stats.reload(ReloadResult::Applied);
+            tracing::info!(
+                what,
+                generation = report.generation,
+                added = ?report.added,
+                retired = ?report.retired,
+                kept = report.kept,
+                "config reloaded"
+            );
+            if !report.restart_required.is_empty() {
+                tracing::warn!(settings = ?report.restart_required, "changed settings keep their running value until a restart");
+            }
+        }
+        Err(e) => {
+            shared.stats.reload(ReloadResult::Rejected);
+            tracing::error!(what, "reload rejected, the running config stays: {e}");
+        }
+    }
+}
+
+/// A discovery source found `workers` (its whole current set): the running topology is
+/// recomposed with them. Counted like a reload.
+pub(crate) async fn discovered(
+    shared: &Arc<EdgeShared>,
+    source: &str,
+    workers: Vec<WorkerEntry>,
+) -> Result<ReloadReport, ReloadFailure> {
+    let mut comp = shared.composition.lock().await;
+    if comp.found.get(source) == Some(&workers) {
+        return Ok(ReloadReport::default());
+    }
+    comp.found.insert(source.to_owned(), workers);
+    let r = apply(shared, comp.compose())
+        .await
+        .map_err(ReloadFailure::from);
+    record(shared, source, &r);
+    r
+}
+
+impl EdgeHandle {
+    /// Applies `config` (validated by `parse_config`/`load_config`) as the new config file
+    /// of the running edge, with the workers discovery found; see the module docs. An error
+    /// leaves the running config in place.
+    pub async fn reload(&self, config: Config) -> Result<ReloadReport, ReloadFailure> {
+        let shared = &self.shared;
+        let mut comp = shared.composition.lock().await;
+        let base = Arc::new(config);
+        let previous = std::mem::replace(&mut comp.base, base);
+        let r = apply(shared, comp.compose())
+            .await
+            .map_err(ReloadFailure::from);
+        if r.is_err() {
+            comp.base = previous;
+        }
+        record(shared, "config", &r);
+        r
+    }
+
+    /// Reads, validates and applies the config file at `path` (SIGHUP, a changed watched
+    /// file). An invalid file is rejected with every error's location; the running config
+    /// stays.
+    pub async fn reload_file(&self, path: &Path) -> Result<ReloadReport, ReloadFailure> {
+        match crate::config::load_config(path) {
+            Ok(config) => self.reload(config).await,
+            Err(errors) => {
+                let r = Err(ReloadFailure::Invalid(errors));
+                record(&self.shared, "config", &r);
+                r
+            }
+        }
     }
 }

@@ -694,4 +694,6 @@ fn region_names(config: &Config, set: RegionSet) -> String {
 }
 
 #[cfg(test)]
+mod reload_tests;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,172 @@
+//! `meridian edge` reloading its config as a process: on SIGHUP, and when its config file
+//! changes the way a mounted Kubernetes ConfigMap changes (the `..data` symlink swapped
+//! atomically to a new directory). An invalid file is rejected with `file:line` in the log and
+//! the running config keeps serving.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::process::{worker_config, Proc};
+use crate::support::*;
+
+/// `GET path` on the admin listener at `base` (`http://127.0.0.1:PORT`), the body.
+pub(crate) async fn admin_get(base: &str, path: &str) -> String {
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin up");
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_owned())
+}
+
+/// Waits until the edge's `/metrics` contains `line`.
+async fn metric(base: &str, line: &str) {
+    within(line, async {
+        while !admin_get(base, "/metrics").await.contains(line) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Writes `toml` as version `v` of a ConfigMap-style directory and swaps `..data` to it
+/// atomically (symlink, then rename over the old one), as the kubelet does.
+fn publish(cm: &Path, v: u32, toml: &str) {
+    let version = cm.join(format!("..v{v}"));
+    std::fs::create_dir_all(&version).unwrap();
+    std::fs::write(version.join("edge.toml"), toml).unwrap();
+    let tmp = cm.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..v{v}"), &tmp).unwrap();
+    std::fs::rename(&tmp, cm.join("..data")).unwrap();
+}
+
+fn edge_toml(watch_ms: u64, workers: &str, extra: &str) -> String {
+    format!(
+        "[edge]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nwatch_config_ms = {watch_ms}\n\
+         [tls]\ndev_cert_dir = \"../edge-cert\"\n[auth]\nrequired = false\n\
+         [[region]]\nname = \"seoul\"\n[[region]]\nname = \"tokyo\"\n[areas]\njp = [\"seoul\", \"tokyo\"]\n{extra}{workers}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_a_swapped_configmap_reload_an_edge_process() {
+    let dir = scratch("reload-proc");
+    let mut entries = Vec::new();
+    let mut workers = Vec::new();
+    for (name, region) in [("w1", "seoul"), ("w2", "tokyo")] {
+        let cfg = worker_config(&dir, name, region);
+        let mut p = Proc::start(&["worker", "--json", "--config", cfg.to_str().unwrap()]);
+        let line = p.json_line().await;
+        entries.push(format!(
+            "[[worker]]\nname = \"{name}\"\nregion = \"{region}\"\naddress = \"{}\"\nmodels = [\"llama-3-8b\"]\npin = \"{}\"\n",
+            line["addr"].as_str().unwrap(),
+            line["cert"].as_str().unwrap()
+        ));
+        workers.push(p);
+    }
+    let cm = dir.join("cm");
+    std::fs::create_dir_all(&cm).unwrap();
+    // v1: w1 only, reloads on SIGHUP only.
+    publish(&cm, 1, &edge_toml(0, &entries[0], ""));
+    std::os::unix::fs::symlink("..data/edge.toml", cm.join("edge.toml")).unwrap();
+    let path = cm.join("edge.toml");
+    let log = dir.join("edge.log");
+    let mut edge = Proc::start_logging(
+        &["edge", "--json", "--config", path.to_str().unwrap()],
+        Some(&log),
+    );
+    let started = edge.json_line().await;
+    let admin = started["admin_url"].as_str().unwrap().to_owned();
+    assert_eq!(edge.json_line().await["ready"], true);
+    metric(&admin, "meridian_config_generation 0").await;
+
+    // v2 (w1 and w2, watched every 100 ms) is published, then SIGHUP applies it.
+    publish(&cm, 2, &edge_toml(100, &entries.concat(), ""));
+    let pid = edge.child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    assert!(hup.unwrap().success());
+    metric(
+        &admin,
+        "meridian_config_reloads_total{result=\"applied\"} 1",
+    )
+    .await;
+    metric(
+        &admin,
+        "meridian_worker_healthy{worker=\"w2\",region=\"tokyo\"} 1",
+    )
+    .await;
+
+    // v3 is invalid: rejected (watched, no signal) with its location; v2 keeps running.
+    let bad = edge_toml(100, &entries.concat(), "[routing]\nload_factr = 2\n");
+    let bad_line = bad
+        .lines()
+        .position(|l| l.starts_with("load_factr"))
+        .unwrap()
+        + 1;
+    publish(&cm, 3, &bad);
+    metric(
+        &admin,
+        "meridian_config_reloads_total{result=\"rejected\"} 1",
+    )
+    .await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let located = format!("{}:{bad_line}:", path.display());
+    assert!(
+        logged.contains(&located) && logged.contains("load_factr"),
+        "the log names the file and line ({located}):\n{logged}"
+    );
+    assert!(admin_get(&admin, "/metrics")
+        .await
+        .contains("meridian_config_generation 1"));
+
+    // v4: w1 leaves the topology: the change is seen through the symlink swap alone.
+    publish(&cm, 4, &edge_toml(100, &entries[1], ""));
+    metric(
+        &admin,
+        "meridian_config_reloads_total{result=\"applied\"} 2",
+    )
+    .await;
+    metric(&admin, "meridian_config_generation 2").await;
+    let routes = admin_get(&admin, "/routes").await;
+    assert!(!routes.contains("\"w1\""), "{routes}");
+    // Workers catch SIGHUP (logged) rather than dying: w2 gets one, then serves.
+    let w2 = workers[1].child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &w2])
+        .status();
+    assert!(hup.unwrap().success());
+    let client = pinned_client(
+        started["edge_addr"].as_str().unwrap().parse().unwrap(),
+        Path::new(started["cert"].as_str().unwrap()),
+    )
+    .await;
+    let mut r = request("jp", "after the reloads");
+    r.headers.max_tokens = Some(3);
+    let (route, _, end) = within("served", client.generate(r).await.unwrap().collect())
+        .await
+        .unwrap();
+    assert_eq!(route[0].worker, "w2");
+    assert_eq!(end.completion_tokens, 3);
+    assert!(
+        workers[1].child.try_wait().unwrap().is_none(),
+        "w2 survived SIGHUP"
+    );
+    client.close().await;
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = within("edge exit", edge.child.wait()).await.unwrap();
+    assert!(status.success(), "edge exited with {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
