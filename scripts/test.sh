@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"): format, lints, every test, the loom
-# model checks and the docs. Run from anywhere; needs cargo, python3 and redis-server (installed
-# with apt-get when missing and run as root).
+# model checks and the docs. Run from anywhere; needs cargo, python3, redis-server and nsd
+# (installed with apt-get when missing and run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -9,14 +9,18 @@ jobs="${CARGO_BUILD_JOBS:-2}"
 
 step() { printf '\n== %s\n' "$*"; }
 
-# The shared-limit tests start a real redis-server (Debian package `redis-server`).
-if ! command -v redis-server >/dev/null 2>&1; then
-  step "installing redis-server (Debian package) for the shared-limit tests"
+# Real servers the tests start: redis-server (shared limits) and nsd (DNS discovery), from
+# Debian's packages.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/sbin/nsd ] || command -v nsd >/dev/null 2>&1 || missing+=(nsd)
+if [ "${#missing[@]}" -gt 0 ]; then
+  step "installing ${missing[*]} (Debian packages) for the tests"
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
   else
-    echo "redis-server is missing: install the Debian package (sudo apt-get install redis-server)" >&2
+    echo "missing: ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi

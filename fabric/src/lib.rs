@@ -17,6 +17,8 @@ pub mod config;
 #[cfg(not(loom))]
 pub mod demo;
 #[cfg(not(loom))]
+pub mod discovery;
+#[cfg(not(loom))]
 pub mod edge;
 #[cfg(not(loom))]
 mod http1;

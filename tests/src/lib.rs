@@ -13,6 +13,8 @@ mod cancel;
 #[cfg(test)]
 mod demo_rules;
 #[cfg(test)]
+mod discovery;
+#[cfg(test)]
 mod drain;
 #[cfg(test)]
 mod ejection;
@@ -24,6 +26,8 @@ mod fleet;
 mod goaway_race;
 #[cfg(test)]
 mod handshake;
+#[cfg(test)]
+mod k8s_discovery;
 #[cfg(test)]
 mod malformed;
 #[cfg(test)]

@@ -218,6 +218,39 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// How `what` (a worker, a discovery source) trusts its workers' certificates: its own
+    /// `pin`, else the `[upstream] ca`.
+    pub(super) fn trust(
+        &mut self,
+        pin: Option<&Spanned<String>>,
+        ca: Option<&Spanned<String>>,
+        what: &str,
+        span: Range<usize>,
+    ) -> UpstreamTrust {
+        match (pin, ca) {
+            (Some(pin), _) => {
+                let path = self.path(pin);
+                if !path.exists() {
+                    // Not an error: a development worker writes its certificate when it first
+                    // starts, and the edge re-reads the pin on every connection attempt.
+                    self.warn(
+                        Some(pin.span()),
+                        format!(
+                            "pin `{}` of {what} does not exist (yet): the edge cannot connect until the worker has written its certificate there",
+                            path.display()
+                        ),
+                    );
+                }
+                UpstreamTrust::Pin(path)
+            }
+            (None, Some(ca)) => UpstreamTrust::Ca(self.file(ca, "[upstream] ca")),
+            (None, None) => {
+                self.err(Some(span), format!("{what} has no way to trust its certificate: set `pin = \"<cert.pem>\"` or [upstream] ca"));
+                UpstreamTrust::Pin(PathBuf::new())
+            }
+        }
+    }
+
     pub(super) fn path(&self, s: &Spanned<String>) -> PathBuf {
         let p = PathBuf::from(s.get_ref());
         match self.file.parent() {

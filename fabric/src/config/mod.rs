@@ -5,6 +5,7 @@
 
 mod auth;
 mod ctx;
+mod discovery;
 mod health;
 mod link;
 mod raw;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use auth::{ApiKey, AuthSettings, SharedLimitSettings, SigningKey, TenantLimits};
+pub use discovery::{DiscoveryKind, DiscoverySource, DnsTarget, DEFAULT_DISCOVERY_INTERVAL};
 pub use health::{HealthSettings, Objective, Weights};
 pub use link::{Congestion, LinkTuning};
 pub use validate::parse_config;
@@ -315,8 +317,11 @@ pub struct Config {
     /// Problems that do not stop the edge but will keep something from working yet (a pin
     /// file not written yet); `meridian check` prints them.
     pub warnings: Vec<ConfigError>,
-    /// Workers, indexed by [`WorkerId`].
+    /// Workers, indexed by [`WorkerId`]: the static `[[worker]]` list, then (in a running
+    /// edge) the discovered ones.
     pub workers: Vec<WorkerEntry>,
+    /// Worker discovery sources (`[[discovery]]`).
+    pub discovery: Vec<DiscoverySource>,
     /// Trace export (`[telemetry]`); `None` = tracing off.
     pub telemetry: Option<OtlpSettings>,
 }

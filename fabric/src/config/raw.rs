@@ -32,6 +32,8 @@ pub struct RawConfig {
     #[serde(default, rename = "worker")]
     pub workers: Vec<Spanned<RawWorkerEntry>>,
     #[serde(default)]
+    pub discovery: Vec<Spanned<super::discovery::RawDiscovery>>,
+    #[serde(default)]
     pub telemetry: Option<Spanned<RawTelemetry>>,
     #[serde(default)]
     pub auth: Option<Spanned<RawAuth>>,

@@ -2,7 +2,7 @@
 //! location.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -179,29 +179,12 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         }
         let models = cx.models(w.models.as_ref(), span.clone());
         let weight = cx.count(w.weight.as_ref(), "weight", 1..1001, 1) as u32;
-        let trust = match (&w.pin, raw.upstream.as_ref().and_then(|u| u.ca.as_ref())) {
-            (Some(pin), _) => {
-                let path = cx.path(pin);
-                if !path.exists() {
-                    // Not an error: a development worker writes its certificate when it first
-                    // starts, and the edge re-reads the pin on every connection attempt.
-                    cx.warn(
-                        Some(pin.span()),
-                        format!(
-                            "pin `{}` of worker `{}` does not exist (yet): the edge cannot connect to it until the worker has written its certificate there",
-                            path.display(),
-                            w.name.get_ref()
-                        ),
-                    );
-                }
-                UpstreamTrust::Pin(path)
-            }
-            (None, Some(ca)) => UpstreamTrust::Ca(cx.file(ca, "[upstream] ca")),
-            (None, None) => {
-                cx.err(Some(span), format!("worker `{}` has no way to trust its certificate: set `pin = \"<cert.pem>\"` or [upstream] ca", w.name.get_ref()));
-                UpstreamTrust::Pin(PathBuf::new())
-            }
-        };
+        let trust = cx.trust(
+            w.pin.as_ref(),
+            raw.upstream.as_ref().and_then(|u| u.ca.as_ref()),
+            &format!("worker `{}`", w.name.get_ref()),
+            span,
+        );
         workers.push(WorkerEntry {
             name: w.name.get_ref().clone(),
             region,
@@ -536,6 +519,12 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         ) as u32,
     };
     let health = cx.health(raw.health.as_ref());
+    let region_names: Vec<String> = regions.iter().map(|r| r.name.clone()).collect();
+    let discovery = cx.discovery(
+        &raw.discovery,
+        &region_names,
+        raw.upstream.as_ref().and_then(|u| u.ca.as_ref()),
+    );
     let telemetry = cx.telemetry(raw.telemetry.as_ref(), "meridian-edge");
     let auth = cx.auth(raw.auth.as_ref(), &tenants);
     let shared_limits = cx.shared_limits(raw.limits.as_ref());
@@ -555,6 +544,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         shared_limits,
         warnings,
         workers,
+        discovery,
         telemetry,
     })
 }

@@ -8,7 +8,7 @@ mod health;
 mod health_metrics;
 mod intake;
 mod relay;
-mod reload;
+pub(crate) mod reload;
 mod resume;
 mod sink;
 mod stats;
@@ -189,6 +189,11 @@ pub fn spawn_with_h3(
         });
     }
     tokio::spawn(health::run(shared.clone(), shutdown.clone()));
+    shared
+        .composition
+        .try_lock()
+        .expect("nothing else holds the new edge's composition")
+        .sync_sources(&shared);
     info!(pop = %config.edge.pop, %addr, workers = config.workers.len(), "edge listening");
     let task = tokio::spawn(serve(
         endpoint,

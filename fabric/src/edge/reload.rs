@@ -13,7 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{EdgeHandle, EdgeShared, ReloadResult, H3_ALPN};
-use crate::config::{Config, ConfigErrors, EdgeSettings, WorkerEntry};
+use crate::config::{Config, ConfigErrors, EdgeSettings};
+use crate::discovery::{Discovered, Sources};
 use crate::tls::{Identity, IdentityError};
 use crate::transport;
 
@@ -121,7 +122,9 @@ pub(crate) struct Composition {
     /// The last config file applied.
     pub base: Arc<Config>,
     /// Per discovery source, the workers it found.
-    pub found: BTreeMap<String, Vec<WorkerEntry>>,
+    pub found: BTreeMap<String, Vec<Discovered>>,
+    /// The discovery sources running (the base's `[[discovery]]`).
+    pub sources: Sources,
 }
 
 impl Composition {
@@ -129,11 +132,12 @@ impl Composition {
         Composition {
             base,
             found: BTreeMap::new(),
+            sources: Sources::default(),
         }
     }
 
     /// The config to run: the base's static workers, then every discovered worker whose
-    /// name is not taken (a static worker wins).
+    /// name is not taken (a static worker wins) and whose region the base configures.
     fn compose(&self) -> Config {
         let mut config = (*self.base).clone();
         for (source, workers) in &self.found {
@@ -142,10 +146,30 @@ impl Composition {
                     tracing::warn!(source, worker = %w.name, "discovered worker's name is taken by another worker; ignored");
                     continue;
                 }
-                config.workers.push(w.clone());
+                let models: std::collections::HashSet<&String> =
+                    config.workers.iter().flat_map(|w| &w.models).collect();
+                let new = w.models.iter().filter(|m| !models.contains(m)).count();
+                if models.len() + new > crate::route::table::MAX_MODELS {
+                    tracing::warn!(source, worker = %w.name, "discovered worker would take the topology past {} models; ignored", crate::route::table::MAX_MODELS);
+                    continue;
+                }
+                match w.entry(&self.base) {
+                    Some(entry) => config.workers.push(entry),
+                    None => {
+                        tracing::warn!(source, worker = %w.name, region = %w.region, "discovered worker is in a region the config does not have; ignored")
+                    }
+                }
             }
         }
         config
+    }
+
+    /// Starts and stops discovery sources to match the base's list; forgets what stopped
+    /// ones found.
+    pub(crate) fn sync_sources(&mut self, edge: &Arc<EdgeShared>) {
+        for name in self.sources.sync(&self.base.discovery, edge) {
+            self.found.remove(&name);
+        }
     }
 }
 
@@ -215,10 +239,12 @@ fn record(shared: &EdgeShared, what: &str, r: &Result<ReloadReport, ReloadFailur
 pub(crate) async fn discovered(
     shared: &Arc<EdgeShared>,
     source: &str,
-    workers: Vec<WorkerEntry>,
+    workers: Vec<Discovered>,
 ) -> Result<ReloadReport, ReloadFailure> {
     let mut comp = shared.composition.lock().await;
-    if comp.found.get(source) == Some(&workers) {
+    // A source stopped by a reload may still report once.
+    let running = comp.base.discovery.iter().any(|s| s.name == source);
+    if !running || comp.found.get(source) == Some(&workers) {
         return Ok(ReloadReport::default());
     }
     comp.found.insert(source.to_owned(), workers);
@@ -241,8 +267,9 @@ impl EdgeHandle {
         let r = apply(shared, comp.compose())
             .await
             .map_err(ReloadFailure::from);
-        if r.is_err() {
-            comp.base = previous;
+        match r {
+            Ok(_) => comp.sync_sources(shared),
+            Err(_) => comp.base = previous,
         }
         record(shared, "config", &r);
         r

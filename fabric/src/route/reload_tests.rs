@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use meridian_protocol::ErrorCode;
 
 use super::{Pinned, RouteRequest, Router};
-use crate::config::{parse_config, RegionSet};
+use crate::config::parse_config;
 
 const REGIONS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
 

@@ -1,0 +1,131 @@
+//! Worker discovery (`[[discovery]]`): sources that keep a set of workers up to date beside
+//! the static `[[worker]]` list — DNS (a headless Service's A/AAAA records, or SRV records),
+//! re-resolved every `interval_ms`, and Kubernetes EndpointSlices, watched. Each time a
+//! source's set changes, the edge recomposes its topology (`edge::reload`): new workers are
+//! connected to, workers gone are drained (their streams finish), the rest keep their
+//! connections and health. A source that cannot be reached keeps its last set.
+//!
+//! Discovered workers are named `<source>/<pod name or address>`, the same on every edge, so
+//! a shard key maps to the same worker whichever edge it enters.
+
+mod dns;
+mod kubernetes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::{Config, DiscoveryKind, DiscoverySource, UpstreamTrust, WorkerEntry};
+use crate::edge::EdgeShared;
+use crate::shutdown::Shutdown;
+
+pub use kubernetes::{endpoint_slice_workers, MODEL_LABEL, REGION_LABEL};
+
+/// One worker a source found; its region is resolved when the topology is composed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    /// `<source>/<pod name or address>`.
+    pub name: String,
+    /// Region name.
+    pub region: String,
+    /// QUIC address.
+    pub address: SocketAddr,
+    /// Models it serves.
+    pub models: Vec<String>,
+    /// Ring weight.
+    pub weight: u32,
+    /// TLS server name.
+    pub server_name: String,
+    /// Certificate trust.
+    pub trust: UpstreamTrust,
+}
+
+impl Discovered {
+    /// A worker at `address` found by `source`, named after `id` (a pod name or the address).
+    pub fn new(
+        source: &DiscoverySource,
+        id: &str,
+        region: &str,
+        models: &[String],
+        address: SocketAddr,
+    ) -> Self {
+        Discovered {
+            name: format!("{}/{id}", source.name),
+            region: region.to_owned(),
+            address,
+            models: models.to_vec(),
+            weight: source.weight,
+            server_name: source.server_name.clone(),
+            trust: source.trust.clone(),
+        }
+    }
+
+    /// The worker entry in `config`, or `None` if its region is not configured there.
+    pub fn entry(&self, config: &Config) -> Option<WorkerEntry> {
+        Some(WorkerEntry {
+            name: self.name.clone(),
+            region: config.region_id(&self.region)?,
+            address: self.address,
+            server_name: self.server_name.clone(),
+            models: self.models.clone(),
+            weight: self.weight,
+            trust: self.trust.clone(),
+        })
+    }
+}
+
+/// The running sources of an edge, restarted as the config's `[[discovery]]` list changes.
+#[derive(Debug, Default)]
+pub(crate) struct Sources {
+    running: Vec<(DiscoverySource, Shutdown)>,
+}
+
+impl Sources {
+    /// Stops the sources not in `wanted` (or changed) and starts the new ones; returns the
+    /// names of the sources stopped (their workers leave the topology).
+    pub(crate) fn sync(
+        &mut self,
+        wanted: &[DiscoverySource],
+        edge: &Arc<EdgeShared>,
+    ) -> Vec<String> {
+        let mut stopped = Vec::new();
+        self.running.retain(|(s, stop)| {
+            let keep = wanted.contains(s);
+            if !keep {
+                stop.trigger();
+                stopped.push(s.name.clone());
+            }
+            keep
+        });
+        for s in wanted {
+            if self.running.iter().any(|(r, _)| r == s) {
+                continue;
+            }
+            let stop = Shutdown::new();
+            tokio::spawn(run(s.clone(), edge.clone(), stop.clone()));
+            self.running.push((s.clone(), stop));
+        }
+        stopped
+    }
+}
+
+/// Runs one source until it is stopped or the edge shuts down.
+async fn run(source: DiscoverySource, edge: Arc<EdgeShared>, stop: Shutdown) {
+    let found = |workers: Vec<Discovered>| {
+        let (edge, name) = (edge.clone(), source.name.clone());
+        async move {
+            // Logged and counted by the edge; a failure leaves the topology as it was.
+            let _ = crate::edge::reload::discovered(&edge, &name, workers).await;
+        }
+    };
+    let work = async {
+        match &source.kind {
+            DiscoveryKind::Dns { .. } => dns::run(&source, found).await,
+            DiscoveryKind::Kubernetes { .. } => kubernetes::run(&source, found).await,
+        }
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = stop.wait() => {}
+        _ = edge.shutdown.wait() => {}
+    }
+}

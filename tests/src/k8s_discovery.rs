@@ -1,0 +1,324 @@
+//! Kubernetes EndpointSlice discovery through kube-rs's real client and watcher, over real
+//! HTTP. No kube-apiserver can be installed from this machine's registries, so the API side
+//! is a minimal server in this test that implements what the watcher uses of the API: the
+//! EndpointSlice list (with `labelSelector` and a `resourceVersion`) and the watch stream
+//! (JSON lines of ADDED/MODIFIED/DELETED events). The edge follows it: a ready endpoint gets
+//! traffic, a `serving && terminating` one is drained (its stream finishes, then it is
+//! disconnected), a deleted slice removes its workers.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request as HttpRequest, Response};
+use meridian_fabric::config::ServerTls;
+use meridian_fabric::shutdown::Shutdown;
+use meridian_fabric::tls::Identity;
+use meridian_fabric::worker::{self, WorkerHandle};
+use meridian_protocol::client::{Event, Request};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::support::*;
+
+const PATH: &str = "/apis/discovery.k8s.io/v1/namespaces/inference/endpointslices";
+
+/// The EndpointSlices of one namespace, served as the API server serves them.
+struct Api {
+    slices: Mutex<(u64, BTreeMap<String, Value>)>,
+    events: broadcast::Sender<String>,
+    selectors: Mutex<Vec<String>>,
+}
+
+impl Api {
+    /// Adds or replaces a slice (ADDED or MODIFIED to watchers).
+    fn apply(&self, slice: Value) {
+        let mut s = self.slices.lock().unwrap();
+        s.0 += 1;
+        let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
+        let mut slice = slice;
+        slice["metadata"]["resourceVersion"] = json!(s.0.to_string());
+        let kind = if s.1.insert(name, slice.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let _ = self
+            .events
+            .send(json!({ "type": kind, "object": slice }).to_string());
+    }
+
+    fn delete(&self, name: &str) {
+        let mut s = self.slices.lock().unwrap();
+        s.0 += 1;
+        if let Some(mut slice) = s.1.remove(name) {
+            slice["metadata"]["resourceVersion"] = json!(s.0.to_string());
+            let _ = self
+                .events
+                .send(json!({ "type": "DELETED", "object": slice }).to_string());
+        }
+    }
+
+    fn answer(
+        self: &Arc<Self>,
+        req: &HttpRequest<hyper::body::Incoming>,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let query = req.uri().query().unwrap_or("").to_owned();
+        if let Some(sel) = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("labelSelector="))
+        {
+            self.selectors
+                .lock()
+                .unwrap()
+                .push(sel.replace("%3D", "=").replace("%2F", "/"));
+        }
+        if req.uri().path() != PATH {
+            return json_response(
+                404,
+                json!({ "kind": "Status", "status": "Failure", "code": 404 }),
+            );
+        }
+        if query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1")
+        {
+            // Events from now on, one JSON object per line, until the client goes.
+            let rx = self.events.subscribe();
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(line) => {
+                            return Some((
+                                Ok::<_, Infallible>(Frame::data(Bytes::from(line + "\n"))),
+                                rx,
+                            ))
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap();
+        }
+        let s = self.slices.lock().unwrap();
+        json_response(
+            200,
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSliceList",
+                "metadata": { "resourceVersion": s.0.to_string() },
+                "items": s.1.values().cloned().collect::<Vec<_>>(),
+            }),
+        )
+    }
+}
+
+fn json_response(status: u16, v: Value) -> Response<BoxBody<Bytes, Infallible>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from(v.to_string()))))
+        .unwrap()
+}
+
+/// Serves `api` over HTTP/1.1 on a loopback port.
+async fn serve(api: Arc<Api>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let api = api.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let api = api.clone();
+                    async move { Ok::<_, Infallible>(api.answer(&req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An EndpointSlice of Service `workers` with `endpoints` (address, pod, ready, terminating).
+fn slice(name: &str, port: u16, endpoints: &[(&str, &str, bool, bool)]) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": "inference",
+            "labels": { "kubernetes.io/service-name": "workers", "meridian.io/region": "r", "meridian.io/model": "m" },
+        },
+        "addressType": "IPv4",
+        "ports": [{ "name": "meridian", "port": port, "protocol": "UDP" }],
+        "endpoints": endpoints.iter().map(|(ip, pod, ready, terminating)| json!({
+            "addresses": [ip],
+            "conditions": { "ready": ready, "serving": *ready || *terminating, "terminating": terminating },
+            "targetRef": { "kind": "Pod", "namespace": "inference", "name": pod },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn start_worker(certs: &std::path::Path, listen: SocketAddr) -> WorkerHandle {
+    let mut cfg = worker_config(
+        ServerTls::Dev {
+            dir: certs.to_owned(),
+        },
+        (1, 10, 150),
+    );
+    cfg.listen = listen;
+    let id = Identity::load(&cfg.tls).expect("certificate");
+    worker::spawn(cfg, &id, Shutdown::new()).expect("worker starts")
+}
+
+fn names(edge: &meridian_fabric::edge::EdgeHandle) -> Vec<String> {
+    edge.router
+        .topology()
+        .config
+        .workers
+        .iter()
+        .map(|w| w.name.clone())
+        .collect()
+}
+
+async fn until(edge: &meridian_fabric::edge::EdgeHandle, want: &[&str]) {
+    within(&format!("workers {want:?}"), async {
+        while names(edge) != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_are_followed_through_the_kube_watcher() {
+    let dir = scratch("k8s");
+    let certs = dir.join("workers");
+    let a = start_worker(&certs, "127.0.0.2:0".parse().unwrap());
+    let port = a.addr.port();
+    let b = start_worker(&certs, SocketAddr::from(([127, 0, 0, 3], port)));
+    let (events, _) = broadcast::channel(64);
+    let api = Arc::new(Api {
+        slices: Mutex::new((1, BTreeMap::new())),
+        events,
+        selectors: Mutex::new(Vec::new()),
+    });
+    api.apply(slice(
+        "workers-1",
+        port,
+        &[("127.0.0.2", "vllm-0", true, false)],
+    ));
+    let server = serve(api.clone()).await;
+    std::fs::write(
+        dir.join("kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{server}\n\
+             users:\n- name: test\n  user:\n    token: test-token\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+             current-context: test\n"
+        ),
+    )
+    .unwrap();
+    let toml = format!(
+        "[edge]\nlisten = \"127.0.0.1:0\"\n[tls]\ndev_cert_dir = \"edge\"\n[auth]\nrequired = false\n[[region]]\nname = \"r\"\n\
+         [[discovery]]\nname = \"k8s\"\nkind = \"kubernetes\"\nnamespace = \"inference\"\nservice = \"workers\"\n\
+         port_name = \"meridian\"\nkubeconfig = \"kubeconfig\"\npin = \"{}\"\n",
+        certs.join("cert.pem").display()
+    );
+    let id = Identity::load(&ServerTls::Dev {
+        dir: dir.join("edge"),
+    })
+    .unwrap();
+    let edge = edge_from(&toml, &dir.join("edge.toml"), &id, 1).await;
+    assert_eq!(names(&edge), ["k8s/vllm-0"]);
+    assert!(
+        api.selectors
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s == "kubernetes.io/service-name=workers"),
+        "the watcher selects the Service's slices: {:?}",
+        api.selectors.lock().unwrap()
+    );
+
+    // A second pod becomes ready: it gets requests.
+    api.apply(slice(
+        "workers-1",
+        port,
+        &[
+            ("127.0.0.2", "vllm-0", true, false),
+            ("127.0.0.3", "vllm-1", true, false),
+        ],
+    ));
+    until(&edge, &["k8s/vllm-0", "k8s/vllm-1"]).await;
+    within(
+        "both connected",
+        edge.router.wait_until(|r| r.healthy_workers() == 2),
+    )
+    .await;
+    let client = pinned_client(edge.addr, &dir.join("edge").join("cert.pem")).await;
+    let mut on_0 = None;
+    for shard in 0..32u32 {
+        let mut r = Request::new("m", "hello");
+        r.headers.shard_key = Some(shard.to_le_bytes().to_vec().into());
+        let mut g = client.generate(r).await.unwrap();
+        if routed(&mut g).await.worker == "k8s/vllm-0" {
+            tokens(&mut g).await;
+            on_0 = Some(g);
+            break;
+        }
+    }
+    let mut on_0 = on_0.expect("a shard key lands on vllm-0");
+
+    // vllm-0 is terminating (still serving): no new requests, its stream finishes.
+    api.apply(slice(
+        "workers-1",
+        port,
+        &[
+            ("127.0.0.2", "vllm-0", false, true),
+            ("127.0.0.3", "vllm-1", true, false),
+        ],
+    ));
+    until(&edge, &["k8s/vllm-1"]).await;
+    let mut n = 1;
+    let end = within("drained", async {
+        loop {
+            match on_0.next().await.expect("no error") {
+                Some(Event::Tokens(_)) => n += 1,
+                Some(Event::End(end)) => break end,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!((n, end.completion_tokens), (150, 150));
+    within("vllm-0 disconnected", async {
+        while a.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The slice is deleted: no workers left.
+    api.delete("workers-1");
+    until(&edge, &[]).await;
+    client.close().await;
+    edge.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
