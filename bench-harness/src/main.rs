@@ -16,6 +16,7 @@ mod load;
 mod mock_openai;
 mod plot;
 mod procs;
+mod quic_lb;
 mod report;
 mod resume;
 mod suite;
@@ -45,6 +46,9 @@ enum Command {
     MockOpenai(mock_openai::MockArgs),
     /// Proxy UDP with delay, jitter, loss, reordering, a bandwidth cap and partitions.
     Impair(impair::ImpairArgs),
+    /// Balance UDP across edges by the QUIC-LB server id in connection IDs (or per client
+    /// address, as a 4-tuple hash would).
+    QuicLb(quic_lb::QuicLbArgs),
     /// Start a loopback topology and compare direct vs. via-edge at several concurrencies.
     Suite(suite::SuiteArgs),
     /// Start workers behind impairment proxies and an edge, and measure the long-haul hop
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             Command::Run(a) => run(a).await,
             Command::MockOpenai(a) => mock_openai::run(a).await,
             Command::Impair(a) => impair::run(a).await,
+            Command::QuicLb(a) => quic_lb::run(a).await,
             Command::Suite(a) => {
                 let out = a.json.clone();
                 let report = suite::run(a).await?;

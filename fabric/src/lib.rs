@@ -23,6 +23,8 @@ pub mod edge;
 #[cfg(not(loom))]
 mod http1;
 #[cfg(not(loom))]
+pub mod quic_lb;
+#[cfg(not(loom))]
 pub mod redis;
 #[cfg(not(loom))]
 pub mod route;

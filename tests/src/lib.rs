@@ -37,6 +37,8 @@ mod openai_backend;
 #[cfg(test)]
 mod process;
 #[cfg(test)]
+mod quic_lb;
+#[cfg(test)]
 mod reload;
 #[cfg(test)]
 mod reload_proc;

@@ -233,6 +233,10 @@ pub struct EdgeSettings {
     pub keep_alive: Duration,
     /// RTT assumed before the first sample on client connections.
     pub initial_rtt: Duration,
+    /// Whether clients may migrate their connections to a new address (and survive NAT
+    /// rebinding); `false` sends QUIC's `disable_active_migration` and drops datagrams from
+    /// any other address (for load balancers that route by 4-tuple, not connection ID).
+    pub migration: bool,
     /// How often `meridian edge` checks its config file for changes (a mounted ConfigMap's
     /// symlink swap, an edit) and reloads it; `None`: only on SIGHUP.
     pub watch_config: Option<Duration>,
@@ -324,6 +328,19 @@ pub struct Config {
     pub discovery: Vec<DiscoverySource>,
     /// Trace export (`[telemetry]`); `None` = tracing off.
     pub telemetry: Option<OtlpSettings>,
+    /// QUIC-LB connection IDs (`[quic_lb]`); `None`: quinn's random ones.
+    pub quic_lb: Option<QuicLbSettings>,
+}
+
+/// QUIC-LB plaintext connection IDs: `first octet | server id | nonce`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuicLbSettings {
+    /// This edge's server id, 1–15 bytes (AWS NLB: 8).
+    pub server_id: Vec<u8>,
+    /// Config rotation id, 0–6.
+    pub config_id: u8,
+    /// Random bytes after the server id, 4–18 (server id + nonce ≤ 19).
+    pub nonce_len: usize,
 }
 
 /// Where and how spans are exported: OTLP/HTTP with the JSON encoding.
@@ -552,5 +569,7 @@ pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigErrors> {
 
 #[cfg(test)]
 mod adaptive_tests;
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,17 @@ pub struct RawConfig {
     pub auth: Option<Spanned<RawAuth>>,
     #[serde(default)]
     pub limits: Option<Spanned<RawLimits>>,
+    #[serde(default)]
+    pub quic_lb: Option<Spanned<RawQuicLb>>,
+}
+
+/// `[quic_lb]`: QUIC-LB connection IDs embedding this edge's server id.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuicLb {
+    pub server_id: Spanned<String>,
+    pub config_id: Option<Spanned<u64>>,
+    pub nonce_len: Option<Spanned<u64>>,
 }
 
 /// `[limits]`: the shared (fleet-wide) limit backend.
@@ -118,6 +129,7 @@ pub struct RawEdge {
     pub http_tenant: Option<Spanned<String>>,
     pub ack_eliciting_threshold: Option<Spanned<u64>>,
     pub watch_config_ms: Option<Spanned<u64>>,
+    pub migration: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -362,6 +362,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         ack_eliciting_threshold: e
             .and_then(|e| e.ack_eliciting_threshold.as_ref())
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
+        migration: e.and_then(|e| e.migration).unwrap_or(true),
         watch_config: Some(cx.millis(
             e.and_then(|e| e.watch_config_ms.as_ref()),
             "watch_config_ms",
@@ -526,6 +527,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         raw.upstream.as_ref().and_then(|u| u.ca.as_ref()),
     );
     let telemetry = cx.telemetry(raw.telemetry.as_ref(), "meridian-edge");
+    let quic_lb = raw.quic_lb.as_ref().map(|q| cx.quic_lb(q.get_ref()));
     let auth = cx.auth(raw.auth.as_ref(), &tenants);
     let shared_limits = cx.shared_limits(raw.limits.as_ref());
     let warnings = cx.take_warnings();
@@ -546,6 +548,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         workers,
         discovery,
         telemetry,
+        quic_lb,
     })
 }
 
@@ -558,4 +561,40 @@ fn parse_hex16(s: &str) -> Option<[u8; 16]> {
         *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+impl Ctx<'_> {
+    /// `[quic_lb]`: a hex server id of 1–15 bytes, a config id 0–6, a nonce of 4–18 bytes
+    /// (default 8, or what fits), server id + nonce ≤ 19 bytes.
+    fn quic_lb(&mut self, q: &RawQuicLb) -> QuicLbSettings {
+        let server_id = match crate::quic_lb::parse_server_id(q.server_id.get_ref()) {
+            Some(id) if (1..=15).contains(&id.len()) => id,
+            _ => {
+                self.err(
+                    Some(q.server_id.span()),
+                    format!(
+                        "server_id `{}` must be 1–15 bytes of hex, like \"0x0123456789abcdef\" (AWS NLB: 8 bytes)",
+                        q.server_id.get_ref()
+                    ),
+                );
+                vec![0]
+            }
+        };
+        let room = 19 - server_id.len() as u64;
+        let nonce_len = match &q.nonce_len {
+            Some(n) if *n.get_ref() > room => {
+                self.err(
+                    Some(n.span()),
+                    format!("nonce_len {} + a {}-byte server_id exceeds the 19 bytes a connection ID has after its first octet", n.get_ref(), server_id.len()),
+                );
+                4
+            }
+            n => self.count(n.as_ref(), "nonce_len", 4..19, 8.min(room).max(4)),
+        };
+        QuicLbSettings {
+            server_id,
+            config_id: self.count(q.config_id.as_ref(), "config_id", 0..7, 0) as u8,
+            nonce_len: nonce_len as usize,
+        }
+    }
 }

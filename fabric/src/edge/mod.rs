@@ -154,8 +154,17 @@ pub fn spawn_with_h3(
 ) -> Result<EdgeHandle, EdgeError> {
     let listen = config.edge.listen;
     let server = reload::server_config(&config, identity, h3.is_some())?;
-    let endpoint =
-        quinn::Endpoint::server(server, listen).map_err(|e| EdgeError::Bind(listen, e))?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    if let Some(lb) = config.quic_lb.clone() {
+        // Connection IDs an L4 balancer can route by (`[quic_lb]`).
+        endpoint_config.cid_generator(move || Box::new(crate::quic_lb::QuicLbCids::new(&lb)));
+    }
+    let socket = std::net::UdpSocket::bind(listen).map_err(|e| EdgeError::Bind(listen, e))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        EdgeError::Bind(listen, std::io::Error::other("no async runtime for quinn"))
+    })?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+        .map_err(|e| EdgeError::Bind(listen, e))?;
     let addr = endpoint
         .local_addr()
         .map_err(|e| EdgeError::Bind(listen, e))?;

@@ -56,7 +56,9 @@ pub(super) fn server_config(
     } else {
         &[meridian_protocol::ALPN]
     };
-    identity.server_config(alpn, t)
+    let mut server = identity.server_config(alpn, t)?;
+    server.migration(config.edge.migration);
+    Ok(server)
 }
 
 /// Whether the client-facing server config (certificate, transport) must be rebuilt.
@@ -68,6 +70,7 @@ fn server_changed(a: &EdgeSettings, b: &EdgeSettings) -> bool {
         || a.keep_alive != b.keep_alive
         || a.initial_rtt != b.initial_rtt
         || a.ack_eliciting_threshold != b.ack_eliciting_threshold
+        || a.migration != b.migration
 }
 
 /// The settings that differ between `a` and `b` but are bound when the edge starts.
@@ -94,6 +97,7 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
         ),
         (a.shared_limits != b.shared_limits, "[limits]"),
         (a.telemetry != b.telemetry, "[telemetry]"),
+        (a.quic_lb != b.quic_lb, "[quic_lb]"),
     ];
     checks
         .into_iter()

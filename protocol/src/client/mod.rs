@@ -206,6 +206,13 @@ impl Client {
         Ok(Generation::new(send, recv, request.headers.resumable))
     }
 
+    /// Moves the connection to a new local socket, as when the device's network or NAT
+    /// mapping changes: requests in flight continue if the edge allows migration (and any
+    /// load balancer in front routes by connection ID, `[quic_lb]`).
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        self.endpoint.rebind(socket)
+    }
+
     /// The underlying connection (e.g. to open raw streams in tests).
     pub fn connection(&self) -> &quinn::Connection {
         &self.conn
