@@ -47,6 +47,7 @@ pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option
         sample_ratio: 1.0,
         export_interval: Duration::from_millis(50),
         max_queue: 1024,
+        metrics: None,
     });
     if let Some(authority) = otlp {
         toml += &format!(

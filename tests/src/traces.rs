@@ -2,7 +2,6 @@
 //! over OTLP/HTTP to a real HTTP collector on loopback, the spans must form one tree, and
 //! the inference server must receive the worker's span as `traceparent`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 
 use bytes::Bytes;
@@ -139,12 +138,22 @@ async fn one_trace_spans_client_edge_worker_and_backend() {
         .unwrap();
     assert_eq!(text, "hi");
     let (got, inference) = spans(&mut rx, 3).await;
-    let by_name: HashMap<&str, &Received> = got.iter().map(|s| (s.get("name"), s)).collect();
-    let request = by_name["meridian.edge.request"];
-    let attempt = by_name["meridian.edge.attempt"];
-    let worker = by_name["meridian.worker.generate"];
+    // GenAI semantic conventions: every hop's span is `{operation} {model}`; the edge's
+    // server span, its client span per attempt, and the worker's server span.
+    let find = |service: &str, kind: u64| {
+        (got.iter())
+            .find(|s| s.service == service && s.span["kind"].as_u64() == Some(kind))
+            .unwrap_or_else(|| panic!("no {service} span of kind {kind}: {got:?}"))
+    };
+    let (request, attempt, worker) = (
+        find("meridian-edge", 2),
+        find("meridian-edge", 3),
+        find("meridian-worker", 2),
+    );
     for s in [request, attempt, worker] {
         assert_eq!(s.get("traceId"), CLIENT_TRACE, "{s:?}");
+        assert_eq!(s.get("name"), "chat llama-3-8b", "{s:?}");
+        assert_eq!(s.attr("gen_ai.operation.name"), Some(&Value::from("chat")));
         assert!(s.span["status"].get("code").is_none(), "{s:?}");
     }
     assert_eq!(request.get("parentSpanId"), CLIENT_SPAN);
@@ -159,7 +168,18 @@ async fn one_trace_spans_client_edge_worker_and_backend() {
         (Some(2), Some(3))
     );
     assert_eq!(request.attr("meridian.worker"), Some(&Value::from("w0")));
-    assert_eq!(request.attr("meridian.tokens"), Some(&Value::from("1")));
+    assert_eq!(
+        request.attr("gen_ai.usage.output_tokens"),
+        Some(&Value::from("1"))
+    );
+    assert_eq!(
+        request.attr("gen_ai.provider.name"),
+        Some(&Value::from("meridian"))
+    );
+    assert_eq!(
+        worker.attr("gen_ai.provider.name"),
+        Some(&Value::from("openai"))
+    );
     // The inference server continues the trace under the worker's span.
     let want = format!("00-{CLIENT_TRACE}-{}-01", worker.get("spanId"));
     assert_eq!(inference, [Some(want)]);
@@ -176,7 +196,7 @@ async fn one_trace_spans_client_edge_worker_and_backend() {
     let (got, _) = spans(&mut rx, 3).await;
     let root = got
         .iter()
-        .find(|s| s.get("name") == "meridian.edge.request")
+        .find(|s| s.service == "meridian-edge" && s.span["kind"].as_u64() == Some(2))
         .unwrap();
     assert_eq!(root.get("parentSpanId"), "");
     assert_ne!(root.get("traceId"), CLIENT_TRACE);
@@ -195,6 +215,7 @@ async fn one_trace_spans_client_edge_worker_and_backend() {
         assert_eq!(s.span["status"]["code"], 2, "{s:?}");
     }
     let worker = got.iter().find(|s| s.service == "meridian-worker").unwrap();
+    assert_eq!(worker.attr("error.type"), Some(&Value::from("bad_request")));
     assert!(worker.span["status"]["message"]
         .as_str()
         .unwrap()

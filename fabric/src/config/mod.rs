@@ -358,6 +358,19 @@ pub struct OtlpSettings {
     pub export_interval: Duration,
     /// Most finished spans waiting for export; more are dropped and counted.
     pub max_queue: usize,
+    /// OTLP metrics export (`None`: off, `[telemetry] metrics = false`).
+    pub metrics: Option<OtlpMetrics>,
+}
+
+/// Where and how often metrics are exported: OTLP/HTTP JSON, cumulative.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpMetrics {
+    /// `host:port` of the collector.
+    pub authority: String,
+    /// Request path, `/v1/metrics` under the endpoint's path.
+    pub path: String,
+    /// Time between exports.
+    pub interval: Duration,
 }
 
 impl EdgeSettings {
@@ -449,6 +462,17 @@ pub enum Backend {
     Synthetic(SyntheticBackend),
     /// Proxy to an OpenAI-compatible server.
     OpenAi(OpenAiBackend),
+}
+
+impl Backend {
+    /// The backend's GenAI `gen_ai.provider.name`: `openai` for an OpenAI-compatible server
+    /// (the API it speaks), `meridian` for the synthetic generator.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            Backend::Synthetic(_) => "meridian",
+            Backend::OpenAi(_) => "openai",
+        }
+    }
 }
 
 /// A validated worker configuration.

@@ -94,6 +94,8 @@ pub struct RawSigningKey {
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
     pub otlp_endpoint: Option<Spanned<String>>,
+    pub metrics: Option<bool>,
+    pub metrics_interval_ms: Option<Spanned<u64>>,
     pub service_name: Option<Spanned<String>>,
     pub sample_ratio: Option<Spanned<f64>>,
     pub export_interval_ms: Option<Spanned<u64>>,

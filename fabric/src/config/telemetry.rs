@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use super::ctx::Ctx;
 use super::raw::RawTelemetry;
-use super::OtlpSettings;
+use super::{OtlpMetrics, OtlpSettings};
 
 /// Default longest wait before a finished span is exported.
 pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,6 +25,10 @@ pub const DEFAULT_MAX_QUEUE: u64 = 8192;
 
 /// The OTLP/HTTP signal path appended to a base endpoint (OTLP exporter spec).
 const TRACES_PATH: &str = "/v1/traces";
+/// The OTLP/HTTP metrics path appended to a base endpoint.
+const METRICS_PATH: &str = "/v1/metrics";
+/// Default interval between metric exports (OTEL_METRIC_EXPORT_INTERVAL's default).
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Ctx<'_> {
     pub(super) fn telemetry(
@@ -51,11 +55,9 @@ impl Ctx<'_> {
             "OTEL_EXPORTER_OTLP_ENDPOINT"
         };
         let (authority, base) = self.http_url(&url, span, what, "run a collector beside the node");
-        let path = if base.ends_with(TRACES_PATH) {
-            base
-        } else {
-            format!("{base}{TRACES_PATH}")
-        };
+        let root = base.strip_suffix(TRACES_PATH).unwrap_or(&base).to_owned();
+        let path = format!("{root}{TRACES_PATH}");
+        let metrics = self.otlp_metrics(raw, &authority, &root);
         let service_name = match raw.and_then(|t| t.service_name.as_ref()) {
             Some(s) if s.get_ref().is_empty() => {
                 self.err(Some(s.span()), "service_name must not be empty");
@@ -98,6 +100,56 @@ impl Ctx<'_> {
             sample_ratio,
             export_interval,
             max_queue,
+            metrics,
+        })
+    }
+
+    /// Where metrics go: `<endpoint>/v1/metrics`, or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT as
+    /// is; every `metrics_interval_ms` (OTEL_METRIC_EXPORT_INTERVAL, 60 s); off with
+    /// `metrics = false`.
+    fn otlp_metrics(
+        &mut self,
+        raw: Option<&RawTelemetry>,
+        authority: &str,
+        root: &str,
+    ) -> Option<OtlpMetrics> {
+        if raw.and_then(|t| t.metrics) == Some(false) {
+            return None;
+        }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (authority, path) = match env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+            Some(url) => {
+                let (a, p) = self.http_url(
+                    &url,
+                    None,
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "run a collector beside the node",
+                );
+                (a, if p.is_empty() { "/".into() } else { p })
+            }
+            None => (authority.to_owned(), format!("{root}{METRICS_PATH}")),
+        };
+        let from_env = env("OTEL_METRIC_EXPORT_INTERVAL")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        let interval = match raw.and_then(|t| t.metrics_interval_ms.as_ref()) {
+            Some(ms) if *ms.get_ref() == 0 => {
+                self.err(Some(ms.span()), "metrics_interval_ms must be at least 1");
+                DEFAULT_METRICS_INTERVAL
+            }
+            Some(ms) => self.millis(
+                Some(ms),
+                "metrics_interval_ms",
+                3_600_000,
+                DEFAULT_METRICS_INTERVAL,
+            ),
+            None => from_env.unwrap_or(DEFAULT_METRICS_INTERVAL),
+        };
+        Some(OtlpMetrics {
+            authority,
+            path,
+            interval,
         })
     }
 }

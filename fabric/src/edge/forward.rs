@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_protocol::{ErrorCode, ErrorFrame};
+use meridian_protocol::{ErrorCode, ErrorFrame, FinishReason};
 use quinn::{RecvStream, SendStream};
 use tokio::time::Instant;
 
@@ -25,9 +25,11 @@ use super::EdgeShared;
 /// client had before this attempt (a continuation's offset) plus those it relayed.
 pub(super) enum Attempt {
     /// END or ERROR (`worker_error`, with its code) relayed; the client stream is finished.
+    /// `end` is END's prompt token count and finish reason.
     Done {
         tokens: u64,
         worker_error: Option<ErrorCode>,
+        end: Option<(u64, FinishReason)>,
     },
     /// The client went away after `tokens` were relayed; upstream was cancelled.
     ClientGone { tokens: u64 },
@@ -70,6 +72,11 @@ async fn deadline_passed(
     );
     sink.fail(e, at_boundary).await;
     Attempt::Deadline { tokens }
+}
+
+/// END's prompt token count and finish reason, if the answer ended with END.
+fn end_of(tracker: &ResponseTracker) -> Option<(u64, FinishReason)> {
+    Some((tracker.prompt_tokens()?, tracker.finish_reason()?))
 }
 
 fn cancel_upstream(up_send: &mut SendStream, up_recv: &mut RecvStream, c: ErrorCode) {
@@ -254,7 +261,7 @@ pub(super) async fn forward(
                     let worker_error = tracker.ended_with_error().then(|| {
                         tracker.error_code().unwrap_or(ErrorCode::INTERNAL)
                     });
-                    return Attempt::Done { tokens, worker_error };
+                    return Attempt::Done { tokens, worker_error, end: end_of(&tracker) };
                 }
                 Ok(None) => break "worker finished the stream without END".into(),
                 Err(e) => break e.to_string(),
@@ -292,6 +299,7 @@ pub(super) async fn forward(
         return Attempt::Done {
             tokens,
             worker_error,
+            end: end_of(&tracker),
         };
     }
     let tokens = base + relayed;

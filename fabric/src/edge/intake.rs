@@ -200,6 +200,12 @@ pub(crate) async fn read(
 }
 
 impl Intake {
+    /// The request's GenAI `gen_ai.operation.name`: a text completion when the front door
+    /// forwards a `/v1/completions` body, else a chat.
+    pub fn operation(&self) -> crate::telemetry::genai::Operation {
+        crate::telemetry::genai::Operation::of(&self.headers)
+    }
+
     /// The bytes to send a worker: as received, or — to carry `trace`, to name the
     /// authenticated `tenant`, or to drop the client's credential — the received HEADERS
     /// with only those fields rewritten (unknown fields kept), then the received bytes after

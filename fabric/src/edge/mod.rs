@@ -3,10 +3,13 @@
 //! tokens back. Bounded everywhere: connection limit, per-connection stream limit (QUIC
 //! flow control), prompt limit; drains on shutdown.
 
+mod attempts;
 mod forward;
+pub mod genai_metrics;
 mod health;
 mod health_metrics;
 mod intake;
+mod observe;
 mod relay;
 pub(crate) mod reload;
 mod resume;
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use meridian_protocol::Settings;
 use tracing::info;
 
+pub use observe::error_type;
 pub use reload::{ReloadError, ReloadFailure, ReloadReport};
 pub use resume::{FrameGate, ResumeStats, Transcript};
 pub use sink::Delivery;
@@ -60,6 +64,10 @@ pub(crate) struct EdgeShared {
     pub composition: tokio::sync::Mutex<reload::Composition>,
     /// Time base of the tenants' rate limits.
     pub epoch: tokio::time::Instant,
+    /// Fired once the edge has drained (the metrics exporter's last export follows).
+    pub stopped: Shutdown,
+    /// The OTLP metrics exporter, awaited on stop.
+    pub metrics_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// ALPN of HTTP/3, served beside `meridian/1` on the same UDP port when an [`H3Handler`] is
@@ -120,6 +128,14 @@ impl EdgeHandle {
     pub async fn stop(self) {
         self.shutdown.trigger();
         let _ = self.task.await;
+        // The last metric export counts every request the drain finished.
+        self.shared.stopped.trigger();
+        let metrics = (self.shared.metrics_task.lock())
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = metrics {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
         self.shared.tracer.shutdown().await;
     }
 }
@@ -190,6 +206,8 @@ pub fn spawn_with_h3(
         endpoint: endpoint.clone(),
         composition: tokio::sync::Mutex::new(reload::Composition::new(config.clone())),
         epoch: tokio::time::Instant::now(),
+        stopped: Shutdown::new(),
+        metrics_task: std::sync::Mutex::new(None),
     });
     if let Some(settings) = config.shared_limits.clone() {
         let (shared, stop) = (shared.clone(), shutdown.clone());
@@ -198,6 +216,19 @@ pub fn spawn_with_h3(
         });
     }
     tokio::spawn(health::run(shared.clone(), shutdown.clone()));
+    if let Some(t) = config.telemetry.clone() {
+        let s = shared.clone();
+        let instance = instance.clone();
+        let task = tokio::spawn(async move {
+            let collect = || genai_metrics::collect(&s.stats, &s.router, true);
+            let stats = s.tracer.stats().cloned();
+            crate::telemetry::push::run(t, instance, stats, collect, s.stopped.wait()).await
+        });
+        *shared
+            .metrics_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
     shared
         .composition
         .try_lock()

@@ -67,6 +67,8 @@ pub struct Latencies {
     pub e2e: Histogram,
     /// Estimated spend: tokens × the region's price at the time, nano-units of currency.
     pub spend_nano: AtomicU64,
+    /// The OpenTelemetry GenAI metrics of its requests.
+    pub genai: crate::telemetry::genai::GenAiMetrics,
 }
 
 impl Latencies {
@@ -333,6 +335,8 @@ impl EdgeStats {
         }
         let _ = writeln!(out, "# HELP meridian_config_generation The running topology generation (0 at start, one more per applied reload).\n# TYPE meridian_config_generation gauge\nmeridian_config_generation {}", topo.generation);
         super::health_metrics::render(&mut out, &topo, router);
+        let genai = super::genai_metrics::collect(self, router, false);
+        crate::telemetry::metrics::render_prometheus(&mut out, &genai);
         self.resume.render(&mut out);
         out
     }

@@ -179,12 +179,28 @@ impl ResponseTracker {
     /// END's completion token count (PROTOCOL.md §4.5), once seen: the real number of tokens
     /// generated, which TOKENS frames (one or more tokens each) only bound from below.
     pub fn completion_tokens(&self) -> Option<u64> {
+        self.end_field(2)
+    }
+
+    /// END's prompt token count, once seen.
+    pub fn prompt_tokens(&self) -> Option<u64> {
+        self.end_field(1)
+    }
+
+    /// END's finish reason, once seen.
+    pub fn finish_reason(&self) -> Option<meridian_protocol::FinishReason> {
+        self.end_field(0)
+            .map(meridian_protocol::FinishReason::from_wire)
+    }
+
+    /// END's `i`-th varint field (finish reason, prompt tokens, completion tokens).
+    fn end_field(&self, i: usize) -> Option<u64> {
         if self.terminal != Some(FrameType::END) {
             return None;
         }
         let mut rest = &self.tail[..self.tail_len];
         let mut field = 0;
-        for _ in 0..3 {
+        for _ in 0..=i {
             let (v, n) = meridian_protocol::varint::peek(rest)?;
             field = v;
             rest = &rest[n..];

@@ -101,6 +101,8 @@ pub struct Topology {
     members: Vec<Vec<WorkerId>>,
     /// Per region, latency histograms and spend by model.
     latencies: Vec<FastMap<String, Arc<Latencies>>>,
+    /// Per model, the metrics of requests that failed before reaching a region.
+    unrouted: FastMap<String, Arc<Latencies>>,
 }
 
 /// What a new generation changed about the workers.
@@ -222,6 +224,12 @@ impl Topology {
                 models
             })
             .collect();
+        let unrouted = (config.workers.iter().flat_map(|w| &w.models))
+            .map(|m| {
+                let old = prev.and_then(|p| p.unrouted.get(m).cloned());
+                (m.clone(), old.unwrap_or_default())
+            })
+            .collect();
         let topology = Topology {
             config,
             generation,
@@ -230,6 +238,7 @@ impl Topology {
             regions,
             members,
             latencies,
+            unrouted,
         };
         (topology, change)
     }
@@ -243,6 +252,23 @@ impl Topology {
     /// the model.
     pub fn latencies(&self, r: RegionId, model: &str) -> Option<&Latencies> {
         self.latencies[r].get(model).map(|l| &**l)
+    }
+
+    /// The metrics of `model`'s requests that failed before reaching a region; `None` for a
+    /// model the topology does not serve.
+    pub fn unrouted(&self, model: &str) -> Option<&Latencies> {
+        self.unrouted.get(model).map(|l| &**l)
+    }
+
+    /// Every model with the metrics of its requests that reached no region, by name.
+    pub fn all_unrouted(&self) -> Vec<(&str, &Latencies)> {
+        let mut v: Vec<_> = self
+            .unrouted
+            .iter()
+            .map(|(m, l)| (m.as_str(), &**l))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
     }
 
     /// Every `(region, model)` with its histograms, regions in config order.

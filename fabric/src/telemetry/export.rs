@@ -39,6 +39,10 @@ pub struct TraceStats {
     pub dropped: AtomicU64,
     /// Spans lost to failed exports.
     pub failed: AtomicU64,
+    /// Metric exports the collector accepted.
+    pub metric_exports: AtomicU64,
+    /// Metric exports that failed.
+    pub metric_export_failures: AtomicU64,
 }
 
 impl TraceStats {
@@ -54,6 +58,17 @@ impl TraceStats {
             let _ = writeln!(
                 out,
                 "meridian_trace_spans_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP meridian_metric_exports_total OTLP metric exports, by outcome.\n# TYPE meridian_metric_exports_total counter");
+        for (outcome, n) in [
+            ("exported", &self.metric_exports),
+            ("failed", &self.metric_export_failures),
+        ] {
+            let _ = writeln!(
+                out,
+                "meridian_metric_exports_total{{outcome=\"{outcome}\"}} {}",
                 n.load(Relaxed)
             );
         }
@@ -88,11 +103,7 @@ pub fn start(settings: Option<&OtlpSettings>, instance: &str) -> Tracer {
         stopping: AtomicBool::new(false),
         task: Mutex::new(None),
     });
-    let resource = json!({ "attributes": [
-        attr("service.name", &Value::Str(s.service_name.clone())),
-        attr("service.instance.id", &Value::Str(instance.to_owned())),
-        attr("service.version", &Value::Str(env!("CARGO_PKG_VERSION").to_owned())),
-    ]});
+    let resource = resource(s, instance);
     // The task holds the state weakly: a tracer dropped without `shutdown` (a killed node)
     // ends it at the next tick instead of leaving it running.
     let task = tokio::spawn(run(
@@ -127,13 +138,18 @@ impl Tracer {
     }
 }
 
+/// The OTLP resource of a process: `service.name`, `service.instance.id`, `service.version`.
+pub(crate) fn resource(s: &OtlpSettings, instance: &str) -> Json {
+    json!({ "attributes": [
+        attr("service.name", &Value::Str(s.service_name.clone())),
+        attr("service.instance.id", &Value::Str(instance.to_owned())),
+        attr("service.version", &Value::Str(env!("CARGO_PKG_VERSION").to_owned())),
+    ]})
+}
+
 async fn run(shared: Weak<Shared>, wake: Arc<Notify>, settings: OtlpSettings, resource: Json) {
-    let mut exporter = Exporter {
-        pool: Pool::new(settings.authority.clone(), 1),
-        settings,
-        failing: false,
-    };
-    let mut tick = tokio::time::interval(exporter.settings.export_interval);
+    let mut exporter = Exporter::new(&settings.authority, &settings.path, "trace");
+    let mut tick = tokio::time::interval(settings.export_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -168,8 +184,12 @@ async fn run(shared: Weak<Shared>, wake: Arc<Notify>, settings: OtlpSettings, re
     }
 }
 
-struct Exporter {
-    settings: OtlpSettings,
+/// POSTs OTLP/JSON bodies to one collector path.
+pub(crate) struct Exporter {
+    authority: String,
+    path: String,
+    /// What is exported, for logs (`trace`, `metric`).
+    signal: &'static str,
     /// One kept-alive connection to the collector.
     pool: Pool,
     /// Whether the last export failed (failures are logged once per outage).
@@ -177,12 +197,22 @@ struct Exporter {
 }
 
 impl Exporter {
-    async fn export(&mut self, body: Vec<u8>) -> bool {
+    pub(crate) fn new(authority: &str, path: &str, signal: &'static str) -> Exporter {
+        Exporter {
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+            signal,
+            pool: Pool::new(authority.to_owned(), 1),
+            failing: false,
+        }
+    }
+
+    pub(crate) async fn export(&mut self, body: Vec<u8>) -> bool {
         let result = tokio::time::timeout(EXPORT_TIMEOUT, self.post(body)).await;
         let err = match result {
             Ok(Ok(())) => {
                 if std::mem::take(&mut self.failing) {
-                    info!(collector = %self.settings.authority, "trace export recovered");
+                    info!(collector = %self.authority, "{} export recovered", self.signal);
                 }
                 return true;
             }
@@ -190,15 +220,15 @@ impl Exporter {
             Err(_) => format!("no answer within {EXPORT_TIMEOUT:?}"),
         };
         if !std::mem::replace(&mut self.failing, true) {
-            warn!(collector = %self.settings.authority, error = %err, "trace export failed; spans are dropped until the collector answers");
+            warn!(collector = %self.authority, error = %err, "{} export failed; dropped until the collector answers", self.signal);
         }
         false
     }
 
     async fn post(&mut self, body: Vec<u8>) -> Result<(), String> {
         let mut sr = self.pool.get().await?;
-        let req = hyper::Request::post(&self.settings.path)
-            .header("host", &self.settings.authority)
+        let req = hyper::Request::post(&self.path)
+            .header("host", &self.authority)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
@@ -255,10 +285,14 @@ fn span_json(s: &SpanData) -> Json {
     v
 }
 
-fn attr(key: &str, v: &Value) -> Json {
+pub(crate) fn attr(key: &str, v: &Value) -> Json {
     let value = match v {
         Value::Str(s) => json!({ "stringValue": s }),
         Value::Int(n) => json!({ "intValue": n.to_string() }),
+        Value::Bool(b) => json!({ "boolValue": b }),
+        Value::Strs(v) => {
+            json!({ "arrayValue": { "values": v.iter().map(|s| json!({ "stringValue": s })).collect::<Vec<_>>() } })
+        }
     };
     json!({ "key": key, "value": value })
 }

@@ -2,6 +2,7 @@
 //! handed to the exporter through a bounded lock-free queue. With tracing off, a [`Span`]
 //! is an empty value and every call on it is a branch.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +26,16 @@ pub enum Value {
     Str(String),
     /// An integer.
     Int(i64),
+    /// A boolean.
+    Bool(bool),
+    /// An array of strings (`gen_ai.response.finish_reasons`).
+    Strs(Vec<String>),
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
 }
 
 impl From<&str> for Value {
@@ -52,8 +63,8 @@ pub struct SpanData {
     pub context: TraceContext,
     /// The parent span, if any (possibly in another process).
     pub parent: Option<[u8; 8]>,
-    /// What the span measures, e.g. `meridian.edge.request`.
-    pub name: &'static str,
+    /// What the span measures, e.g. `chat llama-3-8b` (GenAI: `{operation} {model}`).
+    pub name: Cow<'static, str>,
     /// Server or client.
     pub kind: SpanKind,
     /// Start, Unix nanoseconds.
@@ -115,7 +126,7 @@ impl Tracer {
             Box::new(SpanData {
                 context,
                 parent: parent_id,
-                name,
+                name: Cow::Borrowed(name),
                 kind,
                 start_ns: now_ns(),
                 end_ns: 0,
@@ -176,6 +187,13 @@ impl Span {
                 Some(slot) => slot.1 = value,
                 None => d.attributes.push((key, value)),
             }
+        }
+    }
+
+    /// Names the span (a GenAI span is `{operation} {model}`, known once the request is).
+    pub fn rename(&mut self, name: impl FnOnce() -> String) {
+        if let Some(d) = &mut self.data {
+            d.name = Cow::Owned(name());
         }
     }
 

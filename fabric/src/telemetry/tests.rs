@@ -16,6 +16,7 @@ fn settings(authority: String, ratio: f64, max_queue: usize) -> OtlpSettings {
         sample_ratio: ratio,
         export_interval: Duration::from_secs(3600),
         max_queue,
+        metrics: None,
     }
 }
 

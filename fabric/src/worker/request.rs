@@ -38,7 +38,15 @@ pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Sh
         parent.as_ref(),
     );
     if span.recording() {
+        // GenAI semantic conventions: `{operation} {model}`, the backend as the provider.
+        let op = crate::telemetry::genai::Operation::of(&headers).name();
+        span.rename(|| format!("{op} {}", headers.model));
+        span.set("gen_ai.operation.name", op);
+        span.set("gen_ai.provider.name", shared.config.backend.provider());
         span.set("gen_ai.request.model", headers.model.as_str());
+        if let Some(m) = headers.max_tokens {
+            span.set("gen_ai.request.max_tokens", m);
+        }
         span.set("meridian.worker", shared.config.name.as_str());
         span.set("meridian.region", shared.config.region.as_str());
     }
@@ -53,6 +61,7 @@ pub(super) async fn serve(mut send: SendStream, recv: RecvStream, shared: Arc<Sh
         Answer::Completed(Some(e)) | Answer::Rejected(e) => {
             if span.recording() {
                 span.set("meridian.error_code", e.code.to_string());
+                span.set("error.type", crate::edge::error_type(e.code));
                 span.fail(e.message);
             }
         }

@@ -28,7 +28,8 @@ impl FinishReason {
         }
     }
 
-    fn from_wire(v: u64) -> Self {
+    /// The reason a wire value (END's first field) stands for.
+    pub fn from_wire(v: u64) -> Self {
         match v {
             0 => FinishReason::Stop,
             1 => FinishReason::Length,
