@@ -27,6 +27,12 @@ fn streaming_chat_is_exact_openai_sse() {
     assert_eq!(status, 200, "{sse}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
     assert!(head.contains("x-meridian-region: seoul"), "{head}");
+    // HTTP/3 is advertised on the edge's UDP port (RFC 9114 §3.1.1).
+    let udp_port = s.edge.rsplit_once(':').unwrap().1;
+    assert!(
+        head.contains(&format!("alt-svc: h3=\":{udp_port}\"; ma=86400")),
+        "{head}"
+    );
     let events: Vec<&str> = sse.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.last(), Some(&"data: [DONE]"));
     let chunks: Vec<serde_json::Value> = events[..events.len() - 1]

@@ -72,7 +72,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             token: None,
         };
         let admin_url = format!("http://{}", crate::admin::spawn(args.admin, admin).await?);
-        let front = crate::http::Front::new(demo.edge.submitter(), None);
+        let front = crate::http::Front::new(demo.edge.submitter(), None)
+            .with_alt_svc(demo.edge.addr.port());
         let http_url = format!("http://{}", crate::http::spawn(args.http, front).await?);
         serve(&demo, &cert, &admin_url, &http_url, args.json).await;
         ExitCode::SUCCESS

@@ -33,6 +33,7 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let pop = config.edge.pop.clone();
     let workers = config.workers.len();
     let (admin_addr, http_addr) = (config.edge.admin, config.edge.http);
+    let alt_svc_port = config.edge.alt_svc_port;
     let http_tenant = config.edge.http_tenant.clone();
     let admin_token: Option<Arc<str>> = match &config.edge.admin_token_env {
         Some(var) => Some(
@@ -63,7 +64,10 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     };
     let http_url = match http_addr {
         Some(a) => {
-            let front = crate::http::Front::new(handle.submitter(), http_tenant);
+            // HTTP/3 is on the edge's UDP port (or the port a load balancer exposes it on).
+            let h3_port = alt_svc_port.unwrap_or(handle.addr.port());
+            let front =
+                crate::http::Front::new(handle.submitter(), http_tenant).with_alt_svc(h3_port);
             let bound = crate::http::spawn(a, front)
                 .await
                 .with_context(|| format!("binding the HTTP front door {a}"))?;

@@ -49,6 +49,8 @@ pub struct Front {
     /// Models whose requests are resumable without the header (`[edge]
     /// http_resumable_models`).
     pub resumable_models: Arc<[String]>,
+    /// `Alt-Svc` advertising HTTP/3 on the edge's UDP port, on every response.
+    pub alt_svc: Option<hyper::header::HeaderValue>,
 }
 
 impl Front {
@@ -61,7 +63,18 @@ impl Front {
             max_body: cfg.edge.max_prompt_bytes,
             intake_timeout: cfg.edge.intake_timeout,
             resumable_models: cfg.edge.http_resumable_models.clone().into(),
+            alt_svc: None,
         }
+    }
+
+    /// Advertises HTTP/3 on UDP `port` (RFC 9114 §3.1.1: `Alt-Svc: h3=":port"`) on every
+    /// HTTP/1.1 and HTTP/2 response, so browsers and HTTP/3-capable clients move to QUIC;
+    /// 0 advertises nothing. Behind a load balancer, the port clients reach.
+    pub fn with_alt_svc(mut self, port: u16) -> Front {
+        self.alt_svc = (port != 0)
+            .then(|| format!("h3=\":{port}\"; ma=86400"))
+            .and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
+        self
     }
 
     /// The answer to a client that did not send its whole body in time.
@@ -117,7 +130,10 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
                     let (front, ids) = (front.clone(), ids.clone());
                     let busy = Busy::new(seen.clone());
                     async move {
-                        let resp = handle_hyper(req, &front, &ids).await;
+                        let mut resp = handle_hyper(req, &front, &ids).await;
+                        if let Some(v) = &front.alt_svc {
+                            resp.headers_mut().insert(hyper::header::ALT_SVC, v.clone());
+                        }
                         // The request counts as in flight until its body is sent.
                         Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
                     }

@@ -237,6 +237,9 @@ pub struct EdgeSettings {
     /// rebinding); `false` sends QUIC's `disable_active_migration` and drops datagrams from
     /// any other address (for load balancers that route by 4-tuple, not connection ID).
     pub migration: bool,
+    /// The UDP port the HTTP front door advertises for HTTP/3 (`Alt-Svc: h3=":port"`):
+    /// `None` = the edge's own `listen` port, `Some(0)` = none.
+    pub alt_svc_port: Option<u16>,
     /// How often `meridian edge` checks its config file for changes (a mounted ConfigMap's
     /// symlink swap, an edit) and reloads it; `None`: only on SIGHUP.
     pub watch_config: Option<Duration>,

@@ -132,6 +132,7 @@ pub struct RawEdge {
     pub ack_eliciting_threshold: Option<Spanned<u64>>,
     pub watch_config_ms: Option<Spanned<u64>>,
     pub migration: Option<bool>,
+    pub alt_svc_port: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -82,6 +82,7 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
         (x.gso != y.gso, "[edge] gso"),
         (x.http != y.http, "[edge] http"),
         (x.http_tenant != y.http_tenant, "[edge] http_tenant"),
+        (x.alt_svc_port != y.alt_svc_port, "[edge] alt_svc_port"),
         (x.admin != y.admin, "[edge] admin"),
         (
             x.admin_token_env != y.admin_token_env,
