@@ -88,8 +88,16 @@ async fn serve(req: Request<hyper::body::Incoming>, a: &Admin) -> Response<Full<
     }
 }
 
-/// A read ([`handle`]) behind the bearer token.
+/// Paths answered without the token: the liveness and readiness probes (a kubelet's
+/// `httpGet` probe cannot carry a secret), which tell only whether the edge is up and how
+/// many workers it reaches.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// A read ([`handle`]) behind the bearer token (the probes are open).
 fn authorized<B>(req: &Request<B>, a: &Admin) -> Response<Full<Bytes>> {
+    if PROBES.contains(&req.uri().path()) {
+        return handle(req, a);
+    }
     refused(req, a).unwrap_or_else(|| handle(req, a))
 }
 
@@ -190,7 +198,7 @@ mod tests {
             token: Some("s3cret-admin-token-1".into()),
         };
         let req = |auth: Option<&str>| {
-            let mut b = Request::get("/healthz");
+            let mut b = Request::get("/metrics");
             if let Some(v) = auth {
                 b = b.header("authorization", v);
             }
@@ -202,6 +210,10 @@ mod tests {
             authorized(&req(Some("Bearer s3cret-admin-token-1")), &a).status(),
             200
         );
+        let probe = |path: &str| Request::get(path).body(()).unwrap();
+        assert_eq!(authorized(&probe("/healthz"), &a).status(), 200, "probes are open");
+        assert_eq!(authorized(&probe("/readyz"), &a).status(), 503, "no worker yet");
+        assert_eq!(authorized(&probe("/routes"), &a).status(), 401);
         a.token = None;
         assert_eq!(authorized(&req(None), &a).status(), 200);
     }
