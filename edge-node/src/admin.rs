@@ -39,6 +39,25 @@ pub struct Admin {
 /// Bounded: [`MAX_ADMIN_CONNECTIONS`] at once, each closed after [`ADMIN_TIMEOUT`] without a
 /// request head.
 pub async fn spawn(addr: SocketAddr, admin: Admin) -> anyhow::Result<SocketAddr> {
+    let admin = Arc::new(admin);
+    serve_http(addr, "admin", move |req| {
+        let admin = admin.clone();
+        async move { serve(req, &admin).await }
+    })
+    .await
+}
+
+/// Binds `addr` and answers each HTTP/1.1 request with `handler` in the background, as the
+/// admin listener does (bounded connections, head timeout); returns the bound address.
+pub async fn serve_http<F, Fut>(
+    addr: SocketAddr,
+    what: &'static str,
+    handler: F,
+) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
@@ -52,12 +71,12 @@ pub async fn spawn(addr: SocketAddr, admin: Admin) -> anyhow::Result<SocketAddr>
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let tcp = crate::listen::accept(&listener, "admin").await;
-            let (admin, h1) = (admin.clone(), h1.clone());
+            let tcp = crate::listen::accept(&listener, what).await;
+            let (handler, h1) = (handler.clone(), h1.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(serve(req, &admin).await) }
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let _ = h1.serve_connection(TokioIo::new(tcp), svc).await;
                 drop(slot);
@@ -65,6 +84,35 @@ pub async fn spawn(addr: SocketAddr, admin: Admin) -> anyhow::Result<SocketAddr>
         }
     });
     Ok(bound)
+}
+
+/// A worker's probe listener (`[worker] health`): `/healthz` while the process runs,
+/// `/readyz` 200 while it takes requests and 503 once it drains.
+pub async fn spawn_worker_probes(
+    addr: SocketAddr,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<SocketAddr> {
+    serve_http(addr, "health", move |req| {
+        let draining = draining.clone();
+        async move {
+            let ready = !draining.load(std::sync::atomic::Ordering::Acquire);
+            match (req.uri().path(), ready) {
+                ("/healthz", _) => text(StatusCode::OK, "text/plain", "ok\n".into()),
+                ("/readyz", true) => text(StatusCode::OK, "text/plain", "ready\n".into()),
+                ("/readyz", false) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "draining\n".into(),
+                ),
+                (other, _) => text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    format!("no endpoint {other} (/healthz, /readyz)\n"),
+                ),
+            }
+        }
+    })
+    .await
 }
 
 /// One admin request: the token first, then a region update (which has a body) or a read.
@@ -211,8 +259,16 @@ mod tests {
             200
         );
         let probe = |path: &str| Request::get(path).body(()).unwrap();
-        assert_eq!(authorized(&probe("/healthz"), &a).status(), 200, "probes are open");
-        assert_eq!(authorized(&probe("/readyz"), &a).status(), 503, "no worker yet");
+        assert_eq!(
+            authorized(&probe("/healthz"), &a).status(),
+            200,
+            "probes are open"
+        );
+        assert_eq!(
+            authorized(&probe("/readyz"), &a).status(),
+            503,
+            "no worker yet"
+        );
         assert_eq!(authorized(&probe("/routes"), &a).status(), 401);
         a.token = None;
         assert_eq!(authorized(&req(None), &a).status(), 200);

@@ -72,6 +72,7 @@ pub(crate) async fn traced_topology(name: &str, upstreams: &[&str], otlp: Option
             max_concurrent: 16,
             max_prompt_bytes: 1 << 20,
             load_report: Duration::from_millis(100),
+            health: None,
             ack_eliciting_threshold: None,
             link: Default::default(),
             tls: ServerTls::Dev { dir: dir.clone() },

@@ -194,3 +194,64 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
     assert!(status.success(), "edge exited with {status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_is_ready_until_it_drains() {
+    let dir = scratch("worker-probes");
+    let cfg = worker_config(&dir, "probed", "r");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    let toml = toml.replacen("[worker]\n", "[worker]\nhealth = \"127.0.0.1:0\"\n", 1);
+    std::fs::write(&cfg, toml).unwrap();
+    let mut w = Proc::start(&["worker", "--json", "--config", cfg.to_str().unwrap()]);
+    let line = w.json_line().await;
+    let health = line["health_url"].as_str().expect("health_url").to_owned();
+    let get = |path: &'static str| {
+        let health = health.clone();
+        async move {
+            let addr = health.trim_start_matches("http://").to_owned();
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out[9..12].parse::<u16>().unwrap()
+        }
+    };
+    assert_eq!(get("/healthz").await, 200);
+    assert_eq!(get("/readyz").await, 200);
+    assert_eq!(get("/nope").await, 404);
+    // A client straight to the worker holds a long stream while the worker drains.
+    let addr = line["addr"].as_str().unwrap().parse().unwrap();
+    let client = pinned_client(addr, Path::new(line["cert"].as_str().unwrap())).await;
+    let mut r = request("jp", "long");
+    r.headers.max_tokens = Some(400);
+    let mut g = client.generate(r).await.unwrap();
+    tokens(&mut g).await;
+    let pid = w.child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    within("not ready while draining", async {
+        while get("/readyz").await != 503 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let end = within("the stream finishes", async {
+        loop {
+            match g.next().await.expect("no error") {
+                Some(meridian_protocol::client::Event::End(end)) => break end,
+                Some(_) => {}
+                None => panic!("no END"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(end.completion_tokens, 400);
+    assert!(within("worker exit", w.child.wait())
+        .await
+        .unwrap()
+        .success());
+}

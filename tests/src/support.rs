@@ -117,6 +117,7 @@ pub fn worker_config(
         max_concurrent: 64,
         max_prompt_bytes: 1 << 20,
         load_report: Duration::from_millis(100),
+        health: None,
         ack_eliciting_threshold: None,
         link: Default::default(),
         tls,

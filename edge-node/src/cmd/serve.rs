@@ -157,12 +157,24 @@ pub async fn worker(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let identity = Identity::load(&config.tls).context("setting up the worker certificate")?;
     let name = config.name.clone();
     let region = config.region.clone();
+    let health = config.health;
     let handle = worker::spawn(config, &identity, Shutdown::new())?;
+    // Readiness falls to 503 as soon as the worker drains, so an orchestrator stops sending.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health_url = match health {
+        Some(a) => {
+            let bound = crate::admin::spawn_worker_probes(a, draining.clone())
+                .await
+                .with_context(|| format!("binding the health listener {a}"))?;
+            Some(format!("http://{bound}"))
+        }
+        None => None,
+    };
     let cert = cert_display(&identity);
     if json {
         println!(
             "{}",
-            serde_json::json!({ "role": "worker", "worker": name, "region": region, "addr": handle.addr.to_string(), "cert": cert })
+            serde_json::json!({ "role": "worker", "worker": name, "region": region, "addr": handle.addr.to_string(), "cert": cert, "health_url": health_url })
         );
     } else {
         println!(
@@ -178,6 +190,7 @@ pub async fn worker(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             _ = hup.recv() => tracing::warn!("SIGHUP: a worker does not reload its config; restart it (SIGTERM drains it first)"),
         }
     }
+    draining.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!("shutting down: GOAWAY sent, draining in-flight requests");
     handle.stop().await;
     Ok(ExitCode::SUCCESS)

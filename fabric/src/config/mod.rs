@@ -495,6 +495,8 @@ pub struct WorkerConfig {
     pub max_prompt_bytes: usize,
     /// Interval between LOAD reports.
     pub load_report: Duration,
+    /// HTTP probe listener (`/healthz`, `/readyz`: 503 while draining); `None`: off.
+    pub health: Option<SocketAddr>,
     /// Ask edges to acknowledge only every N ack-eliciting packets (QUIC ACK frequency);
     /// `None` keeps QUIC's default.
     pub ack_eliciting_threshold: Option<u32>,

@@ -242,6 +242,7 @@ pub struct RawWorker {
     pub max_concurrent: Option<Spanned<u64>>,
     pub max_prompt_bytes: Option<Spanned<u64>>,
     pub load_report_ms: Option<Spanned<u64>>,
+    pub health: Option<Spanned<String>>,
     pub ack_eliciting_threshold: Option<Spanned<u64>>,
     pub congestion: Option<Spanned<String>>,
     pub initial_window: Option<Spanned<u64>>,

@@ -66,6 +66,10 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
             1..60_001,
             DEFAULT_LOAD_REPORT.as_millis() as u64,
         )),
+        health: w
+            .health
+            .as_ref()
+            .map(|h| cx.addr(Some(h), "127.0.0.1:9091")),
         ack_eliciting_threshold: w
             .ack_eliciting_threshold
             .as_ref()

@@ -128,6 +128,7 @@ impl Demo {
                 max_concurrent: 64,
                 max_prompt_bytes: meridian_protocol::limits::DEFAULT_MAX_PROMPT_BYTES,
                 load_report: Duration::from_millis(100),
+                health: None,
                 ack_eliciting_threshold: None,
                 link: Default::default(),
                 tls: ServerTls::Dev {
