@@ -339,15 +339,17 @@ impl Router {
         let old = self.topology.load();
         let (next, change) = old.next(config);
         let next = Arc::new(next);
-        for (state, _) in &change.retired {
-            state.retired.trigger();
-            state.set_healthy(false);
-        }
         let prev = self.table.read(|t| self.scored_in(t).translated(&next));
         let scored = Arc::new(scorer.tick(self, &next, &prev, self.now_ms()));
         self.status.store(scored.clone());
         self.topology.store(next.clone());
         self.rebuild_locked(&next, scored);
+        // Retired only once no table routes to them: a request routed just before still
+        // holds its decision (and finishes), none after finds them.
+        for (state, _) in &change.retired {
+            state.retired.trigger();
+            state.set_healthy(false);
+        }
         (next, change)
     }
 
