@@ -9,10 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use meridian_fabric::config::ServerTls;
-use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
-use meridian_fabric::worker::{self, WorkerHandle};
-use meridian_protocol::client::{Event, Request};
+use meridian_protocol::client::Request;
 use tokio::process::{Child, Command};
 
 use crate::support::*;
@@ -100,19 +98,6 @@ fn which(bin: &str) -> Result<PathBuf, ()> {
         .ok_or(())
 }
 
-/// A worker on `listen` with the shared certificate in `certs` (150 tokens, 10 ms apart).
-fn start_worker(certs: &Path, listen: SocketAddr) -> WorkerHandle {
-    let mut cfg = worker_config(
-        ServerTls::Dev {
-            dir: certs.to_owned(),
-        },
-        (1, 10, 150),
-    );
-    cfg.listen = listen;
-    let id = Identity::load(&cfg.tls).expect("certificate");
-    worker::spawn(cfg, &id, Shutdown::new()).expect("worker starts")
-}
-
 fn edge_toml(certs: &Path, nsd: SocketAddr, target: &str) -> String {
     format!(
         "[edge]\nlisten = \"127.0.0.1:0\"\n[tls]\ndev_cert_dir = \"edge\"\n[auth]\nrequired = false\n\
@@ -134,10 +119,10 @@ async fn dns_discovery_follows_a_records_and_srv_records_of_a_real_nameserver() 
     let certs = dir.join("workers");
     // Three workers on one port at three loopback addresses, as pods behind a headless
     // Service would be.
-    let a = start_worker(&certs, "127.0.0.2:0".parse().unwrap());
+    let a = worker_at("a", &certs, "127.0.0.2:0".parse().unwrap(), 150);
     let port = a.addr.port();
-    let b = start_worker(&certs, SocketAddr::from(([127, 0, 0, 3], port)));
-    let c = start_worker(&certs, SocketAddr::from(([127, 0, 0, 4], port)));
+    let b = worker_at("b", &certs, SocketAddr::from(([127, 0, 0, 3], port)), 150);
+    let c = worker_at("c", &certs, SocketAddr::from(([127, 0, 0, 4], port)), 150);
     let Some(mut nsd) = Nsd::start(&dir, "@ IN A 127.0.0.2\n@ IN A 127.0.0.3\n") else {
         panic!("nsd is not installed: apt-get install nsd (scripts/test.sh does)");
     };
@@ -187,24 +172,9 @@ async fn dns_discovery_follows_a_records_and_srv_records_of_a_real_nameserver() 
     )
     .await;
     // The stream on the removed worker finishes with every token.
-    let mut n = 1;
-    let end = within("drained stream", async {
-        loop {
-            match on_a.next().await.expect("no error") {
-                Some(Event::Tokens(_)) => n += 1,
-                Some(Event::End(end)) => break end,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    })
-    .await;
+    let (n, end) = finish(&mut on_a, 1).await;
     assert_eq!((n, end.completion_tokens), (150, 150));
-    within("drained worker disconnected", async {
-        while a.connections() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    disconnected(&a).await;
     let mut r = Request::new("m", "hello");
     r.headers.max_tokens = Some(2);
     let (route, _, _) = within("served", client.generate(r).await.unwrap().collect())

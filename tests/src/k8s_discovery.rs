@@ -18,10 +18,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request as HttpRequest, Response};
 use meridian_fabric::config::ServerTls;
-use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
-use meridian_fabric::worker::{self, WorkerHandle};
-use meridian_protocol::client::{Event, Request};
+use meridian_protocol::client::Request;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -175,18 +173,6 @@ fn slice(name: &str, port: u16, endpoints: &[(&str, &str, bool, bool)]) -> Value
     })
 }
 
-fn start_worker(certs: &std::path::Path, listen: SocketAddr) -> WorkerHandle {
-    let mut cfg = worker_config(
-        ServerTls::Dev {
-            dir: certs.to_owned(),
-        },
-        (1, 10, 150),
-    );
-    cfg.listen = listen;
-    let id = Identity::load(&cfg.tls).expect("certificate");
-    worker::spawn(cfg, &id, Shutdown::new()).expect("worker starts")
-}
-
 fn names(edge: &meridian_fabric::edge::EdgeHandle) -> Vec<String> {
     edge.router
         .topology()
@@ -210,9 +196,14 @@ async fn until(edge: &meridian_fabric::edge::EdgeHandle, want: &[&str]) {
 async fn endpoint_slices_are_followed_through_the_kube_watcher() {
     let dir = scratch("k8s");
     let certs = dir.join("workers");
-    let a = start_worker(&certs, "127.0.0.2:0".parse().unwrap());
+    let a = worker_at("vllm-0", &certs, "127.0.0.2:0".parse().unwrap(), 150);
     let port = a.addr.port();
-    let b = start_worker(&certs, SocketAddr::from(([127, 0, 0, 3], port)));
+    let b = worker_at(
+        "vllm-1",
+        &certs,
+        SocketAddr::from(([127, 0, 0, 3], port)),
+        150,
+    );
     let (events, _) = broadcast::channel(64);
     let api = Arc::new(Api {
         slices: Mutex::new((1, BTreeMap::new())),
@@ -295,24 +286,9 @@ async fn endpoint_slices_are_followed_through_the_kube_watcher() {
         ],
     ));
     until(&edge, &["k8s/vllm-1"]).await;
-    let mut n = 1;
-    let end = within("drained", async {
-        loop {
-            match on_0.next().await.expect("no error") {
-                Some(Event::Tokens(_)) => n += 1,
-                Some(Event::End(end)) => break end,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    })
-    .await;
+    let (n, end) = finish(&mut on_0, 1).await;
     assert_eq!((n, end.completion_tokens), (150, 150));
-    within("vllm-0 disconnected", async {
-        while a.connections() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    disconnected(&a).await;
 
     // The slice is deleted: no workers left.
     api.delete("workers-1");

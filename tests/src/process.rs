@@ -60,6 +60,24 @@ impl Proc {
         Proc { child, lines }
     }
 
+    /// Sends `signal` (`HUP`, `TERM`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+    }
+
+    /// SIGTERM, then waits for a clean exit (a drain).
+    pub async fn terminate(&mut self) {
+        self.signal("TERM");
+        let status = within("exit after SIGTERM", self.child.wait())
+            .await
+            .unwrap();
+        assert!(status.success(), "exited with {status}");
+    }
+
     pub async fn json_line(&mut self) -> Value {
         let line = within("process output", self.lines.next_line())
             .await
@@ -185,13 +203,7 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
     client.close().await;
 
     // SIGTERM drains and exits cleanly.
-    let pid = edge.child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = within("edge exit", edge.child.wait()).await.unwrap();
-    assert!(status.success(), "edge exited with {status}");
+    edge.terminate().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -228,11 +240,7 @@ async fn a_worker_is_ready_until_it_drains() {
     r.headers.max_tokens = Some(400);
     let mut g = client.generate(r).await.unwrap();
     tokens(&mut g).await;
-    let pid = w.child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    w.signal("TERM");
     within("not ready while draining", async {
         while get("/readyz").await != 503 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -4,30 +4,15 @@
 //! invalid file is rejected with its location while the running config keeps serving.
 
 use std::path::Path;
-use std::time::Duration;
 
 use meridian_fabric::config::ServerTls;
 use meridian_fabric::edge::{EdgeHandle, ReloadFailure};
-use meridian_fabric::shutdown::Shutdown;
 use meridian_fabric::tls::Identity;
-use meridian_fabric::worker::{self, WorkerHandle};
-use meridian_protocol::client::{Event, Request};
+use meridian_fabric::worker::WorkerHandle;
+use meridian_protocol::client::Request;
 use meridian_protocol::{Credential, ErrorCode};
 
 use crate::support::*;
-
-/// A synthetic worker called `name` in region `r` (10 ms between tokens, `tokens` each).
-fn start_worker(dir: &Path, name: &str, tokens: u64) -> WorkerHandle {
-    let mut cfg = worker_config(
-        ServerTls::Dev {
-            dir: dir.join(name),
-        },
-        (1, 10, tokens),
-    );
-    cfg.name = name.into();
-    let id = Identity::load(&cfg.tls).expect("worker certificate");
-    worker::spawn(cfg, &id, Shutdown::new()).expect("worker starts")
-}
 
 /// An edge config listing `workers` (name, handle) in region `r`, and `keys` as
 /// `[[auth.api_keys]]` entries for tenant `t`.
@@ -73,9 +58,9 @@ fn with_key(model: &str, key: &str, shard: u32) -> Request {
 async fn a_reload_drains_a_removed_worker_connects_a_new_one_and_swaps_keys() {
     let dir = scratch("reload");
     let (w1, w2, w3) = (
-        start_worker(&dir, "w1", 150),
-        start_worker(&dir, "w2", 150),
-        start_worker(&dir, "w3", 150),
+        worker_at("w1", &dir.join("w1"), "127.0.0.1:0".parse().unwrap(), 150),
+        worker_at("w2", &dir.join("w2"), "127.0.0.1:0".parse().unwrap(), 150),
+        worker_at("w3", &dir.join("w3"), "127.0.0.1:0".parse().unwrap(), 150),
     );
     let path = dir.join("edge.toml");
     let id = Identity::load(&ServerTls::Dev {
@@ -133,27 +118,15 @@ async fn a_reload_drains_a_removed_worker_connects_a_new_one_and_swaps_keys() {
 
     // The streams on w1 were not cut: each ends with END and every token.
     for mut g in on_w1 {
-        let end = within("stream on the removed worker ends", async {
-            let mut n = 1; // one TOKENS frame read above
-            loop {
-                match g.next().await.expect("no error") {
-                    Some(Event::Tokens(_)) => n += 1,
-                    Some(Event::End(end)) => break (n, end),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-        })
-        .await;
-        assert_eq!(end.1.completion_tokens, 150);
-        assert_eq!(end.0, 150, "every token relayed");
+        let (n, end) = finish(&mut g, 1).await;
+        assert_eq!(
+            (n, end.completion_tokens),
+            (150, 150),
+            "every token relayed"
+        );
     }
     // Then the edge closes its connection to w1, and not to the others.
-    within("w1's connection closed after the drain", async {
-        while w1.connections() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    disconnected(&w1).await;
     assert_eq!(w2.connections(), 1);
     assert_eq!(w3.connections(), 1);
 

@@ -89,11 +89,7 @@ async fn sighup_and_a_swapped_configmap_reload_an_edge_process() {
 
     // v2 (w1 and w2, watched every 100 ms) is published, then SIGHUP applies it.
     publish(&cm, 2, &edge_toml(100, &entries.concat(), ""));
-    let pid = edge.child.id().unwrap().to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status();
-    assert!(hup.unwrap().success());
+    edge.signal("HUP");
     metric(
         &admin,
         "meridian_config_reloads_total{result=\"applied\"} 1",
@@ -139,11 +135,7 @@ async fn sighup_and_a_swapped_configmap_reload_an_edge_process() {
     let routes = admin_get(&admin, "/routes").await;
     assert!(!routes.contains("\"w1\""), "{routes}");
     // Workers catch SIGHUP (logged) rather than dying: w2 gets one, then serves.
-    let w2 = workers[1].child.id().unwrap().to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &w2])
-        .status();
-    assert!(hup.unwrap().success());
+    workers[1].signal("HUP");
     let client = pinned_client(
         started["edge_addr"].as_str().unwrap().parse().unwrap(),
         Path::new(started["cert"].as_str().unwrap()),
@@ -162,11 +154,6 @@ async fn sighup_and_a_swapped_configmap_reload_an_edge_process() {
     );
     client.close().await;
 
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = within("edge exit", edge.child.wait()).await.unwrap();
-    assert!(status.success(), "edge exited with {status}");
+    edge.terminate().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

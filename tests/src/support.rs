@@ -228,3 +228,51 @@ pub async fn error_after_tokens(g: &mut Generation) -> ClientError {
     })
     .await
 }
+
+/// Reads `g` to its END, failing on any error: the TOKENS frames read (plus `already`, the
+/// ones read before) and END.
+pub async fn finish(g: &mut Generation, already: u64) -> (u64, meridian_protocol::End) {
+    within("the stream ends with END", async {
+        let mut n = already;
+        loop {
+            match g.next().await.expect("no error") {
+                Some(Event::Tokens(_)) => n += 1,
+                Some(Event::End(end)) => break (n, end),
+                other => panic!("expected TOKENS or END, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until worker `w` has no connection left (an edge drained and closed it).
+pub async fn disconnected(w: &meridian_fabric::worker::WorkerHandle) {
+    within("the worker's connections closed", async {
+        while w.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// A synthetic worker called `name` on `listen` with its certificate in `certs` (workers
+/// sharing a directory share a certificate, as the pods of one Deployment share a Secret):
+/// 1 ms to the first token, then `tokens` tokens 10 ms apart.
+pub fn worker_at(
+    name: &str,
+    certs: &std::path::Path,
+    listen: std::net::SocketAddr,
+    tokens: u64,
+) -> meridian_fabric::worker::WorkerHandle {
+    let mut cfg = worker_config(
+        meridian_fabric::config::ServerTls::Dev {
+            dir: certs.to_owned(),
+        },
+        (1, 10, tokens),
+    );
+    cfg.name = name.into();
+    cfg.listen = listen;
+    let id = meridian_fabric::tls::Identity::load(&cfg.tls).expect("worker certificate");
+    meridian_fabric::worker::spawn(cfg, &id, meridian_fabric::shutdown::Shutdown::new())
+        .expect("worker starts")
+}
