@@ -67,6 +67,37 @@ pub struct LoadArgs {
     pub tenant_key: Vec<String>,
 }
 
+impl LoadArgs {
+    /// A closed loop of `concurrency` streams on `connections` connections from area `area`
+    /// with `api_key`, `max_tokens` each, measured for `duration` s after `warmup` s.
+    pub fn closed(
+        (concurrency, connections): (u64, usize),
+        (duration, warmup): (f64, f64),
+        max_tokens: u64,
+        area: &str,
+        api_key: &str,
+        seed: u64,
+    ) -> LoadArgs {
+        LoadArgs {
+            concurrency: Some(concurrency),
+            rate: None,
+            duration,
+            warmup,
+            connections,
+            prompt_bytes: 256,
+            max_tokens: Some(max_tokens),
+            keys: "uniform:10000".into(),
+            areas: format!("{area}:1"),
+            tenants: String::new(),
+            model: "llama-3-8b".into(),
+            seed,
+            max_in_flight: 100_000,
+            api_key: Some(api_key.to_owned()),
+            tenant_key: Vec::new(),
+        }
+    }
+}
+
 struct Shape {
     keys: KeyDist,
     areas: Mix,

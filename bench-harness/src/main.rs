@@ -17,6 +17,7 @@ mod mock_openai;
 mod plot;
 mod procs;
 mod quic_lb;
+mod reload;
 mod report;
 mod resume;
 mod suite;
@@ -57,6 +58,9 @@ enum Command {
     /// Fail the worker serving a resumable stream on an emulated long-haul link and measure
     /// what the resumption costs.
     Resume(resume::ResumeArgs),
+    /// Run closed-loop load through an edge without and with config reloads (SIGHUP every
+    /// few seconds, each draining or adding a worker) and compare.
+    Reload(reload::ReloadArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,6 +106,16 @@ fn main() -> anyhow::Result<()> {
                 let out = a.json.clone();
                 let report = suite::run(a).await?;
                 suite::print(&report);
+                if let Some(p) = out {
+                    std::fs::write(&p, serde_json::to_string_pretty(&report)?)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                Ok(())
+            }
+            Command::Reload(a) => {
+                let out = a.json.clone();
+                let report = reload::run(a).await?;
+                reload::print(&report);
                 if let Some(p) = out {
                     std::fs::write(&p, serde_json::to_string_pretty(&report)?)
                         .with_context(|| format!("writing {}", p.display()))?;

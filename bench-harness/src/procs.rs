@@ -118,3 +118,37 @@ pub fn meridian_bin(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// A synthetic `meridian worker` process called `name` in `region` (config and certificates
+/// under `dir`): `ttft_ms` to the first token, then `max_tokens` tokens `itl_ms` apart;
+/// `extra` lines go in its `[worker]` table. Returns it with its address and certificate.
+pub async fn synthetic_worker(
+    bin: &Path,
+    dir: &Path,
+    (name, region): (&str, &str),
+    (ttft_ms, itl_ms, max_tokens): (u64, u64, u64),
+    extra: &str,
+) -> anyhow::Result<(Proc, String, String)> {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[worker]\nname = \"{name}\"\nregion = \"{region}\"\nlisten = \"127.0.0.1:0\"\n\
+             models = [\"llama-3-8b\"]\nmax_concurrent = 4000\n{extra}\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
+             [backend]\nkind = \"synthetic\"\nttft_ms = {ttft_ms}\nitl_ms = {itl_ms}\nmax_tokens = {max_tokens}\n"
+        ),
+    )?;
+    let mut w = Proc::start(
+        bin,
+        &[
+            "worker",
+            "--json",
+            "--config",
+            cfg.to_str().context("utf-8 path")?,
+        ],
+    )?;
+    let line = w.json_line().await?;
+    let addr = line["addr"].as_str().context("worker addr")?.to_owned();
+    let cert = line["cert"].as_str().context("worker cert")?.to_owned();
+    Ok((w, addr, cert))
+}

@@ -141,23 +141,14 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
             }
         }
         eprintln!("wan: phase {name}: {link}");
-        let load = LoadArgs {
-            concurrency: Some(a.concurrency),
-            rate: None,
-            duration: a.duration,
-            warmup: a.warmup,
-            connections: a.connections,
-            prompt_bytes: 256,
-            max_tokens: Some(a.max_tokens),
-            keys: "uniform:10000".into(),
-            areas: "de:1".into(),
-            tenants: String::new(),
-            model: "llama-3-8b".into(),
-            seed: n as u64 + 1,
-            max_in_flight: 100_000,
-            api_key: Some(api_key.clone()),
-            tenant_key: Vec::new(),
-        };
+        let load = LoadArgs::closed(
+            (a.concurrency, a.connections),
+            (a.duration, a.warmup),
+            a.max_tokens,
+            "de",
+            &api_key,
+            n as u64 + 1,
+        );
         let target = Arc::new(
             Target::native(
                 format!("edge {edge_addr}"),
@@ -222,22 +213,14 @@ pub(crate) async fn start_fleet(a: &WanArgs, edge_extra: &str) -> anyhow::Result
     let itl = 1000 / a.tokens_per_s.max(1);
     for i in 1..=a.workers {
         let name = format!("frankfurt-{i}");
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "[worker]\nname = \"{name}\"\nregion = \"frankfurt\"\nlisten = \"127.0.0.1:0\"\n\
-                 models = [\"llama-3-8b\"]\nmax_concurrent = 4000\n{}\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
-                 [backend]\nkind = \"synthetic\"\nttft_ms = {}\nitl_ms = {itl}\nmax_tokens = {}\n",
-                a.worker_config.join("\n"),
-                a.ttft_ms,
-                a.max_tokens
-            ),
-        )?;
-        let mut w = Proc::start(&bin, &["worker", "--json", "--config", path(&cfg)?])?;
-        let line = w.json_line().await?;
-        let addr = line["addr"].as_str().context("worker addr")?.to_owned();
-        let cert = line["cert"].as_str().context("worker cert")?.to_owned();
+        let (w, addr, cert) = crate::procs::synthetic_worker(
+            &bin,
+            &dir,
+            (&name, "frankfurt"),
+            (a.ttft_ms, itl, a.max_tokens),
+            &a.worker_config.join("\n"),
+        )
+        .await?;
         let delay = a.delay_ms.to_string();
         let mut proxy = Proc::start_controlled(
             &me,
