@@ -55,6 +55,9 @@ target/openai-venv/bin/python scripts/openai_sdk_test.py target/debug/meridian
 step "OTLP trace export against the opentelemetry-proto schema"
 target/openai-venv/bin/python scripts/otlp_trace_test.py target/debug/meridian
 
+step "deployment packaging: Dockerfile, Kubernetes manifests and Helm chart (offline schema checks)"
+MERIDIAN_BIN=target/debug/meridian scripts/validate_deploy.sh
+
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-Dwarnings" cargo doc -j "$jobs" --workspace --no-deps --locked
 
