@@ -589,8 +589,10 @@ impl Router {
         // Why the first region this request could use was passed over, if it was.
         let mut passed: Option<Spill> = None;
         let mut first = true;
+        // A worker's uid is read (another cache line) only when the request excludes some.
         let eligible = |w: WorkerId| {
-            table.worker_models[w] & model_bit != 0 && !req.exclude.contains(&topo.workers[w].uid)
+            table.worker_models[w] & model_bit != 0
+                && (req.exclude.is_empty() || !req.exclude.contains(&topo.workers[w].uid))
         };
         for &r in order {
             if !allowed.contains(r) {
