@@ -45,11 +45,34 @@ pub enum Version {
     H2,
 }
 
+/// A byte stream a listener serves HTTP on: a TCP connection, or TLS over one.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Accepts TLS on `tcp` with `tls` (ALPN `h2`, `http/1.1`) within `limit`; `None` if the
+/// handshake fails or takes longer.
+pub async fn tls(
+    tcp: TcpStream,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    limit: Duration,
+) -> Option<Box<dyn Io>> {
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+    match tokio::time::timeout(limit, accept).await {
+        Ok(Ok(stream)) => Some(Box::new(stream)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Reads just enough of a new connection to tell HTTP/1.x from HTTP/2 — the first byte that
 /// differs from the HTTP/2 preface, or the whole preface — within `limit`. `None` if the
 /// client sends too little in time or goes away; the bytes read are replayed by
 /// [`Prefixed`].
-pub async fn detect(mut tcp: TcpStream, limit: Duration) -> Option<(Version, Prefixed)> {
+pub async fn detect(mut tcp: Box<dyn Io>, limit: Duration) -> Option<(Version, Prefixed)> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut head = [0u8; 24];
     let mut len = 0;
@@ -83,7 +106,7 @@ pub struct Prefixed {
     head: [u8; 24],
     pos: usize,
     len: usize,
-    inner: TcpStream,
+    inner: Box<dyn Io>,
     /// A replacement answer not yet written out.
     pending: Vec<u8>,
 }

@@ -154,13 +154,16 @@ pub async fn update_region(
     body: hyper::body::Incoming,
 ) -> Response<Full<Bytes>> {
     let bad = |msg: String| text(StatusCode::BAD_REQUEST, "text/plain", msg + "\n");
-    let Some(r) = router.config().region_id(name) else {
-        return text(
+    let unknown = || {
+        text(
             StatusCode::NOT_FOUND,
             "text/plain",
             format!("no region `{name}`\n"),
-        );
+        )
     };
+    if router.config().region_id(name).is_none() {
+        return unknown();
+    }
     let bytes = match Limited::new(body, MAX_UPDATE_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -195,18 +198,20 @@ pub async fn update_region(
     if values == [None, None] {
         return bad("nothing to change: give price_per_mtok and/or carbon_g_per_kwh".into());
     }
-    router.set_price(r, values[0], values[1]);
+    // Resolved again in the generation it changes: a reload may have come in between.
+    let Some((price, carbon)) = router.set_region_price(name, values[0], values[1]) else {
+        return unknown();
+    };
     tracing::info!(
         region = name,
-        price_per_mtok = router.price(r),
-        carbon_g_per_kwh = router.carbon(r),
+        price_per_mtok = price,
+        carbon_g_per_kwh = carbon,
         "region price/carbon updated"
     );
     text(
         StatusCode::OK,
         "application/json",
-        json!({ "region": name, "price_per_mtok": router.price(r), "carbon_g_per_kwh": router.carbon(r) })
-            .to_string(),
+        json!({ "region": name, "price_per_mtok": price, "carbon_g_per_kwh": carbon }).to_string(),
     )
 }
 

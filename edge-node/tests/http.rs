@@ -688,3 +688,45 @@ fn admin_connections_beyond_the_cap_wait_their_turn() {
         String::from_utf8_lossy(&buf[..n])
     );
 }
+
+#[test]
+fn https_front_door_serves_tls_with_the_edge_certificate() {
+    let s = common::edge_with(
+        "[edge]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nhttp_tls = true\n\
+         [tls]\ndev_cert_dir = \"{dir}/certs\"\n[[region]]\nname = \"r\"\n\
+         [[worker]]\nname = \"w\"\nregion = \"r\"\naddress = \"127.0.0.1:9\"\nmodels = [\"m\"]\npin = \"{dir}/certs/cert.pem\"\n[tenants]\nacme = {}\nbund = {}\n{auth}",
+    );
+    assert!(
+        s.http.starts_with("https://"),
+        "the edge names its front door https: {}",
+        s.http
+    );
+    let addr = s.http.trim_start_matches("https://").to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A client that trusts exactly the edge's certificate, offering HTTP/1.1 by ALPN.
+        let trust = meridian_protocol::client::Trust::pin_file(std::path::Path::new(&s.cert)).unwrap();
+        let tls = meridian_protocol::client::tls::client_crypto(&trust, &[b"http/1.1"]).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+        let req = format!(
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+            common::demo_key()
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap_or_default();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        let udp = s.edge.rsplit_once(':').unwrap().1;
+        assert!(out.to_lowercase().contains(&format!("alt-svc: h3=\":{udp}\"")), "{out}");
+        // Cleartext on the TLS port is not served.
+        let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        plain.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = plain.read_to_end(&mut buf).await;
+        assert!(!String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    });
+}

@@ -135,6 +135,22 @@ impl Identity {
         transport: quinn::TransportConfig,
         client_ca: Option<&Path>,
     ) -> Result<quinn::ServerConfig, IdentityError> {
+        let crypto = self.rustls_config(alpn, client_ca)?;
+        let crypto =
+            QuicServerConfig::try_from(crypto).map_err(|e| IdentityError::Config(e.to_string()))?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        cfg.transport_config(Arc::new(transport));
+        Ok(cfg)
+    }
+
+    /// The TLS 1.3 server config of this identity offering `alpn`, requiring client
+    /// certificates from `client_ca` if given: what QUIC uses, and what a TLS listener over
+    /// TCP (the HTTPS front door) uses.
+    pub fn rustls_config(
+        &self,
+        alpn: &[&[u8]],
+        client_ca: Option<&Path>,
+    ) -> Result<rustls::ServerConfig, IdentityError> {
         let cfg_err = |e: &dyn std::fmt::Display| IdentityError::Config(e.to_string());
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -159,11 +175,7 @@ impl Identity {
             .with_single_cert(self.certs.clone(), self.key.clone_key())
             .map_err(|e| cfg_err(&e))?;
         crypto.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let crypto =
-            QuicServerConfig::try_from(crypto).map_err(|e| IdentityError::Config(e.to_string()))?;
-        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        cfg.transport_config(Arc::new(transport));
-        Ok(cfg)
+        Ok(crypto)
     }
 }
 

@@ -197,7 +197,8 @@ async fn dns_discovery_follows_a_records_and_srv_records_of_a_real_nameserver() 
         }
     })
     .await;
-    // A name with no records is an empty set: the pool empties (fail closed: UNAVAILABLE).
+    // A name with no records (in two answers in a row) is an empty set: the pool empties,
+    // and a request for its model is UNAVAILABLE (retry later), not MODEL_NOT_FOUND.
     nsd.serve("@ IN A 127.0.0.3\n");
     within("no SRV records, no workers", async {
         while !names(&edge).is_empty() {
@@ -205,6 +206,15 @@ async fn dns_discovery_follows_a_records_and_srv_records_of_a_real_nameserver() 
         }
     })
     .await;
+    let g = client.generate(Request::new("m", "anyone?")).await.unwrap();
+    let err = within("refused", g.collect())
+        .await
+        .expect_err("no worker left");
+    assert_eq!(
+        err.code(),
+        Some(meridian_protocol::ErrorCode::UNAVAILABLE),
+        "{err}"
+    );
     client.close().await;
     edge.stop().await;
     for w in [a, b, c] {

@@ -157,3 +157,66 @@ async fn sighup_and_a_swapped_configmap_reload_an_edge_process() {
     edge.terminate().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A self-signed certificate for `localhost` written to `dir/cert.pem` and `dir/key.pem`
+/// (atomically, key first), as a renewed Secret would be.
+fn write_cert(dir: &Path) -> String {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (ck.cert.pem(), ck.signing_key.serialize_pem());
+    for (name, text) in [("key.pem", &key), ("cert.pem", &cert)] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+    cert
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_to_new_connections() {
+    let dir = scratch("cert-rotation");
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    write_cert(&tls);
+    let old = dir.join("old.pem");
+    std::fs::copy(tls.join("cert.pem"), &old).unwrap();
+    let cfg = worker_config(&dir, "w1", "seoul");
+    let mut w = Proc::start(&["worker", "--json", "--config", cfg.to_str().unwrap()]);
+    let line = w.json_line().await;
+    let worker = format!(
+        "[[worker]]\nname = \"w1\"\nregion = \"seoul\"\naddress = \"{}\"\nmodels = [\"llama-3-8b\"]\npin = \"{}\"\n",
+        line["addr"].as_str().unwrap(),
+        line["cert"].as_str().unwrap()
+    );
+    let toml = edge_toml(100, &worker, "").replace(
+        "[tls]\ndev_cert_dir = \"../edge-cert\"\n",
+        "[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+    );
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut edge = Proc::start(&["edge", "--json", "--config", path.to_str().unwrap()]);
+    let started = edge.json_line().await;
+    let addr: std::net::SocketAddr = started["edge_addr"].as_str().unwrap().parse().unwrap();
+    let admin = started["admin_url"].as_str().unwrap().to_owned();
+    pinned_client(addr, &old).await.close().await;
+
+    // The Secret is renewed: the edge notices the files changed and new connections get the
+    // new certificate (a client pinning it connects), without touching the config file.
+    write_cert(&tls);
+    metric(
+        &admin,
+        "meridian_config_reloads_total{result=\"applied\"} 1",
+    )
+    .await;
+    let new = tls.join("cert.pem");
+    let trust = meridian_protocol::client::Trust::pin_file(&new).unwrap();
+    let cfg = meridian_protocol::client::ClientConfig::new(trust);
+    let client = within(
+        "connect with the renewed certificate",
+        meridian_protocol::client::Client::connect(addr, cfg),
+    )
+    .await
+    .expect("the new certificate is served");
+    client.close().await;
+    edge.terminate().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

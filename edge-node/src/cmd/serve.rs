@@ -31,9 +31,13 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let identity = Identity::load(&config.edge.tls).context("setting up the edge certificate")?;
     let pop = config.edge.pop.clone();
-    let workers = config.workers.len();
+    // The second line waits for every static worker, and with discovery for one at least.
+    let workers = match config.discovery.is_empty() {
+        true => config.workers.len(),
+        false => config.workers.len().max(1),
+    };
     let (admin_addr, http_addr) = (config.edge.admin, config.edge.http);
-    let alt_svc_port = config.edge.alt_svc_port;
+    let (alt_svc_port, https) = (config.edge.alt_svc_port, config.edge.http_tls);
     let http_tenant = config.edge.http_tenant.clone();
     let admin_token: Option<Arc<str>> = match &config.edge.admin_token_env {
         Some(var) => Some(
@@ -71,7 +75,8 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             let bound = crate::http::spawn(a, front)
                 .await
                 .with_context(|| format!("binding the HTTP front door {a}"))?;
-            Some(format!("http://{bound}"))
+            let scheme = if https { "https" } else { "http" };
+            Some(format!("{scheme}://{bound}"))
         }
         None => None,
     };
@@ -100,14 +105,14 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     // A second line once every upstream is connected (scripts and tests wait for it).
     let router = handle.router.clone();
     let ready = async move {
-        router.wait_until(|r| r.healthy_workers() == workers).await;
+        router.wait_until(|r| r.healthy_workers() >= workers).await;
         if json {
             println!(
                 "{}",
                 serde_json::json!({ "ready": true, "workers": workers })
             );
         } else {
-            println!("connected to all {workers} workers");
+            println!("connected to {} workers", router.healthy_workers());
         }
         std::future::pending::<()>().await
     };
@@ -121,11 +126,26 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The content of what the edge watches: its config file and the running config's
+/// certificate and key files (a renewed Secret is reloaded too); `None` while the config file
+/// cannot be read (being replaced).
+fn watched(path: &Path, handle: &edge::EdgeHandle) -> Option<Vec<u8>> {
+    let mut all = std::fs::read(path).ok()?;
+    if let meridian_fabric::config::ServerTls::Files { cert, key } =
+        &handle.router.config().edge.tls
+    {
+        for f in [cert, key] {
+            all.extend(std::fs::read(f).unwrap_or_default());
+        }
+    }
+    Some(all)
+}
+
 /// Reloads the config on SIGHUP, and whenever the file's content changes (checked every
 /// `[edge] watch_config_ms`; a mounted ConfigMap changes by an atomic symlink swap, which
 /// reading the path follows). Runs until the process ends.
 async fn reloads(path: &Path, handle: &edge::EdgeHandle, mut hup: super::Hangups) {
-    let mut seen = std::fs::read(path).ok();
+    let mut seen = watched(path, handle);
     loop {
         let every = handle.router.config().edge.watch_config;
         let changed = async {
@@ -133,7 +153,7 @@ async fn reloads(path: &Path, handle: &edge::EdgeHandle, mut hup: super::Hangups
                 Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending().await,
             }
-            std::fs::read(path).ok()
+            watched(path, handle)
         };
         tokio::select! {
             _ = hup.recv() => tracing::info!(config = %path.display(), "SIGHUP: reloading the config"),
@@ -142,10 +162,10 @@ async fn reloads(path: &Path, handle: &edge::EdgeHandle, mut hup: super::Hangups
                 if now.is_none() || now == seen {
                     continue;
                 }
-                tracing::info!(config = %path.display(), "config file changed: reloading");
+                tracing::info!(config = %path.display(), "config or certificate changed: reloading");
             }
         }
-        seen = std::fs::read(path).ok();
+        seen = watched(path, handle);
         // Logged and counted (meridian_config_reloads_total) by the edge.
         let _ = handle.reload_file(path).await;
     }

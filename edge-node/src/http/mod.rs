@@ -67,6 +67,15 @@ impl Front {
         }
     }
 
+    /// This front door with the running config's limits (body size, intake timeout,
+    /// resumable models): what a new connection uses.
+    fn refreshed(&self) -> Front {
+        Front {
+            alt_svc: self.alt_svc.clone(),
+            ..Front::new(self.submitter.clone(), self.tenant.clone())
+        }
+    }
+
     /// Advertises HTTP/3 on UDP `port` (RFC 9114 §3.1.1: `Alt-Svc: h3=":port"`) on every
     /// HTTP/1.1 and HTTP/2 response, so browsers and HTTP/3-capable clients move to QUIC;
     /// 0 advertises nothing. Behind a load balancer, the port clients reach.
@@ -118,10 +127,21 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
                 return;
             };
             let tcp = crate::listen::accept(&listener, "http").await;
-            let (front, ids, builders) = (front.clone(), ids.clone(), builders.clone());
+            // Each connection takes the running config's limits (a reload applies to the
+            // connections opened after it).
+            let front = Arc::new(front.refreshed());
+            let (ids, builders) = (ids.clone(), builders.clone());
             tokio::spawn(async move {
                 let limit = front.intake_timeout;
-                let Some((version, io)) = crate::listen::detect(tcp, limit).await else {
+                // `[edge] http_tls`: HTTPS with the edge's (renewable) certificate.
+                let io: Box<dyn crate::listen::Io> = match front.submitter.http_tls() {
+                    Some(tls) => match crate::listen::tls(tcp, tls, limit).await {
+                        Some(io) => io,
+                        None => return,
+                    },
+                    None => Box::new(tcp),
+                };
+                let Some((version, io)) = crate::listen::detect(io, limit).await else {
                     return;
                 };
                 let activity = Arc::new(Activity::default());

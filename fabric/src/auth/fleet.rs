@@ -138,10 +138,10 @@ impl Auth {
     }
 }
 
-/// Syncs `auth` with Redis every `settings.sync_interval` until `stop` resolves,
+/// Syncs the running tenants' fleet counts with Redis every `settings.sync_interval` until `stop` resolves,
 /// reconnecting after failures (logged once per outage).
 pub(crate) async fn run(
-    auth: &crate::sync::RcuCell<Auth>,
+    router: &crate::route::Router,
     settings: &SharedLimitSettings,
     epoch: tokio::time::Instant,
     stop: impl std::future::Future<Output = ()>,
@@ -164,8 +164,9 @@ pub(crate) async fn run(
             .map_or(0, |d| d.as_millis() as u64);
         let now_ns = epoch.elapsed().as_nanos() as u64;
         // The tenants of the running config (a reload may have changed them).
-        let result = auth
-            .load()
+        let result = router
+            .topology()
+            .auth
             .sync_fleet(conn.as_mut(), &settings.key_prefix, now_unix_ms, now_ns)
             .await;
         match result {

@@ -20,7 +20,7 @@
 //! namespace = "inference"
 //! service = "meridian-workers" # label kubernetes.io/service-name
 //! port_name = "meridian"       # the slice port to use (default: the first UDP port)
-//! region = "frankfurt"         # unless the slice is labelled meridian.io/region
+//! region = "frankfurt"         # slices labelled meridian.io/region otherwise are skipped
 //! models = ["llama-3-8b"]      # unless the slice is labelled meridian.io/model
 //! # kubeconfig = "kubeconfig.yaml" # default: in-cluster service account, then $KUBECONFIG
 //! ```
@@ -104,7 +104,8 @@ pub struct DiscoverySource {
     pub name: String,
     /// Where the workers come from.
     pub kind: DiscoveryKind,
-    /// Region of the workers (Kubernetes: unless labelled `meridian.io/region`).
+    /// Region of the workers (Kubernetes: without it, the slices' `meridian.io/region` label;
+    /// with it, slices labelled with another region are skipped).
     pub region: Option<String>,
     /// Models they serve (Kubernetes: unless labelled `meridian.io/model`).
     pub models: Vec<String>,

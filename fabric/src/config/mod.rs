@@ -237,6 +237,9 @@ pub struct EdgeSettings {
     /// rebinding); `false` sends QUIC's `disable_active_migration` and drops datagrams from
     /// any other address (for load balancers that route by 4-tuple, not connection ID).
     pub migration: bool,
+    /// Whether the HTTP front door's TCP port speaks HTTPS (TLS with the edge's `[tls]`
+    /// certificate, ALPN `h2` and `http/1.1`) rather than cleartext HTTP/1.1 and h2c.
+    pub http_tls: bool,
     /// The UDP port the HTTP front door advertises for HTTP/3 (`Alt-Svc: h3=":port"`):
     /// `None` = the edge's own `listen` port, `Some(0)` = none.
     pub alt_svc_port: Option<u16>,

@@ -133,6 +133,7 @@ pub struct RawEdge {
     pub watch_config_ms: Option<Spanned<u64>>,
     pub migration: Option<bool>,
     pub alt_svc_port: Option<Spanned<u64>>,
+    pub http_tls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -363,6 +363,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             .and_then(|e| e.ack_eliciting_threshold.as_ref())
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
         migration: e.and_then(|e| e.migration).unwrap_or(true),
+        http_tls: e.and_then(|e| e.http_tls).unwrap_or(false),
         alt_svc_port: e
             .and_then(|e| e.alt_svc_port.as_ref())
             .map(|p| cx.count(Some(p), "alt_svc_port", 0..65536, 0) as u16),

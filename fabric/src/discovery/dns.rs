@@ -1,7 +1,9 @@
 //! DNS discovery: the A/AAAA records of a name (a Kubernetes headless Service lists one per
 //! ready pod) with a configured port, or SRV records (each target's addresses with the
 //! record's port), resolved again every `interval_ms` without caching. A name with no
-//! records means no workers; a resolution that fails (timeout, SERVFAIL) keeps the last set.
+//! records in two answers in a row means no workers (one empty answer, from a nameserver
+//! restarting, drains nothing); a resolution that fails (timeout, SERVFAIL) keeps the last
+//! set.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,22 +88,29 @@ where
     else {
         return;
     };
-    let r = match resolver(*ns) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(source = %source.name, "discovery cannot set up a DNS resolver: {e}");
-            return;
-        }
-    };
+    let r = super::retrying(&source.name, "set up a DNS resolver", || async {
+        resolver(*ns)
+    })
+    .await;
     let region = source.region.clone().unwrap_or_default();
     let mut failing = false;
     let mut last: Option<Vec<SocketAddr>> = None;
+    // Empty answers in a row: a set is emptied only on the second (a nameserver restarting
+    // can answer NXDOMAIN once; one answer must not drain a whole pool).
+    let mut empties = 0u32;
     loop {
         match resolve(&r, target).await {
             Ok(addrs) => {
                 if failing {
                     info!(source = %source.name, "discovery: DNS answers again");
                     failing = false;
+                }
+                empties = if addrs.is_empty() { empties + 1 } else { 0 };
+                let had = last.as_ref().is_some_and(|l| !l.is_empty());
+                if empties == 1 && had {
+                    warn!(source = %source.name, "discovery: DNS answered no records; emptying the set if the next answer agrees");
+                    tokio::time::sleep(source.interval).await;
+                    continue;
                 }
                 if last.as_ref() != Some(&addrs) {
                     info!(source = %source.name, workers = addrs.len(), "discovery: DNS set changed");

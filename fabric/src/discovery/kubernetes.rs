@@ -4,9 +4,12 @@
 //! requests; endpoints that are not — `serving && terminating` ones included — leave the
 //! topology and are drained, so their streams finish while no new request reaches them.
 //!
-//! The region and model of a slice's endpoints come from its labels `meridian.io/region` and
-//! `meridian.io/model` (the EndpointSlice controller copies the Service's labels onto its
-//! slices), else from the source's `region` and `models`.
+//! The region of a slice's endpoints is the source's `region`; a slice labelled
+//! `meridian.io/region` with another one is skipped, so a label can never move workers into a
+//! region (and a residency policy) the operator did not name. Only a source without `region`
+//! takes it from the label. The model is the slice's `meridian.io/model` label, else the
+//! source's `models` (the EndpointSlice controller copies the Service's labels onto its
+//! slices).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -43,9 +46,19 @@ pub fn endpoint_slice_workers(
     for slice in sorted {
         let labels = slice.metadata.labels.as_ref();
         let label = |k: &str| labels.and_then(|l| l.get(k)).cloned();
-        let Some(region) = label(REGION_LABEL).or_else(|| source.region.clone()) else {
-            warn!(source = %source.name, slice = ?slice.metadata.name, "EndpointSlice has no {REGION_LABEL} label and the source no region: skipped");
-            continue;
+        // Residency rests on regions: a label may name the region only where the operator
+        // did not; it can never move workers into another region than the source's.
+        let region = match (label(REGION_LABEL), &source.region) {
+            (Some(l), Some(r)) if &l != r => {
+                warn!(source = %source.name, slice = ?slice.metadata.name, label = %l, region = %r, "EndpointSlice labelled with another region than its discovery source's: skipped");
+                continue;
+            }
+            (_, Some(r)) => r.clone(),
+            (Some(l), None) => l,
+            (None, None) => {
+                warn!(source = %source.name, slice = ?slice.metadata.name, "EndpointSlice has no {REGION_LABEL} label and the source no region: skipped");
+                continue;
+            }
         };
         let models = label(MODEL_LABEL).map_or_else(|| source.models.clone(), |m| vec![m]);
         if models.is_empty() {
@@ -118,13 +131,10 @@ where
     else {
         return;
     };
-    let client = match client(kubeconfig.as_deref()).await {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(source = %source.name, "discovery cannot reach the Kubernetes API: {e}");
-            return;
-        }
-    };
+    let client = super::retrying(&source.name, "reach the Kubernetes API", || {
+        client(kubeconfig.as_deref())
+    })
+    .await;
     let api: kube::Api<EndpointSlice> = kube::Api::namespaced(client, namespace);
     let selector = format!("kubernetes.io/service-name={service}");
     let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
@@ -252,7 +262,11 @@ mod tests {
             serde_json::json!({ "meridian.io/region": "seoul", "meridian.io/model": "qwen-7b" }),
             serde_json::json!([{ "addresses": ["10.1.0.9"], "conditions": { "ready": true } }]),
         );
-        let w = endpoint_slice_workers(&source(Some("metrics")), std::slice::from_ref(&s));
+        // A label naming another region than the source's cannot move the workers there.
+        assert!(endpoint_slice_workers(&source(None), std::slice::from_ref(&s)).is_empty());
+        let mut unset = source(Some("metrics"));
+        unset.region = None;
+        let w = endpoint_slice_workers(&unset, std::slice::from_ref(&s));
         assert_eq!(w[0].region, "seoul");
         assert_eq!(w[0].models, ["qwen-7b"]);
         assert_eq!(w[0].address.port(), 9090);

@@ -108,13 +108,40 @@ impl Sources {
     }
 }
 
+/// Retries `setup` with doubling backoff (1 s to 30 s) until it succeeds, logging the first
+/// failure and each new one: a source that cannot start yet (no API server, no resolver
+/// config) starts once it can, keeping the workers it had meanwhile.
+async fn retrying<T, E, F, Fut>(source: &str, what: &str, setup: F) -> T
+where
+    E: std::fmt::Display,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = std::time::Duration::from_secs(1);
+    let mut last = String::new();
+    loop {
+        match setup().await {
+            Ok(v) => return v,
+            Err(e) => {
+                let e = e.to_string();
+                if e != last {
+                    tracing::warn!(source, "discovery cannot {what} (retrying): {e}");
+                    last = e;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 /// Runs one source until it is stopped or the edge shuts down.
 async fn run(source: DiscoverySource, edge: Arc<EdgeShared>, stop: Shutdown) {
     let found = |workers: Vec<Discovered>| {
-        let (edge, name) = (edge.clone(), source.name.clone());
+        let (edge, source) = (edge.clone(), source.clone());
         async move {
             // Logged and counted by the edge; a failure leaves the topology as it was.
-            let _ = crate::edge::reload::discovered(&edge, &name, workers).await;
+            let _ = crate::edge::reload::discovered(&edge, &source, workers).await;
         }
     };
     let work = async {

@@ -66,22 +66,35 @@ impl Outcome {
 pub(super) async fn route_and_relay(
     intake: &Intake,
     (tenant, cap): (Option<&str>, Option<u64>),
+    pinned: Option<Pinned>,
     arrived: Instant,
     sink: &mut impl Sink,
     edge: &EdgeShared,
     span: &mut Span,
 ) -> Outcome {
     let first = OnceLock::new();
-    let outcome = attempts(intake, (tenant, cap), arrived, sink, edge, span, &first).await;
+    let outcome = attempts(
+        intake,
+        (tenant, cap),
+        pinned,
+        arrived,
+        sink,
+        edge,
+        span,
+        &first,
+    )
+    .await;
     Outcome {
         first_token: first.get().copied(),
         ..outcome
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempts(
     intake: &Intake,
     (tenant, cap): (Option<&str>, Option<u64>),
+    mut pinned: Option<Pinned>,
     arrived: Instant,
     sink: &mut impl Sink,
     edge: &EdgeShared,
@@ -106,9 +119,9 @@ async fn attempts(
         .then(|| Resume::new(cfg.edge.resume_buffer_bytes, &edge.stats.resume));
     // Workers that failed this request, by uid (stable across reloads).
     let mut exclude: Vec<u64> = Vec::new();
-    // The residency of the first decision: later attempts stay inside it even if a reload
-    // changed the policy in between (they must satisfy both).
-    let mut pinned: Option<Pinned> = None;
+    // The residency the request was admitted under, then that of its first decision: every
+    // attempt stays inside it even if a reload changed the policy in between (it must satisfy
+    // both).
     // Why the last worker broke the answer, the tokens the client has, and where they came
     // from (a resumption).
     let mut broken: Option<(String, u64, Served)> = None;
@@ -149,7 +162,10 @@ async fn attempts(
                 return Outcome::new(tokens, region, Some(code));
             }
         };
-        if pinned.is_none() {
+        if pinned
+            .as_ref()
+            .is_none_or(|p| p.topology.generation != decision.topology().generation)
+        {
             pinned = Some(Pinned::of(&decision));
         }
         let (worker_id, topo) = (decision.worker, decision.topology().clone());
@@ -220,10 +236,12 @@ async fn attempts(
         };
         // A deadline or a cancel says nothing about the worker (a silent one is caught by the
         // stall limit, which is a failure).
+        // A worker retired by a reload while this request was routed to it is not at fault
+        // for the connection it no longer has.
         let judged = !matches!(
             outcome,
             Attempt::Draining | Attempt::ClientGone { .. } | Attempt::Deadline { .. }
-        );
+        ) && !topo.workers[worker_id].is_retired();
         if judged {
             edge.router.record_attempt(&topo, worker_id, failed);
         }

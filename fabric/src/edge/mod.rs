@@ -56,10 +56,10 @@ pub(crate) struct EdgeShared {
     pub shutdown: Shutdown,
     /// In-process submissions in flight.
     pub submissions: submit::InFlight,
-    /// Tenant identity and limits (replaced by a reload).
-    pub auth: crate::sync::RcuCell<crate::auth::Auth>,
     /// The client-facing endpoint (a reload gives it a new server config).
     pub endpoint: quinn::Endpoint,
+    /// The HTTPS front door's TLS config (`[edge] http_tls`), renewed with the certificate.
+    pub http_tls: crate::sync::RcuCell<Option<Arc<rustls::ServerConfig>>>,
     /// The running config's parts (file, discovered workers); serialises reloads.
     pub composition: tokio::sync::Mutex<reload::Composition>,
     /// Time base of the tenants' rate limits.
@@ -202,8 +202,8 @@ pub fn spawn_with_h3(
         tracer: telemetry::start(config.telemetry.as_ref(), &instance),
         shutdown: shutdown.clone(),
         submissions: submit::InFlight::default(),
-        auth: crate::sync::RcuCell::new(Arc::new(crate::auth::Auth::new(&config))),
         endpoint: endpoint.clone(),
+        http_tls: crate::sync::RcuCell::new(Arc::new(reload::http_tls(&config, identity)?)),
         composition: tokio::sync::Mutex::new(reload::Composition::new(config.clone())),
         epoch: tokio::time::Instant::now(),
         stopped: Shutdown::new(),
@@ -212,7 +212,7 @@ pub fn spawn_with_h3(
     if let Some(settings) = config.shared_limits.clone() {
         let (shared, stop) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move {
-            crate::auth::fleet::run(&shared.auth, &settings, shared.epoch, stop.wait()).await
+            crate::auth::fleet::run(&shared.router, &settings, shared.epoch, stop.wait()).await
         });
     }
     tokio::spawn(health::run(shared.clone(), shutdown.clone()));

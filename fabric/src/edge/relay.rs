@@ -15,6 +15,7 @@ use super::intake::{self, Intake, IntakeError};
 use super::observe;
 use super::sink::{code, QuicSink, Sink};
 use super::EdgeShared;
+use crate::route::Pinned;
 use crate::telemetry::Span;
 
 /// Where a request's latencies are recorded.
@@ -64,7 +65,10 @@ pub(crate) async fn serve(send: SendStream, mut recv: RecvStream, edge: Arc<Edge
             cfg.edge.max_prompt_bytes,
             cfg.routing.prefix_bytes,
             &edge.stats.budget,
-            |h| edge.auth.read(|a| a.identify(h, crate::auth::unix_now()).map(|_| ())),
+            |h| {
+                let topo = edge.router.topology();
+                topo.auth.identify(h, crate::auth::unix_now()).map(|_| ())
+            },
         ) => r,
         _ = sink.gone() => Err(IntakeError::Gone),
         // A client that never finishes sending must not hold a stream and its buffers.
@@ -139,9 +143,14 @@ pub(crate) async fn dispatch(
     // credential's, never the claim's.
     // Limits run on the admission time, not the stream's arrival (intake may take a while).
     let now_ns = edge.epoch.elapsed().as_nanos() as u64;
-    // The tenants of the running config; the admission keeps its own for the request's life.
-    let auth = edge.auth.load();
-    let mut admission = match auth.admit(&intake.headers, crate::auth::unix_now(), now_ns) {
+    // The running generation's tenants: the admission keeps them for the request's life, and
+    // the request is first routed inside what that generation's policy allows (a reload in
+    // between cannot pair this generation's key → tenant with another's tenant → policy).
+    let topo = edge.router.topology();
+    let mut admission = match topo
+        .auth
+        .admit(&intake.headers, crate::auth::unix_now(), now_ns)
+    {
         Ok(a) => a,
         Err(e) => {
             refused(&mut span, &e);
@@ -155,7 +164,17 @@ pub(crate) async fn dispatch(
         }
     }
     let cap = admission.token_cap();
-    let outcome = route_and_relay(intake, (tenant, cap), arrived, sink, edge, &mut span).await;
+    let pinned = Pinned::admitted(&topo, tenant, intake.headers.residency.as_deref());
+    let outcome = route_and_relay(
+        intake,
+        (tenant, cap),
+        pinned,
+        arrived,
+        sink,
+        edge,
+        &mut span,
+    )
+    .await;
     // The worker was told `max_tokens = cap`: a count above it (a misreporting backend) is
     // not charged beyond the cap.
     let tokens = outcome.tokens.min(cap.unwrap_or(u64::MAX));

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{EdgeHandle, EdgeShared, ReloadResult, H3_ALPN};
-use crate::config::{Config, ConfigErrors, EdgeSettings};
+use crate::config::{Config, ConfigErrors, DiscoverySource, EdgeSettings};
 use crate::discovery::{Discovered, Sources};
 use crate::tls::{Identity, IdentityError};
 use crate::transport;
@@ -61,6 +61,20 @@ pub(super) fn server_config(
     Ok(server)
 }
 
+/// ALPN of the HTTPS front door.
+pub(super) const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// The HTTPS front door's TLS config for `config` (`None` without `[edge] http_tls`).
+pub(super) fn http_tls(
+    config: &Config,
+    identity: &Identity,
+) -> Result<Option<Arc<rustls::ServerConfig>>, IdentityError> {
+    if !config.edge.http_tls {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(identity.rustls_config(HTTP_ALPN, None)?)))
+}
+
 /// Whether the client-facing server config (certificate, transport) must be rebuilt.
 fn server_changed(a: &EdgeSettings, b: &EdgeSettings) -> bool {
     a.tls != b.tls
@@ -83,6 +97,7 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
         (x.http != y.http, "[edge] http"),
         (x.http_tenant != y.http_tenant, "[edge] http_tenant"),
         (x.alt_svc_port != y.alt_svc_port, "[edge] alt_svc_port"),
+        (x.http_tls != y.http_tls, "[edge] http_tls"),
         (x.admin != y.admin, "[edge] admin"),
         (
             x.admin_token_env != y.admin_token_env,
@@ -179,28 +194,46 @@ impl Composition {
 }
 
 /// Applies `config` (composed) to the running edge; the caller holds the composition lock.
-async fn apply(shared: &Arc<EdgeShared>, config: Config) -> Result<ReloadReport, ReloadError> {
+/// `from_file`: a reload of the config file (SIGHUP, a changed file), which reads the
+/// certificate files again so a renewed certificate is served; a discovery update does not.
+async fn apply(
+    shared: &Arc<EdgeShared>,
+    config: Config,
+    from_file: bool,
+) -> Result<ReloadReport, ReloadError> {
     let old = shared.router.config();
     // Everything that can fail is done before anything is published.
-    let server = if server_changed(&old.edge, &config.edge) {
+    let files = matches!(config.edge.tls, crate::config::ServerTls::Files { .. });
+    let server = if (from_file && files) || server_changed(&old.edge, &config.edge) {
         let identity = Identity::load(&config.edge.tls)?;
-        Some(server_config(&config, &identity, shared.h3.is_some())?)
+        // `http_tls` itself is bound at start (the listener's protocol): the running one keeps
+        // its setting, with the new certificate.
+        let https = old
+            .edge
+            .http_tls
+            .then(|| identity.rustls_config(HTTP_ALPN, None));
+        let https = https.transpose()?.map(Arc::new);
+        Some((
+            server_config(&config, &identity, shared.h3.is_some())?,
+            https,
+        ))
     } else {
         None
     };
     let restart = restart_required(&old, &config);
     let config = Arc::new(config);
     let (topo, change) = shared.router.reload(config.clone());
-    let auth = crate::auth::Auth::carry(&config, Some(&shared.auth.load()));
-    shared.auth.store(Arc::new(auth));
     for w in &change.added {
         shared.upstreams.start(&topo, *w);
     }
     for (state, entry) in &change.retired {
         shared.upstreams.retire(state, entry);
     }
-    if let Some(server) = server {
+    if let Some((server, https)) = server {
         shared.endpoint.set_server_config(Some(server));
+        if https.is_some() {
+            shared.http_tls.store(Arc::new(https));
+        }
     }
     Ok(ReloadReport {
         generation: topo.generation,
@@ -243,20 +276,28 @@ fn record(shared: &EdgeShared, what: &str, r: &Result<ReloadReport, ReloadFailur
 /// recomposed with them. Counted like a reload.
 pub(crate) async fn discovered(
     shared: &Arc<EdgeShared>,
-    source: &str,
+    source: &DiscoverySource,
     workers: Vec<Discovered>,
 ) -> Result<ReloadReport, ReloadFailure> {
     let mut comp = shared.composition.lock().await;
-    // A source stopped by a reload may still report once.
-    let running = comp.base.discovery.iter().any(|s| s.name == source);
-    if !running || comp.found.get(source) == Some(&workers) {
+    // A source stopped (or changed) by a reload may still report once: only the running
+    // config's own sources count.
+    let running = comp.base.discovery.contains(source);
+    if !running || comp.found.get(&source.name) == Some(&workers) {
         return Ok(ReloadReport::default());
     }
-    comp.found.insert(source.to_owned(), workers);
-    let r = apply(shared, comp.compose())
+    let previous = comp.found.insert(source.name.clone(), workers);
+    let r = apply(shared, comp.compose(), false)
         .await
         .map_err(ReloadFailure::from);
-    record(shared, source, &r);
+    if r.is_err() {
+        // Not applied: the next report of the same set tries again.
+        match previous {
+            Some(p) => comp.found.insert(source.name.clone(), p),
+            None => comp.found.remove(&source.name),
+        };
+    }
+    record(shared, &source.name, &r);
     r
 }
 
@@ -269,12 +310,21 @@ impl EdgeHandle {
         let mut comp = shared.composition.lock().await;
         let base = Arc::new(config);
         let previous = std::mem::replace(&mut comp.base, base);
-        let r = apply(shared, comp.compose())
+        // What removed or changed sources found leaves the topology with this reload.
+        let found = comp.found.clone();
+        let (old, new) = (previous.clone(), comp.base.clone());
+        comp.found.retain(|name, _| {
+            (new.discovery.iter()).any(|s| &s.name == name && old.discovery.contains(s))
+        });
+        let r = apply(shared, comp.compose(), true)
             .await
             .map_err(ReloadFailure::from);
         match r {
             Ok(_) => comp.sync_sources(shared),
-            Err(_) => comp.base = previous,
+            Err(_) => {
+                comp.base = previous;
+                comp.found = found;
+            }
         }
         record(shared, "config", &r);
         r

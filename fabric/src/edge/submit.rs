@@ -144,9 +144,10 @@ impl Submitter {
     /// Whether a request with `headers` would be authenticated (before its body is read):
     /// `Err` is the UNAUTHORIZED answer.
     pub fn identify(&self, headers: &RequestHeaders) -> Result<(), meridian_protocol::ErrorFrame> {
-        self.shared
-            .auth
-            .read(|a| a.identify(headers, crate::auth::unix_now()).map(|_| ()))
+        let topo = self.shared.router.topology();
+        (topo.auth)
+            .identify(headers, crate::auth::unix_now())
+            .map(|_| ())
     }
 
     /// The edge's request buffer budget in bytes.
@@ -219,6 +220,12 @@ impl Submitter {
     /// Resolves once the edge starts draining (new submissions are refused from then on).
     pub async fn draining(self) {
         self.shared.shutdown.wait().await;
+    }
+
+    /// The HTTPS front door's TLS config (`[edge] http_tls`): the edge's certificate, renewed
+    /// by reloads.
+    pub fn http_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.shared.http_tls.read(|t| t.clone())
     }
 
     /// The edge's configuration (limits the front door applies too).

@@ -143,6 +143,19 @@ struct Link {
 }
 
 impl Link {
+    /// Takes the worker's entry and the upstream settings from the running config (a reload
+    /// may have changed its trust, server name or the `[upstream]` tuning: each connection
+    /// uses the values of the moment it is made). False once the worker left the topology.
+    fn refresh(&mut self) -> bool {
+        let topo = self.router.topology();
+        let Some(w) = topo.workers.iter().position(|s| s.uid == self.state.uid) else {
+            return false;
+        };
+        self.entry = topo.config.workers[w].clone();
+        self.settings = topo.config.upstream.clone();
+        true
+    }
+
     fn links(&self) -> &Links {
         &self.state.links
     }
@@ -182,6 +195,24 @@ async fn retired_and_drained(state: &WorkerState) {
     }
 }
 
+/// What a worker's TLS client config was built from: rebuilt when a reload changes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TlsFor {
+    trust: UpstreamTrust,
+    server_name: String,
+    identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl TlsFor {
+    fn of(entry: &WorkerEntry, settings: &UpstreamSettings) -> TlsFor {
+        TlsFor {
+            trust: entry.trust.clone(),
+            server_name: entry.server_name.clone(),
+            identity: settings.client_identity.clone(),
+        }
+    }
+}
+
 /// The TLS part of a worker's client config, kept across reconnects and shared by the
 /// worker's connections (no certificate files re-read, no verifier rebuilt per connection);
 /// rebuilt after a failed attempt so that a changed trust file is read again.
@@ -217,23 +248,29 @@ fn transport_for(
 
 /// Keeps one connection slot of a worker connected until shutdown, or until the worker
 /// leaves the topology (then the connection drains and closes).
-async fn maintain(link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown) {
-    let (state, entry, settings) = (link.state.clone(), &link.entry, &link.settings);
+async fn maintain(mut link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown) {
+    let state = link.state.clone();
     let retired = state.retired.clone();
-    let mut backoff = settings.backoff_min;
-    let mut tls: Option<quinn::ClientConfig> = None;
+    let mut backoff = link.settings.backoff_min;
+    // The TLS config of the last connection, kept while the trust it was built for stays.
+    let mut tls: Option<(quinn::ClientConfig, TlsFor)> = None;
     // The last connect error, logged as a warning when it first appears or changes (a
     // missing pin file, a refused certificate), then only at debug level while it repeats.
     let mut last_error: Option<String> = None;
     loop {
-        if shutdown.is_triggered() || retired.is_triggered() {
+        if shutdown.is_triggered() || retired.is_triggered() || !link.refresh() {
             return;
+        }
+        let (entry, settings) = (&link.entry, &link.settings);
+        let wanted = TlsFor::of(entry, settings);
+        if tls.as_ref().is_some_and(|(_, was)| *was != wanted) {
+            tls = None;
         }
         // Trust is read again after a failure: a dev worker may write its certificate after
         // we start.
         let attempt = async {
             let mut cfg = match tls.take() {
-                Some(c) => c,
+                Some((c, _)) => c,
                 None => crypto(entry, settings.client_identity.as_ref())?,
             };
             let last_rtt = state.health.path_rtt();
@@ -257,7 +294,7 @@ async fn maintain(link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown) {
         };
         match conn {
             Ok((conn, cfg)) => {
-                tls = Some(cfg);
+                tls = Some((cfg, wanted));
                 last_error = None;
                 info!(worker = %entry.name, slot = link.slot, addr = %entry.address, "upstream connected");
                 backoff = settings.backoff_min;

@@ -120,6 +120,20 @@ impl Pinned {
             allowed: d.allowed,
         }
     }
+
+    /// The pin of a request admitted by `topology`'s `Auth`: its tenant's and its own
+    /// residency there. Its first decision, even on a newer table, stays inside it. `None`
+    /// if a name is unknown in that generation (routing then refuses the request).
+    pub fn admitted(
+        topology: &Arc<Topology>,
+        tenant: Option<&str>,
+        residency: Option<&str>,
+    ) -> Option<Pinned> {
+        Some(Pinned {
+            allowed: topology.allowed(tenant, residency)?,
+            topology: topology.clone(),
+        })
+    }
 }
 
 /// Why a request cannot be routed.
@@ -282,6 +296,22 @@ impl Router {
     pub fn set_price(&self, r: RegionId, price_per_mtok: Option<f64>, carbon: Option<f64>) {
         self.topology
             .read(|t| t.regions[r].set_price(price_per_mtok, carbon));
+    }
+
+    /// [`Router::set_price`] by region name, resolved in the generation it changes (a reload
+    /// may have renumbered regions); the new price and carbon, or `None` for an unknown
+    /// region.
+    pub fn set_region_price(
+        &self,
+        name: &str,
+        price_per_mtok: Option<f64>,
+        carbon: Option<f64>,
+    ) -> Option<(f64, f64)> {
+        self.topology.read(|t| {
+            let region = &t.regions[t.config.region_id(name)?];
+            region.set_price(price_per_mtok, carbon);
+            Some((region.price(), region.carbon()))
+        })
     }
 
     /// The scorer's latest orders and region status (region ids of its `generation`).

@@ -134,6 +134,28 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A reload between a request's admission (by one generation's tenants) and its first
+    /// decision (on the next generation's table): the decision lands in old ∩ new.
+    #[test]
+    fn a_first_decision_after_a_reload_stays_inside_the_admitting_policy(
+        old in 1u8..32,
+        new in 1u8..32,
+        health in any::<u16>(),
+        key in any::<u64>(),
+    ) {
+        let r = router(old, &[0, 1, 2, 3, 4]);
+        let admitted = r.topology();
+        let pin = Pinned::admitted(&admitted, Some("t"), None).expect("known tenant");
+        reload(&r, new, &[4, 3, 2, 1, 0]);
+        set_health(&r, health);
+        let key = key.to_le_bytes();
+        if let Ok(d) = r.route(&req(&key, &[], Some(&pin))) {
+            prop_assert!(names(old & new).contains(&d.region_name()), "{} outside old ∩ new", d.region_name());
+        }
+    }
+}
+
 /// Requests routed on other threads while the policy flips between two disjoint sets, in
 /// new region orders, hundreds of times: each decision lands inside the policy of the
 /// generation it was made on.

@@ -100,6 +100,24 @@ impl RoutingTable {
             }
             worker_models.push(mask);
         }
+        // A discovery source's models are known even while it has no worker: a request for
+        // one is UNAVAILABLE (retry), never MODEL_NOT_FOUND (fix the name).
+        for source in &config.discovery {
+            let region = source.region.as_deref().and_then(|r| config.region_id(r));
+            for m in &source.models {
+                let next = models.len() as u32;
+                if next as usize >= MAX_MODELS && !models.contains_key(m) {
+                    continue;
+                }
+                let e = models.entry(m.clone()).or_insert(ModelEntry {
+                    index: next,
+                    regions: RegionSet::default(),
+                });
+                if let Some(r) = region {
+                    e.regions.insert(r);
+                }
+            }
+        }
         // Ejected workers are left out like unhealthy ones until a probe readmits them.
         let healthy = |w: WorkerId| workers[w].is_healthy() && !workers[w].health.is_ejected();
         let regions = (0..config.regions.len())

@@ -103,6 +103,10 @@ pub struct Topology {
     latencies: Vec<FastMap<String, Arc<Latencies>>>,
     /// Per model, the metrics of requests that failed before reaching a region.
     unrouted: FastMap<String, Arc<Latencies>>,
+    /// Tenant identity and limits of this generation: a request is admitted and first routed
+    /// by the same generation, so a reload never pairs one generation's key → tenant mapping
+    /// with another's tenant → residency policy.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// What a new generation changed about the workers.
@@ -116,16 +120,15 @@ pub struct Change {
     pub kept: usize,
 }
 
-/// Whether `a` (of `ca`) and `b` (of `cb`) are the same worker: same name, region, address,
-/// server name, trust, and the same upstream connection settings. Anything else is a new
-/// worker: the old one drains and a new connection is made.
+/// Whether `a` (of `ca`) and `b` (of `cb`) are the same worker: same name, region and
+/// address. Anything else is a new worker: the old one drains and a new connection is made.
+/// A changed trust, server name or `[upstream]` tuning keeps the worker and its connections
+/// (each connection is made with the settings of its moment), so such a reload never takes
+/// every worker out at once.
 fn same_worker(ca: &Config, a: &WorkerEntry, cb: &Config, b: &WorkerEntry) -> bool {
     a.name == b.name
         && ca.regions[a.region].name == cb.regions[b.region].name
         && a.address == b.address
-        && a.server_name == b.server_name
-        && a.trust == b.trust
-        && ca.upstream == cb.upstream
 }
 
 impl Topology {
@@ -230,7 +233,10 @@ impl Topology {
                 (m.clone(), old.unwrap_or_default())
             })
             .collect();
+        // Tenants whose limits did not change keep their limit state.
+        let auth = Arc::new(crate::auth::Auth::carry(&config, prev.map(|p| &*p.auth)));
         let topology = Topology {
+            auth,
             config,
             generation,
             hash,
@@ -278,6 +284,22 @@ impl Topology {
             models.sort_by(|a, b| a.0.cmp(b.0));
             models.into_iter().map(move |(k, v)| (r, k.as_str(), &**v))
         })
+    }
+
+    /// The regions `tenant`'s policy, narrowed by the request's `residency`, allows in this
+    /// generation (`ALL` without either); `None` if either name is unknown here.
+    pub fn allowed(&self, tenant: Option<&str>, residency: Option<&str>) -> Option<RegionSet> {
+        let cfg = &self.config;
+        let mut set = RegionSet::ALL;
+        if let Some(t) = tenant {
+            if let Some(policy) = cfg.tenants.get(t)?.as_deref() {
+                set = set.intersect(*cfg.residency.get(policy)?);
+            }
+        }
+        if let Some(p) = residency {
+            set = set.intersect(*cfg.residency.get(p)?);
+        }
+        Some(set)
     }
 
     /// The regions of this generation that `set` (regions of `other`, an older or the same

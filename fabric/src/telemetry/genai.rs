@@ -64,41 +64,50 @@ pub const TOKEN_BOUNDS: &[f64] = &[
 ];
 
 /// An explicit-bucket histogram (OTLP's and Prometheus's shape): counts per bucket, the
-/// sum, the minimum and the maximum, as atomics.
+/// sum, the minimum and the maximum, as atomics — one `fetch_add` per bucket and sum, one
+/// `fetch_min`/`fetch_max` each, no compare-and-swap loop. Values are kept as integers of
+/// `1 / scale` (nanoseconds for seconds, whole tokens for tokens).
 #[derive(Debug)]
 pub struct Buckets {
     bounds: &'static [f64],
+    scale: f64,
     counts: Box<[AtomicU64]>,
-    /// Sum, min and max as `f64` bits.
     sum: AtomicU64,
     min: AtomicU64,
     max: AtomicU64,
+    /// When it was made, Unix nanoseconds: the start of its cumulative series (a histogram
+    /// made anew after a reload starts a new series, as OTLP's reset rule requires).
+    start_ns: u64,
 }
 
+/// Scale of histograms of seconds: nanoseconds.
+pub const SECONDS: f64 = 1e9;
+/// Scale of histograms of counts (tokens).
+pub const UNITS: f64 = 1.0;
+
 impl Buckets {
-    /// An empty histogram with `bounds` (strictly increasing).
-    pub fn new(bounds: &'static [f64]) -> Buckets {
+    /// An empty histogram with `bounds` (strictly increasing) of values recorded in units of
+    /// `1 / scale`.
+    pub fn new(bounds: &'static [f64], scale: f64) -> Buckets {
         Buckets {
             bounds,
+            scale,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0f64.to_bits()),
-            min: AtomicU64::new(f64::INFINITY.to_bits()),
-            max: AtomicU64::new(f64::NEG_INFINITY.to_bits()),
+            sum: AtomicU64::new(0),
+            min: AtomicU64::new(u64::MAX),
+            max: AtomicU64::new(0),
+            start_ns: super::metrics::unix_ns(),
         }
     }
 
-    /// Records `v`: the bucket `(bounds[i-1], bounds[i]]` it falls in, and the sum.
+    /// Records `v` (≥ 0): the bucket `(bounds[i-1], bounds[i]]` it falls in, and the sum.
     pub fn record(&self, v: f64) {
         let i = self.bounds.partition_point(|b| *b < v);
         self.counts[i].fetch_add(1, Relaxed);
-        let fold = |a: &AtomicU64, f: fn(f64, f64) -> f64| {
-            let _ = a.fetch_update(Relaxed, Relaxed, |bits| {
-                Some(f(f64::from_bits(bits), v).to_bits())
-            });
-        };
-        fold(&self.sum, |s, v| s + v);
-        fold(&self.min, f64::min);
-        fold(&self.max, f64::max);
+        let units = (v.max(0.0) * self.scale).round() as u64;
+        self.sum.fetch_add(units, Relaxed);
+        self.min.fetch_min(units, Relaxed);
+        self.max.fetch_max(units, Relaxed);
     }
 
     /// Records a duration in seconds.
@@ -114,13 +123,23 @@ impl Buckets {
     /// A consistent-enough snapshot: per-bucket counts, their total, the sum, min and max.
     pub fn snapshot(&self) -> Snapshot {
         let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
-        let f = |a: &AtomicU64| f64::from_bits(a.load(Relaxed));
+        let f = |a: &AtomicU64| a.load(Relaxed) as f64 / self.scale;
+        let count = counts.iter().sum();
         Snapshot {
-            count: counts.iter().sum(),
+            count,
             counts,
             sum: f(&self.sum),
-            min: f(&self.min),
-            max: f(&self.max),
+            min: if count > 0 {
+                f(&self.min)
+            } else {
+                f64::INFINITY
+            },
+            max: if count > 0 {
+                f(&self.max)
+            } else {
+                f64::NEG_INFINITY
+            },
+            start_ns: self.start_ns,
         }
     }
 }
@@ -138,6 +157,8 @@ pub struct Snapshot {
     pub min: f64,
     /// Largest value (−∞ when empty).
     pub max: f64,
+    /// Start of the cumulative series, Unix nanoseconds.
+    pub start_ns: u64,
 }
 
 /// Slots of `error.type`: none, then one per wire error code (codes ≥ 15 share the last).
@@ -163,14 +184,23 @@ impl Default for GenAiMetrics {
             duration: (0..ops)
                 .map(|_| {
                     (0..ERROR_SLOTS)
-                        .map(|_| Buckets::new(DURATION_BOUNDS))
+                        .map(|_| Buckets::new(DURATION_BOUNDS, SECONDS))
                         .collect()
                 })
                 .collect(),
-            ttft: (0..ops).map(|_| Buckets::new(TTFT_BOUNDS)).collect(),
-            tpot: (0..ops).map(|_| Buckets::new(TPOT_BOUNDS)).collect(),
+            ttft: (0..ops)
+                .map(|_| Buckets::new(TTFT_BOUNDS, SECONDS))
+                .collect(),
+            tpot: (0..ops)
+                .map(|_| Buckets::new(TPOT_BOUNDS, SECONDS))
+                .collect(),
             tokens: (0..ops)
-                .map(|_| [Buckets::new(TOKEN_BOUNDS), Buckets::new(TOKEN_BOUNDS)])
+                .map(|_| {
+                    [
+                        Buckets::new(TOKEN_BOUNDS, UNITS),
+                        Buckets::new(TOKEN_BOUNDS, UNITS),
+                    ]
+                })
                 .collect(),
         }
     }
@@ -226,13 +256,16 @@ mod tests {
 
     #[test]
     fn buckets_are_upper_inclusive_and_track_sum_min_max() {
-        let b = Buckets::new(&[1.0, 2.0]);
-        for v in [0.5, 1.0, 1.5, 3.0] {
+        let b = Buckets::new(&[1.0, 2.0], UNITS);
+        for v in [1.0, 1.0, 2.0, 3.0] {
             b.record(v);
         }
         let s = b.snapshot();
         assert_eq!(s.counts, [2, 1, 1]);
-        assert_eq!((s.count, s.sum, s.min, s.max), (4, 6.0, 0.5, 3.0));
+        assert_eq!((s.count, s.sum, s.min, s.max), (4, 7.0, 1.0, 3.0));
+        let t = Buckets::new(&[0.1], SECONDS);
+        t.record(0.0005);
+        assert_eq!(t.snapshot().sum, 0.0005, "seconds kept to the nanosecond");
     }
 
     #[test]

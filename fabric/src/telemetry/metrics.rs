@@ -121,8 +121,15 @@ fn point(attrs: &Attrs, mut p: Json) -> Json {
     p
 }
 
-/// An `ExportMetricsServiceRequest` of `metrics`, cumulative since `start_ns`, read at
-/// `now_ns` (Unix nanoseconds).
+/// The wall clock, Unix nanoseconds.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// An `ExportMetricsServiceRequest` of `metrics`, read at `now_ns` (Unix nanoseconds):
+/// histograms cumulative since their own start, counters since `start_ns`.
 pub fn encode_otlp(resource: &Json, metrics: &[Metric], start_ns: u64, now_ns: u64) -> Vec<u8> {
     let (start, now) = (start_ns.to_string(), now_ns.to_string());
     let encoded: Vec<Json> = metrics
@@ -140,7 +147,7 @@ pub fn encode_otlp(resource: &Json, metrics: &[Metric], start_ns: u64, now_ns: u
                         .iter()
                         .map(|(attrs, s)| {
                             let mut p = point(attrs, json!({
-                                "startTimeUnixNano": start,
+                                "startTimeUnixNano": s.start_ns.to_string(),
                                 "timeUnixNano": now,
                                 "count": s.count.to_string(),
                                 "sum": s.sum,
@@ -189,7 +196,7 @@ mod tests {
     use crate::telemetry::genai::Buckets;
 
     fn sample() -> Vec<Metric> {
-        let b = Buckets::new(&[0.1, 1.0]);
+        let b = Buckets::new(&[0.1, 1.0], crate::telemetry::genai::SECONDS);
         b.record(0.05);
         b.record(0.5);
         let attrs: Attrs = vec![("gen_ai.request.model", "m\"x".into())];

@@ -6,19 +6,12 @@
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
 
 use super::export::{resource, Exporter, TraceStats};
-use super::metrics::{encode_otlp, Metric};
+use super::metrics::{encode_otlp, unix_ns, Metric};
 use crate::config::OtlpSettings;
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
 
 /// Exports `collect()`'s metrics every interval until `stop` resolves, then once more. Does
 /// nothing when `settings` has metrics off.
