@@ -152,3 +152,28 @@ pub async fn synthetic_worker(
     let cert = line["cert"].as_str().context("worker cert")?.to_owned();
     Ok((w, addr, cert))
 }
+
+/// The synthetic workers' behaviour (`wan`, `resume`, `reload`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Synthetic {
+    /// Workers' time to first token, ms.
+    #[arg(long, default_value_t = 20)]
+    pub ttft_ms: u64,
+    /// Tokens per second per stream.
+    #[arg(long, default_value_t = 50)]
+    pub tokens_per_s: u64,
+    /// Tokens per response.
+    #[arg(long, default_value_t = 50)]
+    pub max_tokens: u64,
+}
+
+impl Synthetic {
+    /// `(ttft_ms, itl_ms, max_tokens)` for [`synthetic_worker`].
+    pub fn timing(&self) -> (u64, u64, u64) {
+        (
+            self.ttft_ms,
+            1000 / self.tokens_per_s.max(1),
+            self.max_tokens,
+        )
+    }
+}

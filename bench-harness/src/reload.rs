@@ -42,15 +42,9 @@ pub struct ReloadArgs {
     /// Seconds between reloads in the second run.
     #[arg(long, default_value_t = 2.0)]
     pub every: f64,
-    /// Workers' time to first token, ms.
-    #[arg(long, default_value_t = 20)]
-    pub ttft_ms: u64,
-    /// Tokens per second per stream.
-    #[arg(long, default_value_t = 50)]
-    pub tokens_per_s: u64,
-    /// Tokens per response.
-    #[arg(long, default_value_t = 50)]
-    pub max_tokens: u64,
+    /// The synthetic workers.
+    #[command(flatten)]
+    pub backend: crate::procs::Synthetic,
     /// The `meridian` binary (default: next to this one).
     #[arg(long)]
     pub meridian: Option<PathBuf>,
@@ -123,7 +117,6 @@ pub async fn run(a: ReloadArgs) -> anyhow::Result<ReloadReport> {
     let dir = std::env::temp_dir().join(format!("meridian-reload-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let itl = 1000 / a.tokens_per_s.max(1);
     let mut procs = Vec::new();
     let mut entries = Vec::new();
     for i in 1..=a.workers {
@@ -132,7 +125,7 @@ pub async fn run(a: ReloadArgs) -> anyhow::Result<ReloadReport> {
             &bin,
             &dir,
             (&name, "frankfurt"),
-            (a.ttft_ms, itl, a.max_tokens),
+            a.backend.timing(),
             "",
         )
         .await?;
@@ -176,7 +169,7 @@ pub async fn run(a: ReloadArgs) -> anyhow::Result<ReloadReport> {
         LoadArgs::closed(
             (a.concurrency, a.connections),
             window,
-            a.max_tokens,
+            a.backend.max_tokens,
             "de",
             &api_key,
             seed,

@@ -51,15 +51,9 @@ pub struct WanArgs {
     /// Warm-up seconds per phase.
     #[arg(long, default_value_t = 3.0)]
     pub warmup: f64,
-    /// Workers' time to first token, ms.
-    #[arg(long, default_value_t = 20)]
-    pub ttft_ms: u64,
-    /// Tokens per second per stream.
-    #[arg(long, default_value_t = 50)]
-    pub tokens_per_s: u64,
-    /// Tokens per response.
-    #[arg(long, default_value_t = 50)]
-    pub max_tokens: u64,
+    /// The synthetic workers.
+    #[command(flatten)]
+    pub backend: crate::procs::Synthetic,
     /// Extra lines for the edge's `[upstream]` table (the choices under test), e.g.
     /// `congestion = "bbr"`.
     #[arg(long)]
@@ -120,7 +114,7 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
         api_key,
         dir,
     } = start_fleet(&a, "").await?;
-    let floor_ms = 2.0 * a.delay_ms + a.ttft_ms as f64;
+    let floor_ms = 2.0 * a.delay_ms + a.backend.ttft_ms as f64;
     let mut phases = Vec::new();
     for (n, name) in a.phases.iter().enumerate() {
         let commands = match name.as_str() {
@@ -144,7 +138,7 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
         let load = LoadArgs::closed(
             (a.concurrency, a.connections),
             (a.duration, a.warmup),
-            a.max_tokens,
+            a.backend.max_tokens,
             "de",
             &api_key,
             n as u64 + 1,
@@ -210,14 +204,13 @@ pub(crate) async fn start_fleet(a: &WanArgs, edge_extra: &str) -> anyhow::Result
     let mut procs = Vec::new();
     let mut proxies = Vec::new();
     let mut entries = String::new();
-    let itl = 1000 / a.tokens_per_s.max(1);
     for i in 1..=a.workers {
         let name = format!("frankfurt-{i}");
         let (w, addr, cert) = crate::procs::synthetic_worker(
             &bin,
             &dir,
             (&name, "frankfurt"),
-            (a.ttft_ms, itl, a.max_tokens),
+            a.backend.timing(),
             &a.worker_config.join("\n"),
         )
         .await?;

@@ -62,36 +62,11 @@ impl Outcome {
     }
 }
 
-/// Routes and relays, trying worker after worker as PROTOCOL.md §4.7 and §4.10 allow.
-pub(super) async fn route_and_relay(
-    intake: &Intake,
-    (tenant, cap): (Option<&str>, Option<u64>),
-    pinned: Option<Pinned>,
-    arrived: Instant,
-    sink: &mut impl Sink,
-    edge: &EdgeShared,
-    span: &mut Span,
-) -> Outcome {
-    let first = OnceLock::new();
-    let outcome = attempts(
-        intake,
-        (tenant, cap),
-        pinned,
-        arrived,
-        sink,
-        edge,
-        span,
-        &first,
-    )
-    .await;
-    Outcome {
-        first_token: first.get().copied(),
-        ..outcome
-    }
-}
-
+/// Routes and relays, trying worker after worker as PROTOCOL.md §4.7 and §4.10 allow, inside
+/// `pinned` (the residency the request was admitted under); `first` gets the instant its
+/// first token was relayed.
 #[allow(clippy::too_many_arguments)]
-async fn attempts(
+pub(super) async fn route_and_relay(
     intake: &Intake,
     (tenant, cap): (Option<&str>, Option<u64>),
     mut pinned: Option<Pinned>,

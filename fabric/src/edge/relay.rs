@@ -165,16 +165,14 @@ pub(crate) async fn dispatch(
     }
     let cap = admission.token_cap();
     let pinned = Pinned::admitted(&topo, tenant, intake.headers.residency.as_deref());
-    let outcome = route_and_relay(
-        intake,
-        (tenant, cap),
-        pinned,
-        arrived,
-        sink,
-        edge,
-        &mut span,
-    )
-    .await;
+    let first = OnceLock::new();
+    let who = (tenant, cap);
+    let outcome =
+        route_and_relay(intake, who, pinned, arrived, sink, edge, &mut span, &first).await;
+    let outcome = Outcome {
+        first_token: first.get().copied(),
+        ..outcome
+    };
     // The worker was told `max_tokens = cap`: a count above it (a misreporting backend) is
     // not charged beyond the cap.
     let tokens = outcome.tokens.min(cap.unwrap_or(u64::MAX));
