@@ -38,8 +38,8 @@ step "loom model checks (lock-free routing table and counters)"
 RUSTFLAGS="--cfg loom" cargo test -j "$jobs" --release --locked -p meridian-fabric \
   --target-dir target/loom --lib loom_
 
-step "benches build (cargo bench --no-run)"
-cargo bench -j "$jobs" --workspace --locked --no-run
+step "benches build (cargo bench --no-run: the crates with benches)"
+cargo bench -j "$jobs" --locked --no-run -p meridian-protocol -p meridian-fabric
 
 step "meridian-bench suite --quick (smoke: report complete and error-free; no timing checks)"
 cargo build -j "$jobs" --locked -p meridian-edge -p meridian-bench

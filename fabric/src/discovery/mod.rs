@@ -8,16 +8,21 @@
 //! Discovered workers are named `<source>/<pod name or address>`, the same on every edge, so
 //! a shard key maps to the same worker whichever edge it enters.
 
+#[cfg(feature = "discovery")]
 mod dns;
+#[cfg(feature = "discovery")]
 mod kubernetes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, DiscoveryKind, DiscoverySource, UpstreamTrust, WorkerEntry};
+#[cfg(feature = "discovery")]
+use crate::config::DiscoveryKind;
+use crate::config::{Config, DiscoverySource, UpstreamTrust, WorkerEntry};
 use crate::edge::EdgeShared;
 use crate::shutdown::Shutdown;
 
+#[cfg(feature = "discovery")]
 pub use kubernetes::{endpoint_slice_workers, MODEL_LABEL, REGION_LABEL};
 
 /// One worker a source found; its region is resolved when the topology is composed.
@@ -111,6 +116,7 @@ impl Sources {
 /// Retries `setup` with doubling backoff (1 s to 30 s) until it succeeds, logging the first
 /// failure and each new one: a source that cannot start yet (no API server, no resolver
 /// config) starts once it can, keeping the workers it had meanwhile.
+#[cfg(feature = "discovery")]
 async fn retrying<T, E, F, Fut>(source: &str, what: &str, setup: F) -> T
 where
     E: std::fmt::Display,
@@ -144,11 +150,18 @@ async fn run(source: DiscoverySource, edge: Arc<EdgeShared>, stop: Shutdown) {
             let _ = crate::edge::reload::discovered(&edge, &source, workers).await;
         }
     };
+    #[cfg(feature = "discovery")]
     let work = async {
         match &source.kind {
             DiscoveryKind::Dns { .. } => dns::run(&source, found).await,
             DiscoveryKind::Kubernetes { .. } => kubernetes::run(&source, found).await,
         }
+    };
+    #[cfg(not(feature = "discovery"))]
+    let work = async {
+        let _ = found;
+        tracing::error!(source = %source.name, "built without the `discovery` feature: the source does not run");
+        std::future::pending::<()>().await
     };
     tokio::select! {
         _ = work => {}
