@@ -135,7 +135,7 @@ impl Identity {
         transport: quinn::TransportConfig,
         client_ca: Option<&Path>,
     ) -> Result<quinn::ServerConfig, IdentityError> {
-        let crypto = self.rustls_config(alpn, client_ca)?;
+        let crypto = self.rustls_config(alpn, client_ca, false)?;
         let crypto =
             QuicServerConfig::try_from(crypto).map_err(|e| IdentityError::Config(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -143,17 +143,24 @@ impl Identity {
         Ok(cfg)
     }
 
-    /// The TLS 1.3 server config of this identity offering `alpn`, requiring client
-    /// certificates from `client_ca` if given: what QUIC uses, and what a TLS listener over
-    /// TCP (the HTTPS front door) uses.
+    /// The server config of this identity offering `alpn`, requiring client certificates
+    /// from `client_ca` if given: TLS 1.3 only (what QUIC requires), or also TLS 1.2 with
+    /// `tls12` (for a TLS listener over TCP — the HTTPS front door — whose clients and load
+    /// balancers may not all speak 1.3).
     pub fn rustls_config(
         &self,
         alpn: &[&[u8]],
         client_ca: Option<&Path>,
+        tls12: bool,
     ) -> Result<rustls::ServerConfig, IdentityError> {
         let cfg_err = |e: &dyn std::fmt::Display| IdentityError::Config(e.to_string());
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
         let builder = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(versions)
             .map_err(|e| cfg_err(&e))?;
         let builder = match client_ca {
             None => builder.with_no_client_auth(),

@@ -109,7 +109,7 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         if json {
             println!(
                 "{}",
-                serde_json::json!({ "ready": true, "workers": workers })
+                serde_json::json!({ "ready": true, "workers": router.healthy_workers() })
             );
         } else {
             println!("connected to {} workers", router.healthy_workers());

@@ -75,11 +75,12 @@ async fn resolve(r: &TokioResolver, target: &DnsTarget) -> Result<Vec<SocketAddr
     Ok(out)
 }
 
-/// Resolves `source` every `interval` and hands each result to `found`; runs until dropped.
+/// Resolves `source` every `interval` and hands each new result to `found` (which says
+/// whether it was applied; a set not applied is sent again); runs until dropped.
 pub(super) async fn run<F, Fut>(source: &DiscoverySource, found: F)
 where
     F: Fn(Vec<Discovered>) -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = bool>,
 {
     let DiscoveryKind::Dns {
         target,
@@ -119,8 +120,9 @@ where
                             Discovered::new(source, &a.to_string(), &region, &source.models, *a)
                         })
                         .collect();
-                    found(workers).await;
-                    last = Some(addrs);
+                    if found(workers).await {
+                        last = Some(addrs);
+                    }
                 }
             }
             Err(e) => {

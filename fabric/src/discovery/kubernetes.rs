@@ -120,7 +120,7 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, St
 pub(super) async fn run<F, Fut>(source: &DiscoverySource, found: F)
 where
     F: Fn(Vec<Discovered>) -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = bool>,
 {
     let DiscoveryKind::Kubernetes {
         namespace,
@@ -172,8 +172,9 @@ where
         let workers = endpoint_slice_workers(source, &list);
         if last.as_ref() != Some(&workers) {
             info!(source = %source.name, workers = workers.len(), "discovery: EndpointSlices changed");
-            found(workers.clone()).await;
-            last = Some(workers);
+            if found(workers.clone()).await {
+                last = Some(workers);
+            }
         }
     }
 }

@@ -64,6 +64,17 @@ impl Discovered {
         }
     }
 
+    /// Takes `new`'s settings (weight, TLS, and its models where the worker had `old`'s
+    /// rather than a label's): the source changed but still follows the same pool.
+    pub fn restamp(&mut self, old: &DiscoverySource, new: &DiscoverySource) {
+        self.weight = new.weight;
+        self.server_name = new.server_name.clone();
+        self.trust = new.trust.clone();
+        if self.models == old.models {
+            self.models = new.models.clone();
+        }
+    }
+
     /// The worker entry in `config`, or `None` if its region is not configured there.
     pub fn entry(&self, config: &Config) -> Option<WorkerEntry> {
         Some(WorkerEntry {
@@ -146,8 +157,11 @@ async fn run(source: DiscoverySource, edge: Arc<EdgeShared>, stop: Shutdown) {
     let found = |workers: Vec<Discovered>| {
         let (edge, source) = (edge.clone(), source.clone());
         async move {
-            // Logged and counted by the edge; a failure leaves the topology as it was.
-            let _ = crate::edge::reload::discovered(&edge, &source, workers).await;
+            // Logged and counted by the edge; a failure leaves the topology as it was, and the
+            // source sends the same set again on its next round.
+            crate::edge::reload::discovered(&edge, &source, workers)
+                .await
+                .is_ok()
         }
     };
     #[cfg(feature = "discovery")]
@@ -167,5 +181,43 @@ async fn run(source: DiscoverySource, edge: Arc<EdgeShared>, stop: Shutdown) {
         _ = work => {}
         _ = stop.wait() => {}
         _ = edge.shutdown.wait() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{DiscoveryKind, DnsTarget};
+
+    fn source(weight: u32, models: &[&str], pin: &str) -> DiscoverySource {
+        DiscoverySource {
+            name: "pool".into(),
+            kind: DiscoveryKind::Dns {
+                target: DnsTarget::Srv("_m._udp.pool".into()),
+                resolver: None,
+            },
+            region: Some("r".into()),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            weight,
+            server_name: "localhost".into(),
+            trust: UpstreamTrust::Pin(pin.into()),
+            interval: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_changed_source_restamps_what_it_found() {
+        let (old, new) = (source(1, &["m"], "a.pem"), source(3, &["m", "n"], "b.pem"));
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut from_source = Discovered::new(&old, "x", "r", &old.models, addr);
+        from_source.restamp(&old, &new);
+        assert_eq!((from_source.weight, from_source.models.len()), (3, 2));
+        assert_eq!(from_source.trust, UpstreamTrust::Pin("b.pem".into()));
+        // Models a label gave stay the label's.
+        let mut labelled = Discovered::new(&old, "y", "r", &["qwen".to_owned()], addr);
+        labelled.restamp(&old, &new);
+        assert_eq!(labelled.models, ["qwen"]);
     }
 }

@@ -60,6 +60,9 @@ pub(crate) struct EdgeShared {
     pub endpoint: quinn::Endpoint,
     /// The HTTPS front door's TLS config (`[edge] http_tls`), renewed with the certificate.
     pub http_tls: crate::sync::RcuCell<Option<Arc<rustls::ServerConfig>>>,
+    /// The certificate and key files' bytes the running server config was built from (a
+    /// reload rebuilds it only when they changed).
+    pub tls_files: std::sync::Mutex<Vec<u8>>,
     /// The running config's parts (file, discovered workers); serialises reloads.
     pub composition: tokio::sync::Mutex<reload::Composition>,
     /// Time base of the tenants' rate limits.
@@ -204,6 +207,7 @@ pub fn spawn_with_h3(
         submissions: submit::InFlight::default(),
         endpoint: endpoint.clone(),
         http_tls: crate::sync::RcuCell::new(Arc::new(reload::http_tls(&config, identity)?)),
+        tls_files: std::sync::Mutex::new(reload::certificate_bytes(&config)),
         composition: tokio::sync::Mutex::new(reload::Composition::new(config.clone())),
         epoch: tokio::time::Instant::now(),
         stopped: Shutdown::new(),

@@ -164,11 +164,35 @@ pub(crate) async fn dispatch(
         }
     }
     let cap = admission.token_cap();
-    let pinned = Pinned::admitted(&topo, tenant, intake.headers.residency.as_deref());
+    // The admitting generation must know the request's residency policy: a policy that only
+    // a newer generation has would otherwise route the request without the tenant's policy
+    // of the generation that admitted it.
+    let residency = intake.headers.residency.as_deref();
+    let Some(pinned) = Pinned::admitted(&topo, tenant, residency) else {
+        let e = ErrorFrame::new(
+            ErrorCode::BAD_REQUEST,
+            format!(
+                "unknown residency policy `{}`",
+                residency.unwrap_or_default()
+            ),
+        );
+        refused(&mut span, &e);
+        admission.settle(0);
+        return fail(sink, edge, e).await;
+    };
     let first = OnceLock::new();
     let who = (tenant, cap);
-    let outcome =
-        route_and_relay(intake, who, pinned, arrived, sink, edge, &mut span, &first).await;
+    let outcome = route_and_relay(
+        intake,
+        who,
+        Some(pinned),
+        arrived,
+        sink,
+        edge,
+        &mut span,
+        &first,
+    )
+    .await;
     let outcome = Outcome {
         first_token: first.get().copied(),
         ..outcome

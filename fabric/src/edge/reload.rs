@@ -72,7 +72,25 @@ pub(super) fn http_tls(
     if !config.edge.http_tls {
         return Ok(None);
     }
-    Ok(Some(Arc::new(identity.rustls_config(HTTP_ALPN, None)?)))
+    Ok(Some(Arc::new(
+        identity.rustls_config(HTTP_ALPN, None, true)?,
+    )))
+}
+
+/// The bytes of `config`'s certificate and key files (empty for a development identity, or
+/// while a file cannot be read — which then fails the reload with the file's error).
+pub(super) fn certificate_bytes(config: &Config) -> Vec<u8> {
+    match &config.edge.tls {
+        crate::config::ServerTls::Files { cert, key } => [cert, key]
+            .iter()
+            .flat_map(|f| std::fs::read(f).unwrap_or_default())
+            .collect(),
+        crate::config::ServerTls::Dev { .. } => Vec::new(),
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether the client-facing server config (certificate, transport) must be rebuilt.
@@ -114,6 +132,10 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
         (a.shared_limits != b.shared_limits, "[limits]"),
         (a.telemetry != b.telemetry, "[telemetry]"),
         (a.quic_lb != b.quic_lb, "[quic_lb]"),
+        (
+            a.upstream.connections_per_worker != b.upstream.connections_per_worker,
+            "[upstream] connections_per_worker (workers added from now on get the new number)",
+        ),
     ];
     checks
         .into_iter()
@@ -203,15 +225,15 @@ async fn apply(
 ) -> Result<ReloadReport, ReloadError> {
     let old = shared.router.config();
     // Everything that can fail is done before anything is published.
-    let files = matches!(config.edge.tls, crate::config::ServerTls::Files { .. });
-    let server = if (from_file && files) || server_changed(&old.edge, &config.edge) {
+    // A reload of the file reads the certificate files again, and a renewed certificate is
+    // served; unchanged files leave the server config (and clients' session tickets) alone.
+    let renewed = from_file && certificate_bytes(&config) != *lock(&shared.tls_files);
+    let server = if renewed || server_changed(&old.edge, &config.edge) {
         let identity = Identity::load(&config.edge.tls)?;
-        // `http_tls` itself is bound at start (the listener's protocol): the running one keeps
-        // its setting, with the new certificate.
-        let https = old
-            .edge
-            .http_tls
-            .then(|| identity.rustls_config(HTTP_ALPN, None));
+        // `http_tls` itself is bound at start (the listener's protocol): the running listener
+        // keeps its setting and gets the new certificate.
+        let listening = shared.http_tls.read(|t| t.is_some());
+        let https = listening.then(|| identity.rustls_config(HTTP_ALPN, None, true));
         let https = https.transpose()?.map(Arc::new);
         Some((
             server_config(&config, &identity, shared.h3.is_some())?,
@@ -231,6 +253,7 @@ async fn apply(
     }
     if let Some((server, https)) = server {
         shared.endpoint.set_server_config(Some(server));
+        *lock(&shared.tls_files) = certificate_bytes(&config);
         if https.is_some() {
             shared.http_tls.store(Arc::new(https));
         }
@@ -310,11 +333,21 @@ impl EdgeHandle {
         let mut comp = shared.composition.lock().await;
         let base = Arc::new(config);
         let previous = std::mem::replace(&mut comp.base, base);
-        // What removed or changed sources found leaves the topology with this reload.
+        // What removed sources found leaves the topology with this reload; a changed source
+        // that still follows the same pool keeps its set, restamped with its new settings,
+        // until its restarted task reports (a pool changed wholesale is dropped).
         let found = comp.found.clone();
         let (old, new) = (previous.clone(), comp.base.clone());
-        comp.found.retain(|name, _| {
-            (new.discovery.iter()).any(|s| &s.name == name && old.discovery.contains(s))
+        comp.found.retain(|name, set| {
+            let find = |c: &Config| c.discovery.iter().find(|s| &s.name == name).cloned();
+            match (find(&old), find(&new)) {
+                (Some(o), Some(n)) if o == n => true,
+                (Some(o), Some(n)) if o.kind == n.kind && o.region == n.region => {
+                    set.iter_mut().for_each(|d| d.restamp(&o, &n));
+                    true
+                }
+                _ => false,
+            }
         });
         let r = apply(shared, comp.compose(), true)
             .await

@@ -143,9 +143,9 @@ struct Link {
 }
 
 impl Link {
-    /// Takes the worker's entry and the upstream settings from the running config (a reload
-    /// may have changed its trust, server name or the `[upstream]` tuning: each connection
-    /// uses the values of the moment it is made). False once the worker left the topology.
+    /// Takes the upstream settings from the running config (a reload may have changed the
+    /// `[upstream]` tuning: each connection uses the values of the moment it is made; a new
+    /// trust or identity makes a new worker). False once the worker left the topology.
     fn refresh(&mut self) -> bool {
         let topo = self.router.topology();
         let Some(w) = topo.workers.iter().position(|s| s.uid == self.state.uid) else {
@@ -195,24 +195,6 @@ async fn retired_and_drained(state: &WorkerState) {
     }
 }
 
-/// What a worker's TLS client config was built from: rebuilt when a reload changes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct TlsFor {
-    trust: UpstreamTrust,
-    server_name: String,
-    identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-impl TlsFor {
-    fn of(entry: &WorkerEntry, settings: &UpstreamSettings) -> TlsFor {
-        TlsFor {
-            trust: entry.trust.clone(),
-            server_name: entry.server_name.clone(),
-            identity: settings.client_identity.clone(),
-        }
-    }
-}
-
 /// The TLS part of a worker's client config, kept across reconnects and shared by the
 /// worker's connections (no certificate files re-read, no verifier rebuilt per connection);
 /// rebuilt after a failed attempt so that a changed trust file is read again.
@@ -252,8 +234,7 @@ async fn maintain(mut link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown)
     let state = link.state.clone();
     let retired = state.retired.clone();
     let mut backoff = link.settings.backoff_min;
-    // The TLS config of the last connection, kept while the trust it was built for stays.
-    let mut tls: Option<(quinn::ClientConfig, TlsFor)> = None;
+    let mut tls: Option<quinn::ClientConfig> = None;
     // The last connect error, logged as a warning when it first appears or changes (a
     // missing pin file, a refused certificate), then only at debug level while it repeats.
     let mut last_error: Option<String> = None;
@@ -262,15 +243,11 @@ async fn maintain(mut link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown)
             return;
         }
         let (entry, settings) = (&link.entry, &link.settings);
-        let wanted = TlsFor::of(entry, settings);
-        if tls.as_ref().is_some_and(|(_, was)| *was != wanted) {
-            tls = None;
-        }
         // Trust is read again after a failure: a dev worker may write its certificate after
         // we start.
         let attempt = async {
             let mut cfg = match tls.take() {
-                Some((c, _)) => c,
+                Some(c) => c,
                 None => crypto(entry, settings.client_identity.as_ref())?,
             };
             let last_rtt = state.health.path_rtt();
@@ -294,7 +271,7 @@ async fn maintain(mut link: Link, endpoint: quinn::Endpoint, shutdown: Shutdown)
         };
         match conn {
             Ok((conn, cfg)) => {
-                tls = Some((cfg, wanted));
+                tls = Some(cfg);
                 last_error = None;
                 info!(worker = %entry.name, slot = link.slot, addr = %entry.address, "upstream connected");
                 backoff = settings.backoff_min;

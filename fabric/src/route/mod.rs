@@ -123,7 +123,8 @@ impl Pinned {
 
     /// The pin of a request admitted by `topology`'s `Auth`: its tenant's and its own
     /// residency there. Its first decision, even on a newer table, stays inside it. `None`
-    /// if a name is unknown in that generation (routing then refuses the request).
+    /// if a name is unknown in that generation: refuse the request (a newer generation may
+    /// know the name, but must not route it without this generation's policy).
     pub fn admitted(
         topology: &Arc<Topology>,
         tenant: Option<&str>,

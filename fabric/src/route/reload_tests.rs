@@ -156,6 +156,16 @@ proptest! {
     }
 }
 
+#[test]
+fn a_policy_the_admitting_generation_does_not_know_pins_nothing() {
+    let r = router(0b11111, &[0, 1, 2, 3, 4]);
+    let topo = r.topology();
+    assert!(Pinned::admitted(&topo, Some("t"), Some("p")).is_some());
+    // The relay refuses such a request (BAD_REQUEST) rather than routing it unpinned.
+    assert!(Pinned::admitted(&topo, Some("t"), Some("only-in-a-newer-config")).is_none());
+    assert!(Pinned::admitted(&topo, Some("nobody"), None).is_none());
+}
+
 /// Requests routed on other threads while the policy flips between two disjoint sets, in
 /// new region orders, hundreds of times: each decision lands inside the policy of the
 /// generation it was made on.

@@ -121,14 +121,18 @@ pub struct Change {
 }
 
 /// Whether `a` (of `ca`) and `b` (of `cb`) are the same worker: same name, region and
-/// address. Anything else is a new worker: the old one drains and a new connection is made.
-/// A changed trust, server name or `[upstream]` tuning keeps the worker and its connections
-/// (each connection is made with the settings of its moment), so such a reload never takes
-/// every worker out at once.
+/// address, verified the same way (server name, trust, the edge's client certificate).
+/// Anything else is a new worker: the old one drains and a new connection is made — so a
+/// rotated pin or CA never keeps a connection to the old peer for new requests. A changed
+/// `[upstream]` tuning (timeouts, congestion control, backoff) keeps the worker and its
+/// connections: each connection is made with the values of its moment.
 fn same_worker(ca: &Config, a: &WorkerEntry, cb: &Config, b: &WorkerEntry) -> bool {
     a.name == b.name
         && ca.regions[a.region].name == cb.regions[b.region].name
         && a.address == b.address
+        && a.server_name == b.server_name
+        && a.trust == b.trust
+        && ca.upstream.client_identity == cb.upstream.client_identity
 }
 
 impl Topology {
