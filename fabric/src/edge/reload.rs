@@ -248,8 +248,10 @@ async fn apply(
     for w in &change.added {
         shared.upstreams.start(&topo, *w);
     }
+    // The router already retired them (no table routes to them): their connections close
+    // as their streams end (the connection tasks watch `retired`).
     for (state, entry) in &change.retired {
-        shared.upstreams.retire(state, entry);
+        tracing::info!(worker = %entry.name, in_flight = state.local_in_flight(), "worker left the topology: draining");
     }
     if let Some((server, https)) = server {
         shared.endpoint.set_server_config(Some(server));

@@ -116,15 +116,6 @@ impl Upstreams {
         }
     }
 
-    /// Drains a worker that left the topology: it takes no new request from now on; each of
-    /// its connections closes once the requests this edge has in flight on it ended (they
-    /// are never cut), and none is made again.
-    pub fn retire(&self, state: &WorkerState, entry: &WorkerEntry) {
-        info!(worker = %entry.name, in_flight = state.local_in_flight(), "worker left the topology: draining");
-        state.retired.trigger();
-        state.set_healthy(false);
-    }
-
     /// Closes every connection of the current topology (edge shutdown).
     pub fn close_all(&self) {
         for state in &self.router.topology().workers {
@@ -148,7 +139,7 @@ impl Link {
     /// trust or identity makes a new worker). False once the worker left the topology.
     fn refresh(&mut self) -> bool {
         let topo = self.router.topology();
-        let Some(w) = topo.workers.iter().position(|s| s.uid == self.state.uid) else {
+        let Some(w) = topo.position(self.state.uid) else {
             return false;
         };
         self.entry = topo.config.workers[w].clone();

@@ -281,27 +281,10 @@ impl Router {
         self.topology.read(|t| t.config.clone())
     }
 
-    /// Region `r`'s (current generation) price per million tokens.
-    pub fn price(&self, r: RegionId) -> f64 {
-        self.topology.read(|t| t.regions[r].price())
-    }
-
-    /// Region `r`'s (current generation) carbon intensity, g/kWh.
-    pub fn carbon(&self, r: RegionId) -> f64 {
-        self.topology.read(|t| t.regions[r].carbon())
-    }
-
-    /// Changes region `r`'s (current generation) price and/or carbon intensity; the scorer
-    /// uses them from its next tick. Values must be finite and non-negative (the admin API
-    /// checks).
-    pub fn set_price(&self, r: RegionId, price_per_mtok: Option<f64>, carbon: Option<f64>) {
-        self.topology
-            .read(|t| t.regions[r].set_price(price_per_mtok, carbon));
-    }
-
-    /// [`Router::set_price`] by region name, resolved in the generation it changes (a reload
-    /// may have renumbered regions); the new price and carbon, or `None` for an unknown
-    /// region.
+    /// Changes a region's price and/or carbon intensity, by name, resolved in the
+    /// generation it changes (a reload may have renumbered regions); the scorer uses them
+    /// from its next tick. Values must be finite and non-negative (the admin API checks).
+    /// Returns the new price and carbon, or `None` for an unknown region.
     pub fn set_region_price(
         &self,
         name: &str,
@@ -495,11 +478,6 @@ impl Router {
         self.table.read(|t| t.regions[region].healthy.is_empty())
     }
 
-    /// Requests this edge has in flight in region `r` of the current generation.
-    pub fn region_in_flight(&self, r: RegionId) -> u64 {
-        self.topology.read(|t| t.regions[r].in_flight.current())
-    }
-
     /// Healthy workers in the current table (what routing sees, not just the flags).
     pub fn healthy_workers(&self) -> usize {
         self.table
@@ -575,9 +553,9 @@ impl Router {
         names.join("+")
     }
 
-    /// Routes a request. Lock-free and allocation-free on success (one RCU read, a few
-    /// hash-map probes, bit masks, one binary search on the region's ring, two atomic
-    /// increments).
+    /// Routes a request. Lock-free and allocation-free on success (one RCU load of the
+    /// table, which the decision keeps; a few hash-map probes, bit masks, one binary search
+    /// on the region's ring, two atomic increments).
     pub fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
         self.route_traced(req, &mut ())
     }
@@ -702,7 +680,7 @@ impl Router {
     pub fn record_load(&self, state: &WorkerState, in_flight: u64, queue_depth: u64) {
         state.set_reported(in_flight, queue_depth);
         let topo = self.topology.load();
-        let Some(w) = topo.workers.iter().position(|s| s.uid == state.uid) else {
+        let Some(w) = topo.position(state.uid) else {
             return; // retired
         };
         let r = topo.config.workers[w].region;

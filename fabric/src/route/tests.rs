@@ -293,7 +293,8 @@ proptest! {
             }
         }
         for (reg, p) in prices.iter().enumerate() {
-            r.set_price(reg, Some(*p), Some(p * 100.0));
+            let name = r.config().regions[reg].name.clone();
+            r.set_region_price(&name, Some(*p), Some(p * 100.0));
         }
         // Two scorer ticks: baselines from the first RTTs, then some regions get slower
         // (demoted) — the real scorer decides.
@@ -460,17 +461,22 @@ fn the_cost_objective_follows_prices_changed_at_run_time() {
     // jp prefers seoul (0.60) and tokyo (0.70): the cheaper one leads.
     let jp = req(Some("jp"), None);
     assert_eq!(region_of(&r, &jp).unwrap(), "seoul");
-    let seoul = r.config().region_id("seoul").unwrap();
     // 0.66 is not 10 % more than tokyo's 0.70: hysteresis keeps seoul.
-    r.set_price(seoul, Some(0.66), None);
+    r.set_region_price("seoul", Some(0.66), None);
     r.tick_at(250);
     assert_eq!(region_of(&r, &jp).unwrap(), "seoul");
-    r.set_price(seoul, Some(0.90), None);
+    r.set_region_price("seoul", Some(0.90), None);
     r.tick_at(500);
     assert_eq!(region_of(&r, &jp).unwrap(), "tokyo");
     // However cheap a region outside the preference list gets, it only follows.
-    let us = r.config().region_id("us-east").unwrap();
-    r.set_price(us, Some(0.01), None);
+    assert_eq!(
+        r.set_region_price("us-east", Some(0.01), None),
+        Some((
+            0.01,
+            r.config().regions[r.config().region_id("us-east").unwrap()].carbon_g_per_kwh
+        ))
+    );
+    assert_eq!(r.set_region_price("atlantis", Some(0.01), None), None);
     r.tick_at(750);
     assert_eq!(region_of(&r, &jp).unwrap(), "tokyo");
     let e = r.explain(&jp);

@@ -253,6 +253,12 @@ impl Topology {
         (topology, change)
     }
 
+    /// The index in this generation of the worker whose [`WorkerState::uid`] is `uid`;
+    /// `None` once it left the topology.
+    pub fn position(&self, uid: u64) -> Option<WorkerId> {
+        self.workers.iter().position(|s| s.uid == uid)
+    }
+
     /// The workers of region `r`.
     pub fn members(&self, r: RegionId) -> &[WorkerId] {
         &self.members[r]
