@@ -25,7 +25,7 @@ mod target;
 mod wan;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -106,21 +106,13 @@ fn main() -> anyhow::Result<()> {
                 let out = a.json.clone();
                 let report = suite::run(a).await?;
                 suite::print(&report);
-                if let Some(p) = out {
-                    std::fs::write(&p, serde_json::to_string_pretty(&report)?)
-                        .with_context(|| format!("writing {}", p.display()))?;
-                }
-                Ok(())
+                write_json(out.as_deref(), &report)
             }
             Command::Reload(a) => {
                 let out = a.json.clone();
                 let report = reload::run(a).await?;
                 reload::print(&report);
-                if let Some(p) = out {
-                    std::fs::write(&p, serde_json::to_string_pretty(&report)?)
-                        .with_context(|| format!("writing {}", p.display()))?;
-                }
-                Ok(())
+                write_json(out.as_deref(), &report)
             }
             Command::Resume(a) => {
                 let report = resume::run(a).await?;
@@ -132,14 +124,19 @@ fn main() -> anyhow::Result<()> {
                 let out = a.json.clone();
                 let report = wan::run(a).await?;
                 wan::print(&report);
-                if let Some(p) = out {
-                    std::fs::write(&p, serde_json::to_string_pretty(&report)?)
-                        .with_context(|| format!("writing {}", p.display()))?;
-                }
-                Ok(())
+                write_json(out.as_deref(), &report)
             }
         }
     })
+}
+
+/// Writes `report` as pretty JSON to `path`, if one was given (`--json`).
+fn write_json(path: Option<&Path>, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -174,10 +171,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let target = Arc::new(target);
     let report = load::run(target.clone(), &a.load).await?;
     report.print();
-    if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
+    write_json(a.json.as_deref(), &report)?;
     if let Some(p) = &a.plot {
         let hist = load::last_stats();
         let svg = plot::cdf_svg(
