@@ -65,6 +65,7 @@ pub fn routes(router: &Router) -> serde_json::Value {
         })
         .collect();
     let mut areas: Vec<_> = table
+        .scored
         .area_order
         .iter()
         .map(|(area, order)| {

@@ -394,6 +394,18 @@ impl Config {
     pub fn region_id(&self, name: &str) -> Option<RegionId> {
         self.regions.iter().position(|r| r.name == name)
     }
+
+    /// The models the topology serves, each once, in model-index order: the workers', then
+    /// those only a discovery source names (known while it has no worker yet).
+    pub fn models(&self) -> Vec<&str> {
+        let mut seen = std::collections::HashSet::new();
+        let workers = self.workers.iter().flat_map(|w| &w.models);
+        let sources = self.discovery.iter().flat_map(|d| &d.models);
+        (workers.chain(sources))
+            .map(String::as_str)
+            .filter(|m| seen.insert(*m))
+            .collect()
+    }
 }
 
 /// The synthetic backend's behaviour.

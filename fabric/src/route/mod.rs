@@ -202,8 +202,8 @@ impl Trace for () {}
 /// routing table.
 #[derive(Debug)]
 pub struct Router {
-    /// The current generation.
-    topology: RcuCell<Topology>,
+    /// The current table, and through it the current generation (`RoutingTable::topology`):
+    /// one store publishes both.
     table: RcuCell<RoutingTable>,
     epoch: AtomicU64,
     changed: tokio::sync::watch::Sender<u64>,
@@ -253,7 +253,6 @@ impl Router {
         let table = RoutingTable::build(&topology, 0, scored.clone());
         let (changed, _) = tokio::sync::watch::channel(0);
         Router {
-            topology: RcuCell::new(topology),
             table: RcuCell::new(Arc::new(table)),
             epoch: AtomicU64::new(0),
             changed,
@@ -273,12 +272,12 @@ impl Router {
 
     /// The current generation.
     pub fn topology(&self) -> Arc<Topology> {
-        self.topology.load()
+        self.table.read(|t| t.topology.clone())
     }
 
     /// The current configuration.
     pub fn config(&self) -> Arc<Config> {
-        self.topology.read(|t| t.config.clone())
+        self.table.read(|t| t.topology.config.clone())
     }
 
     /// Changes a region's price and/or carbon intensity, by name, resolved in the
@@ -291,7 +290,8 @@ impl Router {
         price_per_mtok: Option<f64>,
         carbon: Option<f64>,
     ) -> Option<(f64, f64)> {
-        self.topology.read(|t| {
+        self.table.read(|t| {
+            let t = &t.topology;
             let region = &t.regions[t.config.region_id(name)?];
             region.set_price(price_per_mtok, carbon);
             Some((region.price(), region.carbon()))
@@ -350,13 +350,12 @@ impl Router {
     /// requests keep the decisions they hold.
     pub fn reload(&self, config: Arc<Config>) -> (Arc<Topology>, Change) {
         let mut scorer = self.control();
-        let old = self.topology.load();
+        let old = self.topology();
         let (next, change) = old.next(config);
         let next = Arc::new(next);
         let prev = self.table.read(|t| self.scored_in(t).translated(&next));
         let scored = Arc::new(scorer.tick(self, &next, &prev, self.now_ms()));
         self.status.store(scored.clone());
-        self.topology.store(next.clone());
         self.rebuild_locked(&next, scored);
         // Retired only once no table routes to them: a request routed just before still
         // holds its decision (and finishes), none after finds them.
@@ -408,7 +407,7 @@ impl Router {
     /// Ejected workers of the current generation due for a probe now.
     pub fn due_probes(&self) -> (Arc<Topology>, Vec<WorkerId>) {
         let now = self.now_ms();
-        let topo = self.topology.load();
+        let topo = self.topology();
         let due = (0..topo.workers.len())
             .filter(|w| {
                 let h = &topo.workers[*w].health;
@@ -439,7 +438,7 @@ impl Router {
 
     /// Live state of worker `w` of the current generation.
     pub fn worker(&self, w: WorkerId) -> Arc<WorkerState> {
-        self.topology.read(|t| t.workers[w].clone())
+        self.table.read(|t| t.topology.workers[w].clone())
     }
 
     /// The current table.
@@ -654,7 +653,8 @@ impl Router {
             // Counted when the request left its preference list for it.
             if passed.is_none()
                 && !preferred.contains(r)
-                && usable.intersect(preferred).intersect(table.demoted) != RegionSet::default()
+                && usable.intersect(preferred).intersect(table.scored.demoted)
+                    != RegionSet::default()
             {
                 passed = Some(Spill::Degraded);
             }
@@ -679,7 +679,7 @@ impl Router {
     /// edges (off the hot path: once per report interval per worker).
     pub fn record_load(&self, state: &WorkerState, in_flight: u64, queue_depth: u64) {
         state.set_reported(in_flight, queue_depth);
-        let topo = self.topology.load();
+        let topo = self.topology();
         let Some(w) = topo.position(state.uid) else {
             return; // retired
         };

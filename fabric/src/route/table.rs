@@ -42,21 +42,14 @@ pub struct ModelEntry {
 pub struct RoutingTable {
     /// The generation it was built from: the config and live state its ids refer to.
     pub topology: Arc<Topology>,
-    /// The scorer's orders it was built with.
+    /// The scorer's orders and demotions it was built with.
     pub scored: Arc<Scored>,
     /// Rebuild counter, for `/routes` and logs.
     pub epoch: u64,
     /// Per region, indexed by [`RegionId`].
     pub regions: Vec<RegionTable>,
-    /// Area → full candidate order (`route::score`: preferred regions, then the others by
-    /// score, demoted regions last).
-    pub area_order: FastMap<String, Vec<RegionId>>,
-    /// Order for areas with no preference list.
-    pub default_order: Vec<RegionId>,
     /// Area → its preferred regions.
     pub preferred: FastMap<String, RegionSet>,
-    /// Regions demoted by the scorer (degraded), for counting spills.
-    pub demoted: RegionSet,
     /// Model → index and regions.
     pub models: FastMap<String, ModelEntry>,
     /// Per worker, the models it serves (bit per model index).
@@ -75,8 +68,6 @@ impl RoutingTable {
         let config = &*topology.config;
         let workers = &topology.workers;
         let hash = topology.hash;
-        let area_order = scored.area_order.clone();
-        let default_order = scored.default_order.clone();
         let preferred = super::score::preferences(config)
             .into_iter()
             .map(|(a, pref)| {
@@ -85,36 +76,37 @@ impl RoutingTable {
                 (a, set)
             })
             .collect();
-        let mut models: FastMap<String, ModelEntry> = FastMap::default();
+        // A discovery source's models are known even while it has no worker: a request for
+        // one is UNAVAILABLE (retry), never MODEL_NOT_FOUND (fix the name). Validation and
+        // composition keep them within MAX_MODELS.
+        let mut models: FastMap<String, ModelEntry> = (config.models().into_iter().enumerate())
+            .map(|(i, m)| {
+                let entry = ModelEntry {
+                    index: i as u32,
+                    regions: RegionSet::default(),
+                };
+                (m.to_owned(), entry)
+            })
+            .collect();
+        debug_assert!(models.len() <= MAX_MODELS);
         let mut worker_models = Vec::with_capacity(config.workers.len());
         for w in &config.workers {
             let mut mask = 0u64;
             for m in &w.models {
-                let next = models.len() as u32;
-                let e = models.entry(m.clone()).or_insert(ModelEntry {
-                    index: next,
-                    regions: RegionSet::default(),
-                });
+                let e = models.get_mut(m).expect("every worker model is listed");
                 e.regions.insert(w.region);
                 mask |= 1 << e.index;
             }
             worker_models.push(mask);
         }
-        // A discovery source's models are known even while it has no worker: a request for
-        // one is UNAVAILABLE (retry), never MODEL_NOT_FOUND (fix the name).
         for source in &config.discovery {
-            let region = source.region.as_deref().and_then(|r| config.region_id(r));
-            for m in &source.models {
-                let next = models.len() as u32;
-                if next as usize >= MAX_MODELS && !models.contains_key(m) {
-                    continue;
-                }
-                let e = models.entry(m.clone()).or_insert(ModelEntry {
-                    index: next,
-                    regions: RegionSet::default(),
-                });
-                if let Some(r) = region {
-                    e.regions.insert(r);
+            if let Some(r) = source.region.as_deref().and_then(|r| config.region_id(r)) {
+                for m in &source.models {
+                    models
+                        .get_mut(m)
+                        .expect("every source model is listed")
+                        .regions
+                        .insert(r);
                 }
             }
         }
@@ -159,16 +151,12 @@ impl RoutingTable {
                 )
             })
             .collect();
-        let demoted = scored.demoted;
         RoutingTable {
             topology: topology.clone(),
             scored,
             epoch,
             regions,
-            area_order,
-            default_order,
             preferred,
-            demoted,
             models,
             worker_models,
             tenants,
@@ -178,7 +166,7 @@ impl RoutingTable {
 
     /// The candidate order for `area` (`None` or unknown: config order).
     pub fn order(&self, area: Option<&str>) -> &[RegionId] {
-        area.and_then(|a| self.area_order.get(a))
-            .unwrap_or(&self.default_order)
+        area.and_then(|a| self.scored.area_order.get(a))
+            .unwrap_or(&self.scored.default_order)
     }
 }

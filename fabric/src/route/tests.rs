@@ -303,7 +303,8 @@ proptest! {
             r.worker(w).health.record_path(Duration::from_millis(rtts[w] + slow_after[w]), 0, 10);
         }
         r.tick_at(10);
-        for order in r.table().area_order.values().chain([&r.table().default_order]) {
+        let scored = r.table().scored.clone();
+        for order in scored.area_order.values().chain([&scored.default_order]) {
             let mut sorted = order.clone();
             sorted.sort_unstable();
             prop_assert_eq!(sorted, (0..cfg.regions.len()).collect::<Vec<_>>(), "an order holds every region once");

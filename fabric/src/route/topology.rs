@@ -163,18 +163,22 @@ impl Topology {
     ) -> (Topology, Change) {
         let links = config.upstream.connections_per_worker.max(1) as usize;
         let mut change = Change::default();
-        let mut kept_uids = Vec::new();
+        let mut kept_uids = std::collections::HashSet::new();
+        let prev_index: std::collections::HashMap<&str, WorkerId> = (prev.iter())
+            .flat_map(|p| p.config.workers.iter().enumerate())
+            .map(|(i, e)| (e.name.as_str(), i))
+            .collect();
         let workers: Vec<Arc<WorkerState>> = (config.workers.iter().enumerate())
             .map(|(w, entry)| {
                 let old = prev.and_then(|p| {
-                    let i = p.config.workers.iter().position(|e| e.name == entry.name)?;
+                    let i = *prev_index.get(entry.name.as_str())?;
                     same_worker(&p.config, &p.config.workers[i], &config, entry)
                         .then(|| p.workers[i].clone())
                 });
                 match old {
                     Some(state) => {
                         change.kept += 1;
-                        kept_uids.push(state.uid);
+                        kept_uids.insert(state.uid);
                         state
                     }
                     None => {
@@ -231,10 +235,10 @@ impl Topology {
                 models
             })
             .collect();
-        let unrouted = (config.workers.iter().flat_map(|w| &w.models))
+        let unrouted = (config.models().into_iter())
             .map(|m| {
                 let old = prev.and_then(|p| p.unrouted.get(m).cloned());
-                (m.clone(), old.unwrap_or_default())
+                (m.to_owned(), old.unwrap_or_default())
             })
             .collect();
         // Tenants whose limits did not change keep their limit state.
