@@ -160,6 +160,21 @@ impl<'a> Ctx<'a> {
         Duration::from_millis(ms)
     }
 
+    /// [`Ctx::millis`] with a floor: a value under `min_ms` is a located error.
+    pub(super) fn millis_min(
+        &mut self,
+        v: Option<&Spanned<u64>>,
+        what: &str,
+        min_ms: u64,
+        max_ms: u64,
+        default: Duration,
+    ) -> Duration {
+        if let Some(s) = v.filter(|s| *s.get_ref() < min_ms) {
+            self.err(Some(s.span()), format!("{what} must be at least {min_ms}"));
+        }
+        self.millis(v, what, max_ms, default)
+    }
+
     /// Splits a plain-HTTP URL into `host:port` and a path without a trailing `/`
     /// (empty for the root).
     pub(super) fn http_url(

@@ -38,6 +38,9 @@ use super::UpstreamTrust;
 /// Default interval between DNS resolutions of a source.
 pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Shortest interval between DNS resolutions of a source, ms.
+const MIN_DISCOVERY_INTERVAL_MS: u64 = 50;
+
 /// `[[discovery]]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +122,32 @@ pub struct DiscoverySource {
     pub interval: Duration,
 }
 
+impl RawDiscovery {
+    /// The keys of the other kind that are set (they would have no effect), with their
+    /// spans.
+    fn foreign_keys(&self, kind: &str) -> Vec<(&'static str, std::ops::Range<usize>)> {
+        let span = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span());
+        let keys = match kind {
+            "dns" => vec![
+                ("namespace", span(&self.namespace)),
+                ("service", span(&self.service)),
+                ("port_name", span(&self.port_name)),
+                ("kubeconfig", span(&self.kubeconfig)),
+            ],
+            _ => vec![
+                ("interval_ms", self.interval_ms.as_ref().map(|v| v.span())),
+                ("host", span(&self.host)),
+                ("port", self.port.as_ref().map(|v| v.span())),
+                ("srv", span(&self.srv)),
+                ("resolver", span(&self.resolver)),
+            ],
+        };
+        (keys.into_iter())
+            .filter_map(|(k, s)| Some((k, s?)))
+            .collect()
+    }
+}
+
 impl Ctx<'_> {
     /// Validates the `[[discovery]]` tables; `regions` are the configured region names,
     /// `ca` the `[upstream] ca`.
@@ -161,7 +190,18 @@ impl Ctx<'_> {
                     None
                 }
             };
-            let kind = match d.kind.get_ref().as_str() {
+            let kind_name = d.kind.get_ref().as_str();
+            if matches!(kind_name, "dns" | "kubernetes") {
+                for (key, at) in d.foreign_keys(kind_name) {
+                    self.err(
+                        Some(at),
+                        format!(
+                            "discovery `{name}`: `{key}` has no effect for kind = \"{kind_name}\""
+                        ),
+                    );
+                }
+            }
+            let kind = match kind_name {
                 "dns" => {
                     if region.is_none() {
                         self.err(
@@ -176,22 +216,29 @@ impl Ctx<'_> {
                         );
                     }
                     let target = match (&d.srv, &d.host) {
-                        (Some(srv), None) => DnsTarget::Srv(srv.get_ref().clone()),
-                        (None, Some(host)) => DnsTarget::Host {
-                            host: host.get_ref().clone(),
-                            port: self.count(d.port.as_ref(), "port", 1..65536, 0) as u16,
-                        },
+                        (Some(srv), None) => {
+                            if let Some(port) = &d.port {
+                                self.err(Some(port.span()), format!("discovery `{name}`: `port` has no effect with `srv` (the records name the ports)"));
+                            }
+                            DnsTarget::Srv(srv.get_ref().clone())
+                        }
+                        (None, Some(host)) => {
+                            if d.port.is_none() {
+                                self.err(
+                                    Some(span.clone()),
+                                    format!("discovery `{name}`: `host` needs `port`"),
+                                );
+                            }
+                            DnsTarget::Host {
+                                host: host.get_ref().clone(),
+                                port: self.count(d.port.as_ref(), "port", 1..65536, 0) as u16,
+                            }
+                        }
                         _ => {
                             self.err(Some(span.clone()), format!("discovery `{name}` (dns) needs exactly one of `host` (with `port`) and `srv`"));
                             DnsTarget::Srv(String::new())
                         }
                     };
-                    if matches!(target, DnsTarget::Host { port: 0, .. }) {
-                        self.err(
-                            Some(span.clone()),
-                            format!("discovery `{name}`: `host` needs `port`"),
-                        );
-                    }
                     let resolver = d
                         .resolver
                         .as_ref()
@@ -227,14 +274,13 @@ impl Ctx<'_> {
                 weight: self.count(d.weight.as_ref(), "weight", 1..1001, 1) as u32,
                 server_name: d.server_name.clone().unwrap_or_else(|| "localhost".into()),
                 trust,
-                interval: self
-                    .millis(
-                        d.interval_ms.as_ref(),
-                        "interval_ms",
-                        3_600_000,
-                        DEFAULT_DISCOVERY_INTERVAL,
-                    )
-                    .max(Duration::from_millis(50)),
+                interval: self.millis_min(
+                    d.interval_ms.as_ref(),
+                    "interval_ms",
+                    MIN_DISCOVERY_INTERVAL_MS,
+                    3_600_000,
+                    DEFAULT_DISCOVERY_INTERVAL,
+                ),
             });
         }
         out

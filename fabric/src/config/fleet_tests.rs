@@ -79,6 +79,56 @@ fn bad_values_are_located() {
             (&at(14), "needs `service`"),
         ],
     );
+    // Keys of the other kind, `port` beside `srv`, and too short an interval would silently
+    // do nothing (or hammer the resolver).
+    let (src, first) = with(
+        "[[discovery]]\nname = \"d\"\nkind = \"dns\"\nsrv = \"_m._udp.svc\"\nport = 5433\nregion = \"seoul\"\nmodels = [\"m\"]\npin = \"w.pem\"\nnamespace = \"ns\"\ninterval_ms = 10\n\
+         [[discovery]]\nname = \"k\"\nkind = \"kubernetes\"\nnamespace = \"ns\"\nservice = \"s\"\npin = \"w.pem\"\nhost = \"x\"\ninterval_ms = 1000\n\
+         [[discovery]]\nname = \"p\"\nkind = \"dns\"\nhost = \"x\"\nport = 70000\nregion = \"seoul\"\nmodels = [\"m\"]\npin = \"w.pem\"\n",
+    );
+    let errs = parse_config(&src, Path::new("t.toml")).unwrap_err();
+    let at = |n: usize| format!("t.toml:{}:", first + n);
+    assert_located(
+        &errs,
+        &[
+            (&at(4), "`port` has no effect with `srv`"),
+            (&at(8), "`namespace` has no effect for kind = \"dns\""),
+            (&at(9), "interval_ms must be at least 50"),
+            (&at(16), "`host` has no effect for kind = \"kubernetes\""),
+            (
+                &at(17),
+                "`interval_ms` has no effect for kind = \"kubernetes\"",
+            ),
+            (&at(22), "port must be in 1..65536"),
+        ],
+    );
+    assert!(!errs.to_string().contains("needs `port`"), "{errs}");
+    // Discovery sources' models count against the 64 model bits too.
+    let models: Vec<String> = (0..70).map(|i| format!("\"m{i}\"")).collect();
+    let (src, _) = with(&format!(
+        "[[discovery]]\nname = \"many\"\nkind = \"kubernetes\"\nnamespace = \"ns\"\nservice = \"s\"\npin = \"w.pem\"\nmodels = [{}]\n",
+        models.join(", ")
+    ));
+    let errs = parse_config(&src, Path::new("t.toml")).unwrap_err();
+    assert!(
+        errs.to_string()
+            .contains("distinct models (workers' and discovery sources'); at most 64"),
+        "{errs}"
+    );
+    // The front door's options without the front door.
+    let src = TOPOLOGY.replacen(
+        "[edge]\n",
+        "[edge]\nhttp_tls = true\nalt_svc_port = 443\n",
+        1,
+    );
+    let errs = parse_config(&src, Path::new("t.toml")).unwrap_err();
+    assert_located(
+        &errs,
+        &[
+            ("t.toml:6:", "`http_tls` needs the HTTP front door"),
+            ("t.toml:7:", "`alt_svc_port` needs the HTTP front door"),
+        ],
+    );
     let (src, first) = with("[quic_lb]\nserver_id = \"0x00112233445566778899aabbccddeeff\"\n");
     let errs = parse_config(&src, Path::new("t.toml")).unwrap_err();
     assert_located(

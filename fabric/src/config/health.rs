@@ -126,23 +126,15 @@ impl Ctx<'_> {
     pub(super) fn health(&mut self, raw: Option<&RawHealth>) -> HealthSettings {
         let d = HealthSettings::default();
         let Some(h) = raw else { return d };
-        let ms = |cx: &mut Self, v: Option<&Spanned<u64>>, what: &str, min: u64, max: u64, def| {
-            if let Some(s) = v.filter(|s| *s.get_ref() < min) {
-                cx.err(Some(s.span()), format!("{what} must be at least {min}"));
-            }
-            cx.millis(v, what, max, def)
-        };
         let s = HealthSettings {
-            score_interval: ms(
-                self,
+            score_interval: self.millis_min(
                 h.score_interval_ms.as_ref(),
                 "score_interval_ms",
                 10,
                 60_000,
                 d.score_interval,
             ),
-            degraded_latency: ms(
-                self,
+            degraded_latency: self.millis_min(
                 h.degraded_latency_ms.as_ref(),
                 "degraded_latency_ms",
                 1,
@@ -154,7 +146,7 @@ impl Ctx<'_> {
                 "degraded_error_rate",
                 d.degraded_error_rate,
             ),
-            hold: ms(self, h.hold_ms.as_ref(), "hold_ms", 0, 3_600_000, d.hold),
+            hold: self.millis(h.hold_ms.as_ref(), "hold_ms", 3_600_000, d.hold),
             eject_consecutive_failures: self.count(
                 h.eject_consecutive_failures.as_ref(),
                 "eject_consecutive_failures",
@@ -172,16 +164,14 @@ impl Ctx<'_> {
                 1..1_000_001,
                 d.eject_min_attempts,
             ),
-            eject_backoff_min: ms(
-                self,
+            eject_backoff_min: self.millis_min(
                 h.eject_backoff_min_ms.as_ref(),
                 "eject_backoff_min_ms",
                 10,
                 3_600_000,
                 d.eject_backoff_min,
             ),
-            eject_backoff_max: ms(
-                self,
+            eject_backoff_max: self.millis_min(
                 h.eject_backoff_max_ms.as_ref(),
                 "eject_backoff_max_ms",
                 10,

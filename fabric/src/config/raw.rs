@@ -94,7 +94,7 @@ pub struct RawSigningKey {
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
     pub otlp_endpoint: Option<Spanned<String>>,
-    pub metrics: Option<bool>,
+    pub metrics: Option<Spanned<bool>>,
     pub metrics_interval_ms: Option<Spanned<u64>>,
     pub service_name: Option<Spanned<String>>,
     pub sample_ratio: Option<Spanned<f64>>,
@@ -133,7 +133,7 @@ pub struct RawEdge {
     pub watch_config_ms: Option<Spanned<u64>>,
     pub migration: Option<bool>,
     pub alt_svc_port: Option<Spanned<u64>>,
-    pub http_tls: Option<bool>,
+    pub http_tls: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,6 +35,7 @@ impl Ctx<'_> {
         &mut self,
         table: Option<&Spanned<RawTelemetry>>,
         default_service: &str,
+        exports_metrics: bool,
     ) -> Option<OtlpSettings> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let raw = table.map(|t| t.get_ref());
@@ -57,7 +58,28 @@ impl Ctx<'_> {
         let (authority, base) = self.http_url(&url, span, what, "run a collector beside the node");
         let root = base.strip_suffix(TRACES_PATH).unwrap_or(&base).to_owned();
         let path = format!("{root}{TRACES_PATH}");
-        let metrics = self.otlp_metrics(raw, &authority, &root);
+        let metrics = if exports_metrics {
+            self.otlp_metrics(raw, &authority, &root)
+        } else {
+            // A worker exports traces only (the edge's metrics cover its requests): a metrics
+            // key in its config would silently do nothing.
+            let on = raw
+                .and_then(|t| t.metrics.as_ref())
+                .filter(|m| *m.get_ref());
+            let interval = raw.and_then(|t| t.metrics_interval_ms.as_ref());
+            for (key, at) in [
+                ("metrics", on.map(|m| m.span())),
+                ("metrics_interval_ms", interval.map(|i| i.span())),
+            ] {
+                if let Some(at) = at {
+                    self.err(
+                        Some(at),
+                        format!("`{key}`: a worker exports no metrics (its edge does); remove it"),
+                    );
+                }
+            }
+            None
+        };
         let service_name = match raw.and_then(|t| t.service_name.as_ref()) {
             Some(s) if s.get_ref().is_empty() => {
                 self.err(Some(s.span()), "service_name must not be empty");
@@ -77,16 +99,13 @@ impl Ctx<'_> {
             Some(r) => *r.get_ref(),
             None => 1.0,
         };
-        let export_interval = self.millis(
+        let export_interval = self.millis_min(
             raw.and_then(|t| t.export_interval_ms.as_ref()),
             "export_interval_ms",
+            1,
             60_000,
             DEFAULT_EXPORT_INTERVAL,
         );
-        if export_interval.is_zero() {
-            let span = raw.and_then(|t| t.export_interval_ms.as_ref().map(|s| s.span()));
-            self.err(span, "export_interval_ms must be at least 1");
-        }
         let max_queue = self.count(
             raw.and_then(|t| t.max_queue.as_ref()),
             "max_queue",
@@ -113,7 +132,10 @@ impl Ctx<'_> {
         authority: &str,
         root: &str,
     ) -> Option<OtlpMetrics> {
-        if raw.and_then(|t| t.metrics) == Some(false) {
+        if raw
+            .and_then(|t| t.metrics.as_ref())
+            .is_some_and(|m| !*m.get_ref())
+        {
             return None;
         }
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -129,22 +151,24 @@ impl Ctx<'_> {
             }
             None => (authority.to_owned(), format!("{root}{METRICS_PATH}")),
         };
-        let from_env = env("OTEL_METRIC_EXPORT_INTERVAL")
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis);
         let interval = match raw.and_then(|t| t.metrics_interval_ms.as_ref()) {
-            Some(ms) if *ms.get_ref() == 0 => {
-                self.err(Some(ms.span()), "metrics_interval_ms must be at least 1");
-                DEFAULT_METRICS_INTERVAL
-            }
-            Some(ms) => self.millis(
+            Some(ms) => self.millis_min(
                 Some(ms),
                 "metrics_interval_ms",
+                1,
                 3_600_000,
                 DEFAULT_METRICS_INTERVAL,
             ),
-            None => from_env.unwrap_or(DEFAULT_METRICS_INTERVAL),
+            None => match env("OTEL_METRIC_EXPORT_INTERVAL") {
+                None => DEFAULT_METRICS_INTERVAL,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                    _ => {
+                        self.warn(None, format!("OTEL_METRIC_EXPORT_INTERVAL=`{v}` is not a positive number of milliseconds; metrics are exported every {DEFAULT_METRICS_INTERVAL:?}"));
+                        DEFAULT_METRICS_INTERVAL
+                    }
+                },
+            },
         };
         Some(OtlpMetrics {
             authority,

@@ -172,13 +172,29 @@ fn telemetry_is_off_by_default_and_validated_with_locations() {
         ),
         ("c:4318", "/otlp/v1/traces", "w")
     );
-    let bad = "[telemetry]\notlp_endpoint = \"https://collector:4318\"\nsample_ratio = 2.0\nexport_interval_ms = 0\n";
+    // A worker exports no metrics: its metrics keys would do nothing.
+    let metrics = format!(
+        "{w}[telemetry]\notlp_endpoint = \"http://c:4318\"\nmetrics = true\nmetrics_interval_ms = 5\n"
+    );
+    let errs = parse_worker_config(&metrics, Path::new("w.toml")).unwrap_err();
+    assert_located(
+        &errs,
+        &[
+            ("w.toml:7:", "`metrics`: a worker exports no metrics"),
+            (
+                "w.toml:8:",
+                "`metrics_interval_ms`: a worker exports no metrics",
+            ),
+        ],
+    );
+    let bad = "[telemetry]\notlp_endpoint = \"https://collector:4318\"\nsample_ratio = 2.0\nexport_interval_ms = 0\nmetrics_interval_ms = 0\n";
     let errs = parse_config(bad, Path::new("e.toml")).unwrap_err();
     let text = errs.to_string();
     for want in [
         "e.toml:2:17: otlp_endpoint must start with http://",
         "e.toml:3:16: sample_ratio must be in 0.0..=1.0",
         "e.toml:4:22: export_interval_ms must be at least 1",
+        "e.toml:5:23: metrics_interval_ms must be at least 1",
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }

@@ -196,17 +196,6 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         });
     }
 
-    let distinct: HashSet<&String> = workers.iter().flat_map(|w| &w.models).collect();
-    if distinct.len() > crate::route::table::MAX_MODELS {
-        cx.err(
-            Some(0..0),
-            format!(
-                "{} distinct models; at most {} are supported",
-                distinct.len(),
-                crate::route::table::MAX_MODELS
-            ),
-        );
-    }
     let e = raw.edge.as_ref();
     let default_area = e.and_then(|e| e.default_area.as_ref()).map(|a| {
         cx.area(a.get_ref(), a.span());
@@ -363,7 +352,9 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             .and_then(|e| e.ack_eliciting_threshold.as_ref())
             .map(|t| cx.count(Some(t), "ack_eliciting_threshold", 1..1001, 2) as u32),
         migration: e.and_then(|e| e.migration).unwrap_or(true),
-        http_tls: e.and_then(|e| e.http_tls).unwrap_or(false),
+        http_tls: e
+            .and_then(|e| e.http_tls.as_ref())
+            .is_some_and(|t| *t.get_ref()),
         alt_svc_port: e
             .and_then(|e| e.alt_svc_port.as_ref())
             .map(|p| cx.count(Some(p), "alt_svc_port", 0..65536, 0) as u16),
@@ -436,6 +427,24 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             .max(Duration::from_millis(1)),
         link: cx.link(&u.map(|u| u.link()).unwrap_or_default(), "[upstream]"),
     };
+    if edge.http.is_none() {
+        // The front door's options without the front door would silently do nothing.
+        let http_tls = e.and_then(|e| e.http_tls.as_ref()).filter(|t| *t.get_ref());
+        let alt_svc = e.and_then(|e| e.alt_svc_port.as_ref());
+        for (key, at) in [
+            ("http_tls", http_tls.map(|t| t.span())),
+            ("alt_svc_port", alt_svc.map(|p| p.span())),
+        ] {
+            if let Some(at) = at {
+                cx.err(
+                    Some(at),
+                    format!(
+                        "`{key}` needs the HTTP front door: set [edge] http = \"127.0.0.1:8080\""
+                    ),
+                );
+            }
+        }
+    }
     if let (Some(a), Some(h)) = (edge.admin, edge.http) {
         if a == h && a.port() != 0 {
             let span = e.and_then(|e| e.admin.as_ref()).map(|s| s.span());
@@ -530,10 +539,24 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         &region_names,
         raw.upstream.as_ref().and_then(|u| u.ca.as_ref()),
     );
-    let telemetry = cx.telemetry(raw.telemetry.as_ref(), "meridian-edge");
+    let telemetry = cx.telemetry(raw.telemetry.as_ref(), "meridian-edge", true);
     let quic_lb = raw.quic_lb.as_ref().map(|q| cx.quic_lb(q.get_ref()));
     let auth = cx.auth(raw.auth.as_ref(), &tenants);
     let shared_limits = cx.shared_limits(raw.limits.as_ref());
+    // Workers' and discovery sources' models share the 64 model bits.
+    let distinct: HashSet<&String> = (workers.iter().flat_map(|w| &w.models))
+        .chain(discovery.iter().flat_map(|d| &d.models))
+        .collect();
+    if distinct.len() > crate::route::table::MAX_MODELS {
+        cx.err(
+            Some(0..0),
+            format!(
+                "{} distinct models (workers' and discovery sources'); at most {} are supported",
+                distinct.len(),
+                crate::route::table::MAX_MODELS
+            ),
+        );
+    }
     let warnings = cx.take_warnings();
     cx.finish(Config {
         edge,

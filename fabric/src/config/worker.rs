@@ -80,7 +80,7 @@ pub fn parse_worker_config(src: &str, file: &Path) -> Result<WorkerConfig, Confi
             .and_then(|t| t.client_ca.as_ref())
             .map(|c| cx.file(c, "[tls] client_ca")),
         backend,
-        telemetry: cx.telemetry(raw.telemetry.as_ref(), "meridian-worker"),
+        telemetry: cx.telemetry(raw.telemetry.as_ref(), "meridian-worker", false),
     };
     cx.finish(config)
 }
