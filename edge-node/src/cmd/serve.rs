@@ -131,13 +131,7 @@ pub async fn edge(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 /// cannot be read (being replaced).
 fn watched(path: &Path, handle: &edge::EdgeHandle) -> Option<Vec<u8>> {
     let mut all = std::fs::read(path).ok()?;
-    if let meridian_fabric::config::ServerTls::Files { cert, key } =
-        &handle.router.config().edge.tls
-    {
-        for f in [cert, key] {
-            all.extend(std::fs::read(f).unwrap_or_default());
-        }
-    }
+    all.extend(edge::certificate_bytes(&handle.router.config()));
     Some(all)
 }
 
@@ -165,9 +159,16 @@ async fn reloads(path: &Path, handle: &edge::EdgeHandle, mut hup: super::Hangups
                 tracing::info!(config = %path.display(), "config or certificate changed: reloading");
             }
         }
+        // Taken before the reload, so a change while it runs is seen next time.
         seen = watched(path, handle);
+        let tls = handle.router.config().edge.tls.clone();
         // Logged and counted (meridian_config_reloads_total) by the edge.
         let _ = handle.reload_file(path).await;
+        if handle.router.config().edge.tls != tls {
+            // New certificate paths: their content is what is watched from now on (not a
+            // change to reload again).
+            seen = watched(path, handle);
+        }
     }
 }
 
@@ -204,9 +205,13 @@ pub async fn worker(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     // A worker takes its config at start: SIGHUP is logged, not fatal (its default action
     // would kill the process and cut its streams).
+    // One SIGTERM listener for the whole loop: one made anew per iteration would miss a
+    // SIGTERM delivered between two (after a SIGHUP), and the worker would not drain.
+    let term = super::terminated();
+    tokio::pin!(term);
     loop {
         tokio::select! {
-            _ = super::terminated() => break,
+            _ = &mut term => break,
             _ = hup.recv() => tracing::warn!("SIGHUP: a worker does not reload its config; restart it (SIGTERM drains it first)"),
         }
     }

@@ -23,6 +23,7 @@ use bytes::BytesMut;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame as HttpFrame, Incoming};
 use hyper::header::HeaderMap;
+use hyper::server::conn::{http1, http2};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_fabric::edge::{Delivery, Submission, Submitter};
@@ -49,6 +50,8 @@ pub struct Front {
     /// Models whose requests are resumable without the header (`[edge]
     /// http_resumable_models`).
     pub resumable_models: Arc<[String]>,
+    /// Most concurrent HTTP/2 streams per connection (`[edge] max_streams_per_connection`).
+    pub max_streams: u32,
     /// `Alt-Svc` advertising HTTP/3 on the edge's UDP port, on every response.
     pub alt_svc: Option<hyper::header::HeaderValue>,
 }
@@ -63,12 +66,13 @@ impl Front {
             max_body: cfg.edge.max_prompt_bytes,
             intake_timeout: cfg.edge.intake_timeout,
             resumable_models: cfg.edge.http_resumable_models.clone().into(),
+            max_streams: cfg.edge.max_streams_per_connection,
             alt_svc: None,
         }
     }
 
-    /// This front door with the running config's limits (body size, intake timeout,
-    /// resumable models): what a new connection uses.
+    /// This front door with the running config's limits (body size, intake and head
+    /// timeout, resumable models, HTTP/2 streams): what a new connection uses.
     fn refreshed(&self) -> Front {
         Front {
             alt_svc: self.alt_svc.clone(),
@@ -86,6 +90,22 @@ impl Front {
         self
     }
 
+    /// The HTTP/1.1 and HTTP/2 connection builders with this front door's limits.
+    fn builders(&self) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+        let mut h1 = http1::Builder::new();
+        // A bounded read buffer per connection (hyper's default grows to ~400 KB): request
+        // bodies are held in the budgeted buffer below, not in hyper's.
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(self.intake_timeout)
+            .max_buf_size(64 * 1024);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(self.max_streams)
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        (h1, h2)
+    }
+
     /// The answer to a client that did not send its whole body in time.
     fn too_slow(&self) -> Resp {
         let msg = format!("request body not received within {:?}", self.intake_timeout);
@@ -100,7 +120,8 @@ impl Front {
 /// At most `[edge] max_connections` TCP connections are served at once (further ones wait in
 /// the listen backlog); a request head must arrive within the intake timeout (idle HTTP/1.1
 /// keep-alive connections close after it); HTTP/2 allows `[edge] max_streams_per_connection`
-/// concurrent streams and pings idle peers every 20 s.
+/// concurrent streams and pings idle peers every 20 s. A reload applies to the connections
+/// opened after it, except `max_connections` (bound here).
 pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -108,19 +129,6 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
     let slots = Arc::new(tokio::sync::Semaphore::new(limit));
     let front = Arc::new(front);
     let ids = Arc::new(AtomicU64::new(0));
-    let max_streams = front.submitter.config().edge.max_streams_per_connection;
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    // A bounded read buffer per connection (hyper's default grows to ~400 KB): request
-    // bodies are held in the budgeted buffer below, not in hyper's.
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(front.intake_timeout)
-        .max_buf_size(64 * 1024);
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(max_streams)
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let builders = Arc::new((h1, h2));
     tokio::spawn(async move {
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -130,8 +138,9 @@ pub async fn spawn(addr: SocketAddr, front: Front) -> anyhow::Result<SocketAddr>
             // Each connection takes the running config's limits (a reload applies to the
             // connections opened after it).
             let front = Arc::new(front.refreshed());
-            let (ids, builders) = (ids.clone(), builders.clone());
+            let ids = ids.clone();
             tokio::spawn(async move {
+                let builders = front.builders();
                 let limit = front.intake_timeout;
                 // `[edge] http_tls`: HTTPS with the edge's (renewable) certificate.
                 let io: Box<dyn crate::listen::Io> = match front.submitter.http_tls() {

@@ -8,6 +8,7 @@ mod ctx;
 mod discovery;
 mod health;
 mod link;
+mod members;
 mod raw;
 mod telemetry;
 mod validate;
@@ -23,6 +24,7 @@ pub use auth::{ApiKey, AuthSettings, SharedLimitSettings, SigningKey, TenantLimi
 pub use discovery::{DiscoveryKind, DiscoverySource, DnsTarget, DEFAULT_DISCOVERY_INTERVAL};
 pub use health::{HealthSettings, Objective, Weights};
 pub use link::{Congestion, LinkTuning};
+pub use members::{Conflict, Members};
 pub use validate::parse_config;
 pub use worker::parse_worker_config;
 

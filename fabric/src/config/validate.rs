@@ -144,13 +144,12 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
 
     // Workers.
     let mut workers = Vec::new();
-    let mut worker_names = HashSet::new();
-    let mut addrs = HashSet::new();
+    let mut members = super::Members::default();
     for w in &raw.workers {
         let span = w.span();
         let w = w.get_ref();
         cx.name(&w.name, "worker name");
-        if !worker_names.insert(w.name.get_ref().clone()) {
+        if !members.insert_name(w.name.get_ref()) {
             cx.err(
                 Some(w.name.span()),
                 format!("duplicate worker `{}`", w.name.get_ref()),
@@ -171,7 +170,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
                 0
             });
         let address = cx.addr(Some(&w.address), DEFAULT_WORKER_LISTEN);
-        if address.port() != 0 && !addrs.insert(address) {
+        if !members.insert_address(address) {
             cx.err(
                 Some(w.address.span()),
                 format!("address {address} is used by two workers"),

@@ -27,7 +27,7 @@ use meridian_protocol::Settings;
 use tracing::info;
 
 pub use observe::error_type;
-pub use reload::{ReloadError, ReloadFailure, ReloadReport};
+pub use reload::{certificate_bytes, ReloadError, ReloadFailure, ReloadReport};
 pub use resume::{FrameGate, ResumeStats, Transcript};
 pub use sink::Delivery;
 pub use stats::{EdgeStats, Histogram, Latencies, ReloadResult};
@@ -52,6 +52,8 @@ pub(crate) struct EdgeShared {
     pub stats: Arc<EdgeStats>,
     pub h3: Option<H3Handler>,
     pub tracer: Tracer,
+    /// The POP's name (`[edge] pop`, bound at start like the tracer's instance name).
+    pub pop: String,
     /// Fired when the edge starts draining (in-process submissions are refused after it).
     pub shutdown: Shutdown,
     /// In-process submissions in flight.
@@ -203,6 +205,7 @@ pub fn spawn_with_h3(
         stats: stats.clone(),
         h3,
         tracer: telemetry::start(config.telemetry.as_ref(), &instance),
+        pop: config.edge.pop.clone(),
         shutdown: shutdown.clone(),
         submissions: submit::InFlight::default(),
         endpoint: endpoint.clone(),

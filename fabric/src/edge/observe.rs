@@ -35,7 +35,7 @@ pub(super) fn request_span(edge: &EdgeShared, intake: &Intake) -> Span {
         if let Some(m) = h.max_tokens {
             span.set("gen_ai.request.max_tokens", m);
         }
-        span.set("meridian.pop", edge.router.config().edge.pop.as_str());
+        span.set("meridian.pop", edge.pop.as_str());
         if let Some(a) = h.area.as_deref() {
             span.set("meridian.area", a);
         }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{EdgeHandle, EdgeShared, ReloadResult, H3_ALPN};
-use crate::config::{Config, ConfigErrors, DiscoverySource, EdgeSettings};
+use crate::config::{Config, ConfigErrors, DiscoverySource, EdgeSettings, Members};
 use crate::discovery::{Discovered, Sources};
 use crate::tls::{Identity, IdentityError};
 use crate::transport;
@@ -78,8 +78,9 @@ pub(super) fn http_tls(
 }
 
 /// The bytes of `config`'s certificate and key files (empty for a development identity, or
-/// while a file cannot be read — which then fails the reload with the file's error).
-pub(super) fn certificate_bytes(config: &Config) -> Vec<u8> {
+/// while a file cannot be read — which then fails the reload with the file's error). What
+/// `meridian edge` watches beside its config file.
+pub fn certificate_bytes(config: &Config) -> Vec<u8> {
     match &config.edge.tls {
         crate::config::ServerTls::Files { cert, key } => [cert, key]
             .iter()
@@ -93,41 +94,79 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether the client-facing server config (certificate, transport) must be rebuilt.
-fn server_changed(a: &EdgeSettings, b: &EdgeSettings) -> bool {
-    a.tls != b.tls
-        || a.max_streams_per_connection != b.max_streams_per_connection
-        || a.send_fairness != b.send_fairness
-        || a.stream_receive_window != b.stream_receive_window
-        || a.keep_alive != b.keep_alive
-        || a.initial_rtt != b.initial_rtt
-        || a.ack_eliciting_threshold != b.ack_eliciting_threshold
-        || a.migration != b.migration
-}
-
-/// The settings that differ between `a` and `b` but are bound when the edge starts.
-pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
-    let (x, y) = (&a.edge, &b.edge);
+/// How a reload from `a` to `b` applies: whether the client-facing server config must be
+/// rebuilt (certificate, transport), and the changed settings that keep their running value
+/// until a restart. Every `[edge]` field is named once, so a new one cannot be left out; those
+/// marked live are read per request or per connection and apply at once.
+fn changes(a: &Config, b: &Config) -> (bool, Vec<&'static str>) {
+    let EdgeSettings {
+        // Live.
+        default_area: _,
+        max_prompt_bytes: _,
+        handshake_timeout: _,
+        validate_addresses_above: _,
+        intake_timeout: _,
+        upstream_stall_timeout: _,
+        resume_buffer_bytes: _,
+        http_resumable_models: _,
+        watch_config: _,
+        // Live for QUIC (the accept loop); the HTTP front door's semaphore is sized at start.
+        max_connections,
+        // The client-facing server config.
+        tls,
+        max_streams_per_connection,
+        send_fairness,
+        gso,
+        stream_receive_window,
+        keep_alive,
+        initial_rtt,
+        ack_eliciting_threshold,
+        migration,
+        // Bound at start.
+        listen,
+        pop,
+        http,
+        http_tenant,
+        alt_svc_port,
+        http_tls,
+        admin,
+        admin_token_env,
+        max_buffered_bytes,
+        resume_buffer_total_bytes,
+    } = &a.edge;
+    let y = &b.edge;
+    let server = *tls != y.tls
+        || *max_streams_per_connection != y.max_streams_per_connection
+        || *send_fairness != y.send_fairness
+        || *gso != y.gso
+        || *stream_receive_window != y.stream_receive_window
+        || *keep_alive != y.keep_alive
+        || *initial_rtt != y.initial_rtt
+        || *ack_eliciting_threshold != y.ack_eliciting_threshold
+        || *migration != y.migration;
     let checks = [
-        (x.listen != y.listen, "[edge] listen"),
-        (x.pop != y.pop, "[edge] pop"),
-        (x.gso != y.gso, "[edge] gso"),
-        (x.http != y.http, "[edge] http"),
-        (x.http_tenant != y.http_tenant, "[edge] http_tenant"),
-        (x.alt_svc_port != y.alt_svc_port, "[edge] alt_svc_port"),
-        (x.http_tls != y.http_tls, "[edge] http_tls"),
-        (x.admin != y.admin, "[edge] admin"),
+        (*listen != y.listen, "[edge] listen"),
+        (*pop != y.pop, "[edge] pop"),
+        (*http != y.http, "[edge] http"),
+        (*http_tenant != y.http_tenant, "[edge] http_tenant"),
+        (*alt_svc_port != y.alt_svc_port, "[edge] alt_svc_port"),
+        (*http_tls != y.http_tls, "[edge] http_tls"),
+        (*admin != y.admin, "[edge] admin"),
         (
-            x.admin_token_env != y.admin_token_env,
+            *admin_token_env != y.admin_token_env,
             "[edge] admin_token_env",
         ),
         (
-            x.max_buffered_bytes != y.max_buffered_bytes,
+            *max_buffered_bytes != y.max_buffered_bytes,
             "[edge] max_buffered_bytes",
         ),
         (
-            x.resume_buffer_total_bytes != y.resume_buffer_total_bytes,
+            *resume_buffer_total_bytes != y.resume_buffer_total_bytes,
             "[edge] resume_buffer_total_bytes",
+        ),
+        (
+            *max_connections != y.max_connections && http.is_some(),
+            "[edge] max_connections of the HTTP front door (QUIC connections use the new value)",
         ),
         (a.shared_limits != b.shared_limits, "[limits]"),
         (a.telemetry != b.telemetry, "[telemetry]"),
@@ -137,11 +176,11 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
             "[upstream] connections_per_worker (workers added from now on get the new number)",
         ),
     ];
-    checks
-        .into_iter()
+    let restart = (checks.into_iter())
         .filter(|(changed, _)| *changed)
         .map(|(_, name)| name)
-        .collect()
+        .collect();
+    (server, restart)
 }
 
 /// Why a reload did not apply; the running config stays.
@@ -167,6 +206,9 @@ pub(crate) struct Composition {
     pub found: BTreeMap<String, Vec<Discovered>>,
     /// The discovery sources running (the base's `[[discovery]]`).
     pub sources: Sources,
+    /// Discovered workers left out of the last composition, and why (each warned about
+    /// once, not on every recomposition).
+    ignored: BTreeMap<String, String>,
 }
 
 impl Composition {
@@ -175,34 +217,36 @@ impl Composition {
             base,
             found: BTreeMap::new(),
             sources: Sources::default(),
+            ignored: BTreeMap::new(),
         }
     }
 
-    /// The config to run: the base's static workers, then every discovered worker whose
-    /// name is not taken (a static worker wins) and whose region the base configures.
-    fn compose(&self) -> Config {
+    /// The config to run: the base's static workers, then every discovered worker that
+    /// joins under the rules validation applies to the static ones (`config::Members`: a
+    /// static worker keeps its name and address) and whose region the base configures.
+    fn compose(&mut self) -> Config {
         let mut config = (*self.base).clone();
+        let mut members = Members::of(&config);
+        let mut ignored = BTreeMap::new();
         for (source, workers) in &self.found {
             for w in workers {
-                if config.workers.iter().any(|x| x.name == w.name) {
-                    tracing::warn!(source, worker = %w.name, "discovered worker's name is taken by another worker; ignored");
-                    continue;
+                let why = match w.entry(&self.base) {
+                    None => format!("its region `{}` is not configured", w.region),
+                    Some(entry) => match members.admit(&entry) {
+                        Ok(()) => {
+                            config.workers.push(entry);
+                            continue;
+                        }
+                        Err(conflict) => conflict.to_string(),
+                    },
+                };
+                if self.ignored.get(&w.name) != Some(&why) {
+                    tracing::warn!(source, worker = %w.name, "discovered worker ignored: {why}");
                 }
-                let models: std::collections::HashSet<&String> =
-                    config.workers.iter().flat_map(|w| &w.models).collect();
-                let new = w.models.iter().filter(|m| !models.contains(m)).count();
-                if models.len() + new > crate::route::table::MAX_MODELS {
-                    tracing::warn!(source, worker = %w.name, "discovered worker would take the topology past {} models; ignored", crate::route::table::MAX_MODELS);
-                    continue;
-                }
-                match w.entry(&self.base) {
-                    Some(entry) => config.workers.push(entry),
-                    None => {
-                        tracing::warn!(source, worker = %w.name, region = %w.region, "discovered worker is in a region the config does not have; ignored")
-                    }
-                }
+                ignored.insert(w.name.clone(), why);
             }
         }
+        self.ignored = ignored;
         config
     }
 
@@ -225,10 +269,15 @@ async fn apply(
 ) -> Result<ReloadReport, ReloadError> {
     let old = shared.router.config();
     // Everything that can fail is done before anything is published.
-    // A reload of the file reads the certificate files again, and a renewed certificate is
-    // served; unchanged files leave the server config (and clients' session tickets) alone.
-    let renewed = from_file && certificate_bytes(&config) != *lock(&shared.tls_files);
-    let server = if renewed || server_changed(&old.edge, &config.edge) {
+    // A reload of the file reads the certificate files again (once: what is compared is
+    // what is recorded), and a renewed certificate is served; unchanged files leave the
+    // server config (and clients' session tickets) alone.
+    let files = from_file.then(|| certificate_bytes(&config));
+    let renewed = files
+        .as_ref()
+        .is_some_and(|f| *f != *lock(&shared.tls_files));
+    let (server_changed, restart) = changes(&old, &config);
+    let server = if renewed || server_changed {
         let identity = Identity::load(&config.edge.tls)?;
         // `http_tls` itself is bound at start (the listener's protocol): the running listener
         // keeps its setting and gets the new certificate.
@@ -242,7 +291,6 @@ async fn apply(
     } else {
         None
     };
-    let restart = restart_required(&old, &config);
     let config = Arc::new(config);
     let (topo, change) = shared.router.reload(config.clone());
     for w in &change.added {
@@ -255,7 +303,7 @@ async fn apply(
     }
     if let Some((server, https)) = server {
         shared.endpoint.set_server_config(Some(server));
-        *lock(&shared.tls_files) = certificate_bytes(&config);
+        *lock(&shared.tls_files) = files.unwrap_or_else(|| certificate_bytes(&config));
         if https.is_some() {
             shared.http_tls.store(Arc::new(https));
         }
@@ -276,8 +324,8 @@ async fn apply(
 /// Logs and counts a reload's outcome.
 fn record(shared: &EdgeShared, what: &str, r: &Result<ReloadReport, ReloadFailure>) {
     match r {
+        // Logged before counted: whoever sees the count finds the log line.
         Ok(report) => {
-            shared.stats.reload(ReloadResult::Applied);
             tracing::info!(
                 what,
                 generation = report.generation,
@@ -289,10 +337,11 @@ fn record(shared: &EdgeShared, what: &str, r: &Result<ReloadReport, ReloadFailur
             if !report.restart_required.is_empty() {
                 tracing::warn!(settings = ?report.restart_required, "changed settings keep their running value until a restart");
             }
+            shared.stats.reload(ReloadResult::Applied);
         }
         Err(e) => {
-            shared.stats.reload(ReloadResult::Rejected);
             tracing::error!(what, "reload rejected, the running config stays: {e}");
+            shared.stats.reload(ReloadResult::Rejected);
         }
     }
 }
@@ -379,3 +428,7 @@ impl EdgeHandle {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "reload_tests.rs"]
+mod tests;
