@@ -143,6 +143,17 @@ async fn dns_discovery_follows_a_records_and_srv_records_of_a_real_nameserver() 
         format!("pool/127.0.0.4:{port}"),
     );
     assert_eq!(names(&edge), [pa.clone(), pb.clone()]);
+    let metrics = edge.stats.render(&edge.router);
+    for line in [
+        "meridian_discovery_workers{meridian_discovery_source=\"pool\"} 2",
+        "meridian_discovery_errors_total{meridian_discovery_source=\"pool\"} 0",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("meridian_discovery_last_answer_timestamp_seconds{meridian_discovery_source=\"pool\"} 0\n"),
+        "the source answered"
+    );
     let client = pinned_client(edge.addr, &dir.join("edge").join("cert.pem")).await;
 
     // A stream in flight on .2, then the zone drops .2 and adds .4.

@@ -31,38 +31,48 @@ pub const MODEL_LABEL: &str = "meridian.io/model";
 
 /// The workers `slices` describe for `source`: one per ready, non-terminating endpoint (by
 /// pod, first address), on the slice port named `port_name` (default: the first UDP port).
-/// Deterministic: slices are taken in name order.
-pub fn endpoint_slice_workers(
+/// Deterministic: slices are taken in name order. Also returns why each slice that gave no
+/// workers was skipped (`slice `name`: reason`), for the caller to log when that changes.
+pub fn endpoint_slice_workers<'a>(
     source: &DiscoverySource,
-    slices: &[EndpointSlice],
-) -> Vec<Discovered> {
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> (Vec<Discovered>, Vec<String>) {
     let port_name = match &source.kind {
         DiscoveryKind::Kubernetes { port_name, .. } => port_name.as_deref(),
         DiscoveryKind::Dns { .. } => None,
     };
-    let mut sorted: Vec<&EndpointSlice> = slices.iter().collect();
+    let mut sorted: Vec<&EndpointSlice> = slices.into_iter().collect();
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut out: BTreeMap<String, Discovered> = BTreeMap::new();
+    let mut skipped = Vec::new();
     for slice in sorted {
+        let name = slice.metadata.name.as_deref().unwrap_or_default();
+        let mut skip = |why: String| skipped.push(format!("slice `{name}`: {why}"));
         let labels = slice.metadata.labels.as_ref();
         let label = |k: &str| labels.and_then(|l| l.get(k)).cloned();
         // Residency rests on regions: a label may name the region only where the operator
         // did not; it can never move workers into another region than the source's.
         let region = match (label(REGION_LABEL), &source.region) {
             (Some(l), Some(r)) if &l != r => {
-                warn!(source = %source.name, slice = ?slice.metadata.name, label = %l, region = %r, "EndpointSlice labelled with another region than its discovery source's: skipped");
+                skip(format!(
+                    "labelled {REGION_LABEL}={l}, not the source's region `{r}`"
+                ));
                 continue;
             }
             (_, Some(r)) => r.clone(),
             (Some(l), None) => l,
             (None, None) => {
-                warn!(source = %source.name, slice = ?slice.metadata.name, "EndpointSlice has no {REGION_LABEL} label and the source no region: skipped");
+                skip(format!(
+                    "no {REGION_LABEL} label, and the source has no region"
+                ));
                 continue;
             }
         };
         let models = label(MODEL_LABEL).map_or_else(|| source.models.clone(), |m| vec![m]);
         if models.is_empty() {
-            warn!(source = %source.name, slice = ?slice.metadata.name, "EndpointSlice has no {MODEL_LABEL} label and the source no models: skipped");
+            skip(format!(
+                "no {MODEL_LABEL} label, and the source has no models"
+            ));
             continue;
         }
         let ports = slice.ports.as_deref().unwrap_or_default();
@@ -77,6 +87,10 @@ pub fn endpoint_slice_workers(
             .and_then(|p| p.port)
             .and_then(|p| u16::try_from(p).ok())
         else {
+            skip(match port_name {
+                Some(n) => format!("no port named `{n}` (port_name)"),
+                None => "no port".into(),
+            });
             continue;
         };
         for ep in &slice.endpoints {
@@ -98,7 +112,7 @@ pub fn endpoint_slice_workers(
             out.entry(w.name.clone()).or_insert(w);
         }
     }
-    out.into_values().collect()
+    (out.into_values().collect(), skipped)
 }
 
 /// A client for `kubeconfig`, or the in-cluster / `$KUBECONFIG` one.
@@ -117,7 +131,7 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, St
 
 /// Watches the source's EndpointSlices and hands every new worker set to `found`; runs until
 /// dropped.
-pub(super) async fn run<F, Fut>(source: &DiscoverySource, found: F)
+pub(super) async fn run<F, Fut>(source: &DiscoverySource, stats: &super::SourceStats, found: F)
 where
     F: Fn(Vec<Discovered>) -> Fut,
     Fut: Future<Output = bool>,
@@ -131,7 +145,7 @@ where
     else {
         return;
     };
-    let client = super::retrying(&source.name, "reach the Kubernetes API", || {
+    let client = super::retrying(&source.name, stats, "reach the Kubernetes API", || {
         client(kubeconfig.as_deref())
     })
     .await;
@@ -143,6 +157,7 @@ where
     let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
     let mut listing: BTreeMap<String, EndpointSlice> = BTreeMap::new();
     let mut last: Option<Vec<Discovered>> = None;
+    let mut last_skipped: Vec<String> = Vec::new();
     let mut failing = false;
     while let Some(event) = events.next().await {
         let key = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
@@ -160,6 +175,7 @@ where
                 slices.remove(&key(&s));
             }
             Err(e) => {
+                stats.failed();
                 if !failing {
                     warn!(source = %source.name, "discovery: watching EndpointSlices failed, keeping the last set: {e}");
                     failing = true;
@@ -168,8 +184,14 @@ where
             }
         }
         failing = false;
-        let list: Vec<EndpointSlice> = slices.values().cloned().collect();
-        let workers = endpoint_slice_workers(source, &list);
+        stats.answered();
+        let (workers, skipped) = endpoint_slice_workers(source, slices.values());
+        if skipped != last_skipped {
+            for why in skipped.iter().filter(|w| !last_skipped.contains(w)) {
+                warn!(source = %source.name, "discovery: EndpointSlice skipped: {why}");
+            }
+            last_skipped = skipped;
+        }
         if last.as_ref() != Some(&workers) {
             info!(source = %source.name, workers = workers.len(), "discovery: EndpointSlices changed");
             if found(workers.clone()).await {
@@ -238,7 +260,8 @@ mod tests {
                 { "addresses": ["10.0.0.4"] }
             ]),
         );
-        let w = endpoint_slice_workers(&source(None), &[s]);
+        let (w, skipped) = endpoint_slice_workers(&source(None), &[s]);
+        assert!(skipped.is_empty(), "{skipped:?}");
         let got: Vec<(&str, String)> = w
             .iter()
             .map(|w| (w.name.as_str(), w.address.to_string()))
@@ -264,16 +287,25 @@ mod tests {
             serde_json::json!([{ "addresses": ["10.1.0.9"], "conditions": { "ready": true } }]),
         );
         // A label naming another region than the source's cannot move the workers there.
-        assert!(endpoint_slice_workers(&source(None), std::slice::from_ref(&s)).is_empty());
+        let (w, skipped) = endpoint_slice_workers(&source(None), std::slice::from_ref(&s));
+        assert!(w.is_empty());
+        assert_eq!(
+            skipped,
+            ["slice `seoul-1`: labelled meridian.io/region=seoul, not the source's region `frankfurt`"]
+        );
         let mut unset = source(Some("metrics"));
         unset.region = None;
-        let w = endpoint_slice_workers(&unset, std::slice::from_ref(&s));
+        let (w, _) = endpoint_slice_workers(&unset, std::slice::from_ref(&s));
         assert_eq!(w[0].region, "seoul");
         assert_eq!(w[0].models, ["qwen-7b"]);
         assert_eq!(w[0].address.port(), 9090);
-        assert!(
-            endpoint_slice_workers(&source(Some("nope")), &[s]).is_empty(),
-            "no such port"
+        let mut nope = source(Some("nope"));
+        nope.region = None;
+        let (w, skipped) = endpoint_slice_workers(&nope, &[s]);
+        assert!(w.is_empty(), "no such port");
+        assert_eq!(
+            skipped,
+            ["slice `seoul-1`: no port named `nope` (port_name)"]
         );
     }
 
@@ -288,7 +320,7 @@ mod tests {
         );
         v6.address_type = "IPv6".into();
         let v4 = slice("a-v4", serde_json::json!({}), ep);
-        let w = endpoint_slice_workers(&source(None), &[v6.clone(), v4]);
+        let (w, _) = endpoint_slice_workers(&source(None), &[v6.clone(), v4]);
         assert_eq!(w.len(), 1);
         assert_eq!(
             w[0].address.to_string(),
@@ -301,12 +333,14 @@ mod tests {
             serde_json::json!([{ "addresses": ["pod.example"] }]),
         );
         fqdn.address_type = "FQDN".into();
-        assert!(endpoint_slice_workers(&source(None), &[fqdn]).is_empty());
+        assert!(endpoint_slice_workers(&source(None), &[fqdn]).0.is_empty());
         let mut no_region = source(None);
         no_region.region = None;
-        assert!(
-            endpoint_slice_workers(&no_region, &[v6]).is_empty(),
-            "no region: skipped"
+        let (w, skipped) = endpoint_slice_workers(&no_region, &[v6]);
+        assert!(w.is_empty(), "no region: skipped");
+        assert_eq!(
+            skipped,
+            ["slice `b-v6`: no meridian.io/region label, and the source has no region"]
         );
     }
 }

@@ -13,14 +13,17 @@ mod dns;
 #[cfg(feature = "discovery")]
 mod kubernetes;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 #[cfg(feature = "discovery")]
 use crate::config::DiscoveryKind;
 use crate::config::{Config, DiscoverySource, UpstreamTrust, WorkerEntry};
 use crate::edge::EdgeShared;
 use crate::shutdown::Shutdown;
+use crate::telemetry::metrics::{Data, Metric};
 
 #[cfg(feature = "discovery")]
 pub use kubernetes::{endpoint_slice_workers, MODEL_LABEL, REGION_LABEL};
@@ -89,6 +92,70 @@ impl Discovered {
     }
 }
 
+/// What one running source did, for `/metrics` and OTLP: a source that keeps failing keeps
+/// its last set, so only these show it (`meridian_discovery_*`).
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Workers in the last set the edge applied.
+    workers: AtomicU64,
+    /// Failed resolutions, watch errors and failed setups.
+    errors: AtomicU64,
+    /// When the source last answered (a resolution, a watch event), Unix seconds; 0: never.
+    last_answer_s: AtomicU64,
+}
+
+impl SourceStats {
+    /// The source answered (whether or not its set changed).
+    pub fn answered(&self) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        (self.last_answer_s).store(now.map_or(0, |d| d.as_secs()), Relaxed);
+    }
+
+    /// The source failed to answer.
+    pub fn failed(&self) {
+        self.errors.fetch_add(1, Relaxed);
+    }
+
+    /// The edge applied a set of `n` workers.
+    pub fn applied(&self, n: usize) {
+        self.workers.store(n as u64, Relaxed);
+    }
+}
+
+/// Every running source's [`SourceStats`], by source name.
+pub type DiscoveryStats = Mutex<BTreeMap<String, Arc<SourceStats>>>;
+
+/// The `meridian.discovery.*` metrics of the running sources.
+pub fn metrics(stats: &DiscoveryStats) -> Vec<Metric> {
+    let sources = stats.lock().unwrap_or_else(|e| e.into_inner());
+    let points = |f: &dyn Fn(&SourceStats) -> u64| {
+        (sources.iter())
+            .map(|(name, s)| (vec![("meridian.discovery.source", name.clone())], f(s)))
+            .collect::<Vec<_>>()
+    };
+    let gauge = |v: Vec<(_, u64)>| v.into_iter().map(|(a, n)| (a, n as i64)).collect();
+    vec![
+        Metric {
+            name: "meridian.discovery.workers",
+            description: "Workers in the discovery source's last applied set.",
+            unit: "{worker}",
+            data: Data::Gauge(gauge(points(&|s| s.workers.load(Relaxed)))),
+        },
+        Metric {
+            name: "meridian.discovery.errors",
+            description: "Failed resolutions, watch errors and setups of the discovery source (it keeps its last set meanwhile).",
+            unit: "{error}",
+            data: Data::Counter(points(&|s| s.errors.load(Relaxed))),
+        },
+        Metric {
+            name: "meridian.discovery.last_answer_timestamp",
+            description: "When the discovery source last answered, Unix time (0: never).",
+            unit: "s",
+            data: Data::Gauge(gauge(points(&|s| s.last_answer_s.load(Relaxed)))),
+        },
+    ]
+}
+
 /// The running sources of an edge, restarted as the config's `[[discovery]]` list changes.
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
@@ -104,11 +171,13 @@ impl Sources {
         edge: &Arc<EdgeShared>,
     ) -> Vec<String> {
         let mut stopped = Vec::new();
+        let mut stats = (edge.stats.discovery.lock()).unwrap_or_else(|e| e.into_inner());
         self.running.retain(|(s, stop)| {
             let keep = wanted.contains(s);
             if !keep {
                 stop.trigger();
                 stopped.push(s.name.clone());
+                stats.remove(&s.name);
             }
             keep
         });
@@ -117,7 +186,9 @@ impl Sources {
                 continue;
             }
             let stop = Shutdown::new();
-            tokio::spawn(run(s.clone(), edge.clone(), stop.clone()));
+            let counts = Arc::new(SourceStats::default());
+            stats.insert(s.name.clone(), counts.clone());
+            tokio::spawn(run(s.clone(), edge.clone(), counts, stop.clone()));
             self.running.push((s.clone(), stop));
         }
         stopped
@@ -128,7 +199,7 @@ impl Sources {
 /// failure and each new one: a source that cannot start yet (no API server, no resolver
 /// config) starts once it can, keeping the workers it had meanwhile.
 #[cfg(feature = "discovery")]
-async fn retrying<T, E, F, Fut>(source: &str, what: &str, setup: F) -> T
+async fn retrying<T, E, F, Fut>(source: &str, stats: &SourceStats, what: &str, setup: F) -> T
 where
     E: std::fmt::Display,
     F: Fn() -> Fut,
@@ -140,6 +211,7 @@ where
         match setup().await {
             Ok(v) => return v,
             Err(e) => {
+                stats.failed();
                 let e = e.to_string();
                 if e != last {
                     tracing::warn!(source, "discovery cannot {what} (retrying): {e}");
@@ -153,27 +225,37 @@ where
 }
 
 /// Runs one source until it is stopped or the edge shuts down.
-async fn run(source: DiscoverySource, edge: Arc<EdgeShared>, stop: Shutdown) {
+async fn run(
+    source: DiscoverySource,
+    edge: Arc<EdgeShared>,
+    stats: Arc<SourceStats>,
+    stop: Shutdown,
+) {
     let found = |workers: Vec<Discovered>| {
-        let (edge, source) = (edge.clone(), source.clone());
+        let (edge, source, stats) = (edge.clone(), source.clone(), stats.clone());
         async move {
             // Logged and counted by the edge; a failure leaves the topology as it was, and the
             // source sends the same set again on its next round.
-            crate::edge::reload::discovered(&edge, &source, workers)
+            let n = workers.len();
+            let applied = crate::edge::reload::discovered(&edge, &source, workers)
                 .await
-                .is_ok()
+                .is_ok();
+            if applied {
+                stats.applied(n);
+            }
+            applied
         }
     };
     #[cfg(feature = "discovery")]
     let work = async {
         match &source.kind {
-            DiscoveryKind::Dns { .. } => dns::run(&source, found).await,
-            DiscoveryKind::Kubernetes { .. } => kubernetes::run(&source, found).await,
+            DiscoveryKind::Dns { .. } => dns::run(&source, &stats, found).await,
+            DiscoveryKind::Kubernetes { .. } => kubernetes::run(&source, &stats, found).await,
         }
     };
     #[cfg(not(feature = "discovery"))]
     let work = async {
-        let _ = found;
+        let _ = (found, &stats);
         tracing::error!(source = %source.name, "built without the `discovery` feature: the source does not run");
         std::future::pending::<()>().await
     };

@@ -25,11 +25,6 @@ fn attrs(op: Operation, model: &str, region: Option<&str>) -> Attrs {
     a
 }
 
-/// The error code of an error slot (`GenAiMetrics::slot`).
-fn slot_code(slot: usize) -> ErrorCode {
-    ErrorCode((slot - 1) as u64)
-}
-
 /// The GenAI metric families (and, with `meridian`, Meridian's counters) of the edge now.
 pub fn collect(stats: &EdgeStats, router: &Router, meridian: bool) -> Vec<Metric> {
     let topo = router.topology();
@@ -48,7 +43,7 @@ pub fn collect(stats: &EdgeStats, router: &Router, meridian: bool) -> Vec<Metric
                 if s.count > 0 {
                     let mut a = attrs(op, model, *region);
                     if slot > 0 {
-                        a.push(("error.type", error_type(slot_code(slot))));
+                        a.push(("error.type", GenAiMetrics::slot_error_type(slot)));
                     }
                     duration.push((a, s));
                 }
@@ -124,7 +119,7 @@ fn meridian_counters(stats: &EdgeStats) -> Vec<Metric> {
             )
         })
         .collect();
-    vec![
+    let mut out = vec![
         Metric {
             name: "meridian.requests",
             description: "Request streams accepted.",
@@ -155,5 +150,7 @@ fn meridian_counters(stats: &EdgeStats) -> Vec<Metric> {
             unit: "{stream}",
             data: Data::Gauge(vec![(vec![], stats.active_streams.load(Relaxed))]),
         },
-    ]
+    ];
+    out.extend(crate::discovery::metrics(&stats.discovery));
+    out
 }

@@ -16,8 +16,7 @@ use crate::telemetry::{Span, SpanKind, TraceContext};
 
 /// The `error.type` of a wire error: its code name in lower case (`upstream_failed`).
 pub fn error_type(code: ErrorCode) -> String {
-    code.name()
-        .map_or_else(|| format!("{:#x}", code.0), str::to_lowercase)
+    code.to_string().to_lowercase()
 }
 
 /// Starts the request's server span under the client's trace context, if it sent one.

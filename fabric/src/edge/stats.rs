@@ -112,6 +112,8 @@ pub struct EdgeStats {
     errors: [AtomicU64; 16],
     /// Config reloads, by [`ReloadResult`].
     pub reloads: [AtomicU64; 2],
+    /// The running discovery sources' counts (off the request path).
+    pub discovery: crate::discovery::DiscoveryStats,
 }
 
 /// How a config reload ended (`meridian_config_reloads_total{result}`).
@@ -150,6 +152,7 @@ impl EdgeStats {
             resume: super::resume::ResumeStats::new(config.edge.resume_buffer_total_bytes),
             errors: Default::default(),
             reloads: Default::default(),
+            discovery: Default::default(),
         }
     }
 
@@ -337,6 +340,8 @@ impl EdgeStats {
         super::health_metrics::render(&mut out, &topo, router);
         let genai = super::genai_metrics::collect(self, router, false);
         crate::telemetry::metrics::render_prometheus(&mut out, &genai);
+        let discovery = crate::discovery::metrics(&self.discovery);
+        crate::telemetry::metrics::render_prometheus(&mut out, &discovery);
         self.resume.render(&mut out);
         out
     }

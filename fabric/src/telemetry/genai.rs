@@ -230,6 +230,15 @@ impl GenAiMetrics {
         error.map_or(0, |c| 1 + (c.0 as usize).min(ERROR_SLOTS - 2))
     }
 
+    /// The `error.type` of error slot `slot` (≥ 1): the code's, or `_OTHER` (the semantic
+    /// conventions' fallback) for the last slot, which codes ≥ 15 share.
+    pub fn slot_error_type(slot: usize) -> String {
+        match slot {
+            s if s == ERROR_SLOTS - 1 => "_OTHER".into(),
+            s => crate::edge::error_type(meridian_protocol::ErrorCode((s - 1) as u64)),
+        }
+    }
+
     /// Records a finished request.
     pub fn record(&self, f: &Finished) {
         let op = f.operation as usize;
@@ -305,5 +314,10 @@ mod tests {
         assert_eq!(m.tokens[op][0].snapshot().sum, 7.0);
         assert_eq!(m.tokens[op][1].snapshot().sum, 11.0);
         assert_eq!(m.ttft[Operation::Chat as usize].snapshot().count, 0);
+        assert_eq!(GenAiMetrics::slot_error_type(failed), "upstream_failed");
+        // Codes this version does not know share the last slot: `_OTHER`, not one code's name.
+        let unknown = |c| GenAiMetrics::slot(Some(meridian_protocol::ErrorCode(c)));
+        assert_eq!(unknown(0x15), unknown(0x40));
+        assert_eq!(GenAiMetrics::slot_error_type(unknown(0x40)), "_OTHER");
     }
 }
