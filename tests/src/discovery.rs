@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use meridian_fabric::config::ServerTls;
 use meridian_fabric::tls::Identity;
@@ -108,11 +107,6 @@ fn edge_toml(certs: &Path, nsd: SocketAddr, target: &str) -> String {
     )
 }
 
-fn names(edge: &meridian_fabric::edge::EdgeHandle) -> Vec<String> {
-    let topo = edge.router.topology();
-    topo.config.workers.iter().map(|w| w.name.clone()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_discovery_follows_a_records_and_srv_records_of_a_real_nameserver() {
     let dir = scratch("dns");
@@ -171,12 +165,7 @@ async fn dns_discovery_follows_a_records_and_srv_records_of_a_real_nameserver() 
     }
     let mut on_a = on_a.expect("a shard key lands on 127.0.0.2");
     nsd.serve("@ IN A 127.0.0.3\n@ IN A 127.0.0.4\n");
-    within("the zone change is followed", async {
-        while names(&edge) != [pb.clone(), pc.clone()] {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_workers(&edge, &[&pb, &pc]).await;
     within(
         "both connected",
         edge.router.wait_until(|r| r.healthy_workers() == 2),
@@ -202,21 +191,12 @@ async fn dns_discovery_follows_a_records_and_srv_records_of_a_real_nameserver() 
     edge.reload(meridian_fabric::config::parse_config(&srv, &path).unwrap())
         .await
         .expect("reloaded");
-    within("SRV set followed", async {
-        while names(&edge) != [pc.clone()] {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_workers(&edge, &[&pc]).await;
     // A name with no records (in two answers in a row) is an empty set: the pool empties,
     // and a request for its model is UNAVAILABLE (retry later), not MODEL_NOT_FOUND.
     nsd.serve("@ IN A 127.0.0.3\n");
-    within("no SRV records, no workers", async {
-        while !names(&edge).is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    // No SRV records, no workers.
+    until_workers(&edge, &[]).await;
     let g = client.generate(Request::new("m", "anyone?")).await.unwrap();
     let err = within("refused", g.collect())
         .await

@@ -2,7 +2,8 @@
 //! HTTP. No kube-apiserver can be installed from this machine's registries, so the API side
 //! is a minimal server in this test that implements what the watcher uses of the API: the
 //! EndpointSlice list (with `labelSelector` and a `resourceVersion`) and the watch stream
-//! (JSON lines of ADDED/MODIFIED/DELETED events). The edge follows it: a ready endpoint gets
+//! (JSON lines of ADDED/MODIFIED/DELETED events since the `resourceVersion` the watcher
+//! passes, so a change between its list and its watch is not lost). The edge follows it: a ready endpoint gets
 //! traffic, a `serving && terminating` one is drained (its stream finishes, then it is
 //! disconnected), a deleted slice removes its workers.
 
@@ -10,7 +11,6 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -29,37 +29,51 @@ const PATH: &str = "/apis/discovery.k8s.io/v1/namespaces/inference/endpointslice
 
 /// The EndpointSlices of one namespace, served as the API server serves them.
 struct Api {
-    slices: Mutex<(u64, BTreeMap<String, Value>)>,
+    slices: Mutex<Slices>,
     events: broadcast::Sender<String>,
     selectors: Mutex<Vec<String>>,
 }
 
+/// The namespace's resource version, its slices, and every event with its version.
+#[derive(Default)]
+struct Slices {
+    version: u64,
+    items: BTreeMap<String, Value>,
+    log: Vec<(u64, String)>,
+}
+
+impl Slices {
+    /// Records event `kind` of `slice` at the next version and returns its line.
+    fn event(&mut self, kind: &str, slice: &mut Value) -> String {
+        self.version += 1;
+        slice["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        let line = json!({ "type": kind, "object": slice }).to_string();
+        self.log.push((self.version, line.clone()));
+        line
+    }
+}
+
 impl Api {
     /// Adds or replaces a slice (ADDED or MODIFIED to watchers).
-    fn apply(&self, slice: Value) {
+    fn apply(&self, mut slice: Value) {
         let mut s = self.slices.lock().unwrap();
-        s.0 += 1;
         let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
-        let mut slice = slice;
-        slice["metadata"]["resourceVersion"] = json!(s.0.to_string());
-        let kind = if s.1.insert(name, slice.clone()).is_some() {
+        let kind = if s.items.contains_key(&name) {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        let _ = self
-            .events
-            .send(json!({ "type": kind, "object": slice }).to_string());
+        let line = s.event(kind, &mut slice);
+        s.items.insert(name, slice);
+        // Sent under the lock: a watch subscribing under it sees each event once.
+        let _ = self.events.send(line);
     }
 
     fn delete(&self, name: &str) {
         let mut s = self.slices.lock().unwrap();
-        s.0 += 1;
-        if let Some(mut slice) = s.1.remove(name) {
-            slice["metadata"]["resourceVersion"] = json!(s.0.to_string());
-            let _ = self
-                .events
-                .send(json!({ "type": "DELETED", "object": slice }).to_string());
+        if let Some(mut slice) = s.items.remove(name) {
+            let line = s.event("DELETED", &mut slice);
+            let _ = self.events.send(line);
         }
     }
 
@@ -87,9 +101,25 @@ impl Api {
             .split('&')
             .any(|p| p == "watch=true" || p == "watch=1")
         {
-            // Events from now on, one JSON object per line, until the client goes.
-            let rx = self.events.subscribe();
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            // The events after the watcher's `resourceVersion`, then each new one, one JSON
+            // object per line, until the client goes.
+            let since: u64 = (query.split('&'))
+                .find_map(|p| p.strip_prefix("resourceVersion="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let (backlog, rx) = {
+                let s = self.slices.lock().unwrap();
+                let backlog: Vec<String> = (s.log.iter())
+                    .filter(|(v, _)| *v > since)
+                    .map(|(_, line)| line.clone())
+                    .collect();
+                (backlog, self.events.subscribe())
+            };
+            let backlog = futures_util::stream::iter(
+                (backlog.into_iter())
+                    .map(|line| Ok::<_, Infallible>(Frame::data(Bytes::from(line + "\n")))),
+            );
+            let live = futures_util::stream::unfold(rx, |mut rx| async move {
                 loop {
                     match rx.recv().await {
                         Ok(line) => {
@@ -103,6 +133,7 @@ impl Api {
                     }
                 }
             });
+            let stream = futures_util::StreamExt::chain(backlog, live);
             return Response::builder()
                 .header("content-type", "application/json")
                 .body(BodyExt::boxed(StreamBody::new(stream)))
@@ -114,8 +145,8 @@ impl Api {
             json!({
                 "apiVersion": "discovery.k8s.io/v1",
                 "kind": "EndpointSliceList",
-                "metadata": { "resourceVersion": s.0.to_string() },
-                "items": s.1.values().cloned().collect::<Vec<_>>(),
+                "metadata": { "resourceVersion": s.version.to_string() },
+                "items": s.items.values().cloned().collect::<Vec<_>>(),
             }),
         )
     }
@@ -173,25 +204,6 @@ fn slice(name: &str, port: u16, endpoints: &[(&str, &str, bool, bool)]) -> Value
     })
 }
 
-fn names(edge: &meridian_fabric::edge::EdgeHandle) -> Vec<String> {
-    edge.router
-        .topology()
-        .config
-        .workers
-        .iter()
-        .map(|w| w.name.clone())
-        .collect()
-}
-
-async fn until(edge: &meridian_fabric::edge::EdgeHandle, want: &[&str]) {
-    within(&format!("workers {want:?}"), async {
-        while names(edge) != want {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_slices_are_followed_through_the_kube_watcher() {
     let dir = scratch("k8s");
@@ -206,7 +218,7 @@ async fn endpoint_slices_are_followed_through_the_kube_watcher() {
     );
     let (events, _) = broadcast::channel(64);
     let api = Arc::new(Api {
-        slices: Mutex::new((1, BTreeMap::new())),
+        slices: Mutex::new(Slices::default()),
         events,
         selectors: Mutex::new(Vec::new()),
     });
@@ -237,14 +249,11 @@ async fn endpoint_slices_are_followed_through_the_kube_watcher() {
     .unwrap();
     let edge = edge_from(&toml, &dir.join("edge.toml"), &id, 1).await;
     assert_eq!(names(&edge), ["k8s/vllm-0"]);
+    let selectors = api.selectors.lock().unwrap().clone();
     assert!(
-        api.selectors
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|s| s == "kubernetes.io/service-name=workers"),
-        "the watcher selects the Service's slices: {:?}",
-        api.selectors.lock().unwrap()
+        !selectors.is_empty()
+            && (selectors.iter()).all(|s| s == "kubernetes.io/service-name=workers"),
+        "the watcher selects the Service's slices: {selectors:?}"
     );
 
     // A second pod becomes ready: it gets requests.
@@ -256,7 +265,7 @@ async fn endpoint_slices_are_followed_through_the_kube_watcher() {
             ("127.0.0.3", "vllm-1", true, false),
         ],
     ));
-    until(&edge, &["k8s/vllm-0", "k8s/vllm-1"]).await;
+    until_workers(&edge, &["k8s/vllm-0", "k8s/vllm-1"]).await;
     within(
         "both connected",
         edge.router.wait_until(|r| r.healthy_workers() == 2),
@@ -285,14 +294,14 @@ async fn endpoint_slices_are_followed_through_the_kube_watcher() {
             ("127.0.0.3", "vllm-1", true, false),
         ],
     ));
-    until(&edge, &["k8s/vllm-1"]).await;
+    until_workers(&edge, &["k8s/vllm-1"]).await;
     let (n, end) = finish(&mut on_0, 1).await;
     assert_eq!((n, end.completion_tokens), (150, 150));
     disconnected(&a).await;
 
     // The slice is deleted: no workers left.
     api.delete("workers-1");
-    until(&edge, &[]).await;
+    until_workers(&edge, &[]).await;
     client.close().await;
     edge.stop().await;
     a.stop().await;

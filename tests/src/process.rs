@@ -100,6 +100,20 @@ pub(crate) fn worker_config(dir: &Path, name: &str, region: &str) -> PathBuf {
     path
 }
 
+/// Starts a `meridian worker` process called `name` in `region` (config from
+/// [`worker_config`]); returns it and its `[[worker]]` entry for an edge's config.
+pub(crate) async fn start_worker(dir: &Path, name: &str, region: &str) -> (Proc, String) {
+    let cfg = worker_config(dir, name, region);
+    let mut p = Proc::start(&["worker", "--json", "--config", cfg.to_str().unwrap()]);
+    let line = p.json_line().await;
+    let entry = format!(
+        "\n[[worker]]\nname = \"{name}\"\nregion = \"{region}\"\naddress = \"{}\"\nmodels = [\"llama-3-8b\"]\npin = \"{}\"\n",
+        line["addr"].as_str().unwrap(),
+        line["cert"].as_str().unwrap()
+    );
+    (p, entry)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_route_and_survive_a_killed_worker() {
     let dir = scratch("procs");
@@ -110,14 +124,8 @@ async fn separate_processes_route_and_survive_a_killed_worker() {
         ("seoul-2", "seoul"),
         ("tokyo-1", "tokyo"),
     ] {
-        let cfg = worker_config(&dir, name, region);
-        let mut p = Proc::start(&["worker", "--json", "--config", cfg.to_str().unwrap()]);
-        let line = p.json_line().await;
-        entries += &format!(
-            "\n[[worker]]\nname = \"{name}\"\nregion = \"{region}\"\naddress = \"{}\"\nmodels = [\"llama-3-8b\"]\npin = \"{}\"\n",
-            line["addr"].as_str().unwrap(),
-            line["cert"].as_str().unwrap()
-        );
+        let (p, entry) = start_worker(&dir, name, region).await;
+        entries += &entry;
         workers.push((name, p));
     }
     let edge_cfg = dir.join("edge.toml");
@@ -219,16 +227,7 @@ async fn a_worker_is_ready_until_it_drains() {
     let health = line["health_url"].as_str().expect("health_url").to_owned();
     let get = |path: &'static str| {
         let health = health.clone();
-        async move {
-            let addr = health.trim_start_matches("http://").to_owned();
-            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-            s.write_all(req.as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out[9..12].parse::<u16>().unwrap()
-        }
+        async move { http_get(&health, path).await.0 }
     };
     assert_eq!(get("/healthz").await, 200);
     assert_eq!(get("/readyz").await, 200);
@@ -247,17 +246,8 @@ async fn a_worker_is_ready_until_it_drains() {
         }
     })
     .await;
-    let end = within("the stream finishes", async {
-        loop {
-            match g.next().await.expect("no error") {
-                Some(meridian_protocol::client::Event::End(end)) => break end,
-                Some(_) => {}
-                None => panic!("no END"),
-            }
-        }
-    })
-    .await;
-    assert_eq!(end.completion_tokens, 400);
+    let (n, end) = finish(&mut g, 1).await;
+    assert_eq!((n, end.completion_tokens), (400, 400));
     assert!(within("worker exit", w.child.wait())
         .await
         .unwrap()

@@ -110,6 +110,11 @@ async fn a_reload_drains_a_removed_worker_connects_a_new_one_and_swaps_keys() {
         assert_eq!(end.completion_tokens, 3);
         seen.insert(routed[0].worker.clone());
     }
+    assert!(
+        !seen.contains("w1"),
+        "a retired worker gets no new request: {seen:?}"
+    );
+    assert!(seen.contains("w3"), "the new worker gets traffic: {seen:?}");
     let g = client.generate(with_key("m", KEY_A, 0)).await.unwrap();
     match within("refused", g.collect()).await {
         Err(e) => assert_eq!(e.code(), Some(ErrorCode::UNAUTHORIZED), "{e}"),

@@ -6,23 +6,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::process::{worker_config, Proc};
+use crate::process::{start_worker, Proc};
 use crate::support::*;
 
 /// `GET path` on the admin listener at `base` (`http://127.0.0.1:PORT`), the body.
 pub(crate) async fn admin_get(base: &str, path: &str) -> String {
-    let addr = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("admin up");
-    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n")
-        .map_or(out.clone(), |(_, b)| b.to_owned())
+    http_get(base, path).await.1
 }
 
 /// Waits until the edge's `/metrics` contains `line`.
@@ -61,14 +50,8 @@ async fn sighup_and_a_swapped_configmap_reload_an_edge_process() {
     let mut entries = Vec::new();
     let mut workers = Vec::new();
     for (name, region) in [("w1", "seoul"), ("w2", "tokyo")] {
-        let cfg = worker_config(&dir, name, region);
-        let mut p = Proc::start(&["worker", "--json", "--config", cfg.to_str().unwrap()]);
-        let line = p.json_line().await;
-        entries.push(format!(
-            "[[worker]]\nname = \"{name}\"\nregion = \"{region}\"\naddress = \"{}\"\nmodels = [\"llama-3-8b\"]\npin = \"{}\"\n",
-            line["addr"].as_str().unwrap(),
-            line["cert"].as_str().unwrap()
-        ));
+        let (p, entry) = start_worker(&dir, name, region).await;
+        entries.push(entry);
         workers.push(p);
     }
     let cm = dir.join("cm");
@@ -179,14 +162,7 @@ async fn a_renewed_certificate_is_served_to_new_connections() {
     write_cert(&tls);
     let old = dir.join("old.pem");
     std::fs::copy(tls.join("cert.pem"), &old).unwrap();
-    let cfg = worker_config(&dir, "w1", "seoul");
-    let mut w = Proc::start(&["worker", "--json", "--config", cfg.to_str().unwrap()]);
-    let line = w.json_line().await;
-    let worker = format!(
-        "[[worker]]\nname = \"w1\"\nregion = \"seoul\"\naddress = \"{}\"\nmodels = [\"llama-3-8b\"]\npin = \"{}\"\n",
-        line["addr"].as_str().unwrap(),
-        line["cert"].as_str().unwrap()
-    );
+    let (_worker_proc, worker) = start_worker(&dir, "w1", "seoul").await;
     let toml = edge_toml(100, &worker, "").replace(
         "[tls]\ndev_cert_dir = \"../edge-cert\"\n",
         "[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",

@@ -245,6 +245,41 @@ pub async fn finish(g: &mut Generation, already: u64) -> (u64, meridian_protocol
     .await
 }
 
+/// `GET path` over HTTP/1.1 on `base` (`http://host:port`): the status and the body.
+pub async fn http_get(base: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .expect("an HTTP status line");
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
+}
+
+/// The names of the workers in `edge`'s running topology.
+pub fn names(edge: &meridian_fabric::edge::EdgeHandle) -> Vec<String> {
+    let topo = edge.router.topology();
+    topo.config.workers.iter().map(|w| w.name.clone()).collect()
+}
+
+/// Waits until `edge`'s running topology has exactly the workers `want`.
+pub async fn until_workers(edge: &meridian_fabric::edge::EdgeHandle, want: &[&str]) {
+    within(&format!("workers {want:?}"), async {
+        while names(edge) != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// Waits until worker `w` has no connection left (an edge drained and closed it).
 pub async fn disconnected(w: &meridian_fabric::worker::WorkerHandle) {
     within("the worker's connections closed", async {
