@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"): format, lints, every test, the loom
-# model checks and the docs. Run from anywhere; needs cargo, python3, redis-server and nsd
-# (installed with apt-get when missing and run as root).
+# model checks and the docs. Run from anywhere; needs cargo, python3 (with venv), node/npm,
+# redis-server and nsd (the last two installed with apt-get when missing and run as root), and
+# network access to PyPI and npm for the SDK, schema and deployment checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -55,7 +56,7 @@ target/openai-venv/bin/python scripts/openai_sdk_test.py target/debug/meridian
 step "OTLP trace export against the opentelemetry-proto schema"
 target/openai-venv/bin/python scripts/otlp_trace_test.py target/debug/meridian
 
-step "deployment packaging: Dockerfile, Kubernetes manifests and Helm chart (offline schema checks)"
+step "deployment packaging: Dockerfile, Kubernetes manifests and Helm chart (schema checks without a cluster)"
 MERIDIAN_BIN=target/debug/meridian scripts/validate_deploy.sh
 
 step "cargo doc -D warnings"
