@@ -221,6 +221,19 @@ pub async fn run(args: ImpairArgs) -> anyhow::Result<()> {
     serve(front, args, link, Arc::default()).await
 }
 
+/// A socket connected to `upstream`, bound to the unspecified address of its family (so any
+/// backend, loopback or not, IPv4 or IPv6, is reachable): one per client flow.
+pub(crate) async fn upstream_socket(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
+    let bind: SocketAddr = if upstream.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = UdpSocket::bind(bind).await?;
+    s.connect(upstream).await?;
+    Ok(s)
+}
+
 /// The proxy loop on an already-bound socket, impaired as `link` says.
 pub async fn serve(
     front: UdpSocket,
@@ -244,14 +257,7 @@ pub async fn serve(
         let back = match existing {
             Some(s) => s,
             None => {
-                let bind: SocketAddr = if args.upstream.is_ipv6() {
-                    "[::1]:0"
-                } else {
-                    "127.0.0.1:0"
-                }
-                .parse()?;
-                let s = Arc::new(UdpSocket::bind(bind).await?);
-                s.connect(args.upstream).await?;
+                let s = Arc::new(upstream_socket(args.upstream).await?);
                 sessions
                     .lock()
                     .expect("not poisoned")

@@ -192,6 +192,27 @@ fn progress(total: Duration) -> ProgressBar {
     pb
 }
 
+/// Runs `a` against native QUIC `addrs` (an edge, or workers directly) over connections of
+/// its own, closed after; `label` names the target in the report.
+pub async fn run_native(
+    label: String,
+    addrs: &[std::net::SocketAddr],
+    cert: &std::path::Path,
+    a: &LoadArgs,
+) -> anyhow::Result<Report> {
+    let target = Arc::new(Target::native(label, addrs, cert, a.connections).await?);
+    let r = run(target.clone(), a).await;
+    close(target).await;
+    r
+}
+
+/// Closes `t`'s connections once no one else holds it.
+pub async fn close(t: Arc<Target>) {
+    if let Ok(t) = Arc::try_unwrap(t) {
+        t.close().await;
+    }
+}
+
 /// Runs the load described by `a` against `target` and reports what was measured.
 pub async fn run(target: Arc<Target>, a: &LoadArgs) -> anyhow::Result<Report> {
     let shape = Arc::new(Shape::new(a)?);

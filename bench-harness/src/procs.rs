@@ -120,13 +120,15 @@ pub fn meridian_bin(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// A synthetic `meridian worker` process called `name` in `region` (config and certificates
-/// under `dir`): `ttft_ms` to the first token, then `max_tokens` tokens `itl_ms` apart;
-/// `extra` lines go in its `[worker]` table. Returns it with its address and certificate.
+/// under `dir`, the certificate shared by every worker there): `ttft_ms` to the first token,
+/// then `max_tokens` tokens `itl_ms` apart, at most `max_concurrent` streams; `extra` lines go
+/// in its `[worker]` table. Returns it with its address and certificate.
 pub async fn synthetic_worker(
     bin: &Path,
     dir: &Path,
     (name, region): (&str, &str),
     (ttft_ms, itl_ms, max_tokens): (u64, u64, u64),
+    max_concurrent: u64,
     extra: &str,
 ) -> anyhow::Result<(Proc, String, String)> {
     let cfg = dir.join(format!("{name}.toml"));
@@ -134,7 +136,7 @@ pub async fn synthetic_worker(
         &cfg,
         format!(
             "[worker]\nname = \"{name}\"\nregion = \"{region}\"\nlisten = \"127.0.0.1:0\"\n\
-             models = [\"llama-3-8b\"]\nmax_concurrent = 4000\n{extra}\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
+             models = [\"llama-3-8b\"]\nmax_concurrent = {max_concurrent}\n{extra}\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
              [backend]\nkind = \"synthetic\"\nttft_ms = {ttft_ms}\nitl_ms = {itl_ms}\nmax_tokens = {max_tokens}\n"
         ),
     )?;
@@ -153,7 +155,45 @@ pub async fn synthetic_worker(
     Ok((w, addr, cert))
 }
 
-/// The synthetic workers' behaviour (`wan`, `resume`, `reload`).
+/// A `meridian edge --json` started and ready: the process, its QUIC address and
+/// certificate, and its whole startup line (`admin_url`, …).
+pub struct Edge {
+    /// The process.
+    pub proc: Proc,
+    /// Its QUIC address.
+    pub addr: std::net::SocketAddr,
+    /// Its certificate, to pin.
+    pub cert: PathBuf,
+    /// Its startup line.
+    pub started: Value,
+}
+
+/// Starts `meridian edge --json --config CONFIG EXTRA…` and waits until it is ready.
+pub async fn start_edge(bin: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<Edge> {
+    let mut args = vec![
+        "edge",
+        "--json",
+        "--config",
+        config.to_str().context("utf-8 path")?,
+    ];
+    args.extend(extra);
+    let mut proc = Proc::start(bin, &args)?;
+    let started = proc.json_line().await?;
+    let ready = proc.json_line().await?;
+    if ready["ready"] != true {
+        bail!("edge did not report ready: {ready}");
+    }
+    let addr = (started["edge_addr"].as_str().context("edge_addr")?).parse()?;
+    let cert = PathBuf::from(started["cert"].as_str().context("cert")?);
+    Ok(Edge {
+        proc,
+        addr,
+        cert,
+        started,
+    })
+}
+
+/// The synthetic workers' behaviour (`wan`, `resume`, `reload`, `suite`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Synthetic {
     /// Workers' time to first token, ms.

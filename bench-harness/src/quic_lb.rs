@@ -146,8 +146,14 @@ pub async fn run(args: QuicLbArgs) -> anyhow::Result<()> {
                 let (i, how) = pick(&buf[..n], &backends, args.mode, &mut next);
                 counts[how as usize].fetch_add(1, Relaxed);
                 let b = &backends[i];
-                let up = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-                up.connect(b.addr).await?;
+                // One flow that cannot reach its backend is dropped, not the balancer.
+                let up = match crate::impair::upstream_socket(b.addr).await {
+                    Ok(up) => Arc::new(up),
+                    Err(e) => {
+                        eprintln!("quic-lb: flow from {client} to {}: {e}", b.addr);
+                        continue;
+                    }
+                };
                 flows
                     .lock()
                     .expect("not poisoned")

@@ -8,8 +8,6 @@
 //! reload would be one), and the reloads the edge applied (its `/metrics`).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,9 +15,8 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::load::{self, LoadArgs};
-use crate::procs::{meridian_bin, Proc};
+use crate::procs::meridian_bin;
 use crate::report::Report;
-use crate::target::Target;
 
 /// `reload` options.
 #[derive(Args, Debug, Clone)]
@@ -126,6 +123,7 @@ pub async fn run(a: ReloadArgs) -> anyhow::Result<ReloadReport> {
             &dir,
             (&name, "frankfurt"),
             a.backend.timing(),
+            4000,
             "",
         )
         .await?;
@@ -142,26 +140,8 @@ pub async fn run(a: ReloadArgs) -> anyhow::Result<ReloadReport> {
         &edge_cfg,
         &edge_toml(&entries, a.workers, 0.5, &auth, max_streams),
     )?;
-    let mut edge = Proc::start(
-        &bin,
-        &[
-            "edge",
-            "--json",
-            "--config",
-            edge_cfg.to_str().context("path")?,
-        ],
-    )?;
-    let started = edge.json_line().await?;
-    if edge.json_line().await?["ready"] != true {
-        bail!("edge did not report ready");
-    }
-    let edge_addr: std::net::SocketAddr = started["edge_addr"]
-        .as_str()
-        .context("edge_addr")?
-        .parse()?;
-    let cert = PathBuf::from(started["cert"].as_str().context("cert")?);
-    let admin = started["admin_url"]
-        .as_str()
+    let edge = crate::procs::start_edge(&bin, &edge_cfg, &[]).await?;
+    let admin = (edge.started["admin_url"].as_str())
         .context("admin_url")?
         .to_owned();
     let load = |seed| {
@@ -177,42 +157,26 @@ pub async fn run(a: ReloadArgs) -> anyhow::Result<ReloadReport> {
     };
     let measure = |seed| {
         let load = load(seed);
-        let cert = cert.clone();
-        async move {
-            let target = Arc::new(
-                Target::native(
-                    format!("edge {edge_addr}"),
-                    &[edge_addr],
-                    &cert,
-                    a.connections,
-                )
-                .await?,
-            );
-            let r = load::run(target.clone(), &load).await;
-            if let Ok(t) = Arc::try_unwrap(target) {
-                t.close().await;
-            }
-            r
-        }
+        let (addr, cert) = (edge.addr, edge.cert.clone());
+        async move { load::run_native(format!("edge {addr}"), &[addr], &cert, &load).await }
     };
     eprintln!("reload: baseline, {} streams, no reloads", a.concurrency);
     let baseline = measure(1).await?;
-    // The second run, with a reload every `every` seconds from its start to its end.
+    // The second run, with a reload every `every` seconds from its start to its end (none
+    // after it).
     eprintln!("reload: the same load with a reload every {} s", a.every);
-    let stop = Arc::new(AtomicBool::new(false));
-    let pid = edge.pid().to_string();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let pid = edge.proc.pid().to_string();
     let reloader = {
-        let (stop, entries, auth, path) = (
-            stop.clone(),
-            entries.clone(),
-            auth.clone(),
-            edge_cfg.clone(),
-        );
+        let (entries, auth, path) = (entries.clone(), auth.clone(), edge_cfg.clone());
         let (every, workers) = (Duration::from_secs_f64(a.every), a.workers);
         tokio::spawn(async move {
             let mut sent = 0u64;
-            while !stop.load(Relaxed) {
-                tokio::time::sleep(every).await;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => break,
+                }
                 let n = if sent % 2 == 0 { workers - 1 } else { workers };
                 let price = 0.5 + 0.01 * (sent + 1) as f64;
                 if publish(&path, &edge_toml(&entries, n, price, &auth, max_streams)).is_err() {
@@ -230,7 +194,7 @@ pub async fn run(a: ReloadArgs) -> anyhow::Result<ReloadReport> {
         })
     };
     let reloading = measure(2).await;
-    stop.store(true, Relaxed);
+    let _ = stop.send(true);
     let reloads_sent = reloader.await.unwrap_or(0);
     // The last SIGHUP may still be in progress: wait (bounded) until the edge counted it.
     let mut text = String::new();
@@ -243,6 +207,7 @@ pub async fn run(a: ReloadArgs) -> anyhow::Result<ReloadReport> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut edge = edge.proc;
     let _ = edge.child.start_kill();
     for mut p in procs {
         let _ = p.child.start_kill();

@@ -106,9 +106,9 @@ pub async fn run(a: ResumeArgs) -> anyhow::Result<ResumeReport> {
     };
     let stall = format!("upstream_stall_timeout_ms = {}", a.stall_ms);
     let mut fleet = start_fleet(&link, &stall).await?;
-    let trust = Trust::pin_file(&fleet.edge_cert)?;
+    let trust = Trust::pin_file(&fleet.edge.cert)?;
     let config = ClientConfig::new(trust).with_credential(fleet.api_key.clone());
-    let client = Client::connect(fleet.edge_addr, config).await?;
+    let client = Client::connect(fleet.edge.addr, config).await?;
     let mut rounds = Vec::new();
     for n in 0..a.rounds {
         let mut req = Request::new("llama-3-8b", format!("round {n}: a long answer")).resumable();
@@ -165,7 +165,7 @@ pub async fn run(a: ResumeArgs) -> anyhow::Result<ResumeReport> {
         }
     }
     client.close().await;
-    let _ = fleet.edge.child.start_kill();
+    let _ = fleet.edge.proc.child.start_kill();
     for mut p in fleet.procs.into_iter().chain(fleet.proxies) {
         let _ = p.child.start_kill();
     }

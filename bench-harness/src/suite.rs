@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
 use crate::load::{self, LoadArgs};
-use crate::procs::{meridian_bin, Proc};
+use crate::procs::{meridian_bin, start_edge, synthetic_worker, Edge, Proc};
 use crate::report::Report;
 use crate::target::Target;
 
@@ -25,15 +25,9 @@ pub struct SuiteArgs {
     /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     pub levels: Vec<u64>,
-    /// Tokens per second per stream (sets the workers' inter-token delay).
-    #[arg(long, default_value_t = 50)]
-    pub tokens_per_s: u64,
-    /// Tokens per response.
-    #[arg(long, default_value_t = 50)]
-    pub max_tokens: u64,
-    /// Workers' time to first token, milliseconds.
-    #[arg(long, default_value_t = 20)]
-    pub ttft_ms: u64,
+    /// The synthetic workers.
+    #[command(flatten)]
+    pub backend: crate::procs::Synthetic,
     /// Measured seconds per step (default 10, or 2 with --quick).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -101,23 +95,6 @@ pub struct SuiteReport {
     pub quick: bool,
 }
 
-fn worker_config(dir: &std::path::Path, name: &str, a: &SuiteArgs) -> anyhow::Result<PathBuf> {
-    let itl = 1000 / a.tokens_per_s.max(1);
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            "[worker]\nname = \"{name}\"\nregion = \"bench\"\nlisten = \"127.0.0.1:0\"\nmodels = [\"llama-3-8b\"]\n\
-             max_concurrent = 6000\nload_report_ms = 250\n{}\n\n[tls]\ndev_cert_dir = \"certs\"\n\n\
-             [backend]\nkind = \"synthetic\"\nttft_ms = {}\nitl_ms = {itl}\nmax_tokens = {}\n",
-            a.worker_config.join("\n"),
-            a.ttft_ms,
-            a.max_tokens
-        ),
-    )?;
-    Ok(p)
-}
-
 /// Runs the suite.
 pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
     let bin = meridian_bin(a.meridian.as_ref())?;
@@ -129,20 +106,12 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
     let mut entries = String::new();
     let mut addrs = Vec::new();
     let mut worker_cert = String::new();
+    let extra = format!("load_report_ms = 250\n{}", a.worker_config.join("\n"));
     for name in ["bench-1", "bench-2"] {
-        let cfg = worker_config(&dir, name, &a)?;
-        let mut p = Proc::start(
-            &bin,
-            &[
-                "worker",
-                "--json",
-                "--config",
-                cfg.to_str().context("utf-8 path")?,
-            ],
-        )?;
-        let line = p.json_line().await?;
-        let addr = line["addr"].as_str().context("addr")?.to_owned();
-        worker_cert = line["cert"].as_str().context("cert")?.to_owned();
+        let timing = a.backend.timing();
+        let (p, addr, cert) =
+            synthetic_worker(&bin, &dir, (name, "bench"), timing, 6000, &extra).await?;
+        worker_cert = cert;
         entries += &format!(
             "\n[[worker]]\nname = \"{name}\"\nregion = \"bench\"\naddress = \"{addr}\"\nmodels = [\"llama-3-8b\"]\npin = \"{worker_cert}\"\n"
         );
@@ -164,26 +133,16 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
         ),
     )?;
     let threads = a.edge_threads.map(|t| t.to_string());
-    let mut edge_args = vec![
-        "edge",
-        "--json",
-        "--config",
-        edge_cfg.to_str().context("utf-8 path")?,
-    ];
-    if let Some(t) = &threads {
-        edge_args.extend(["--threads", t.as_str()]);
-    }
-    let mut edge = Proc::start(&bin, &edge_args)?;
-    let started = edge.json_line().await?;
-    let ready = edge.json_line().await?;
-    if ready["ready"] != true {
-        bail!("edge did not report ready: {ready}");
-    }
-    let edge_addr = started["edge_addr"]
-        .as_str()
-        .context("edge_addr")?
-        .parse()?;
-    let edge_cert = PathBuf::from(started["cert"].as_str().context("cert")?);
+    let threads: Vec<&str> = match &threads {
+        Some(t) => vec!["--threads", t.as_str()],
+        None => vec![],
+    };
+    let Edge {
+        proc: mut edge,
+        addr: edge_addr,
+        cert: edge_cert,
+        ..
+    } = start_edge(&bin, &edge_cfg, &threads).await?;
 
     let (duration, warmup) = match a.quick {
         true => (a.duration.unwrap_or(2.0), a.warmup.unwrap_or(1.0)),
@@ -201,7 +160,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
             warmup,
             connections: level.div_ceil(a.streams_per_connection) as usize,
             prompt_bytes: 256,
-            max_tokens: Some(a.max_tokens),
+            max_tokens: Some(a.backend.max_tokens),
             keys: "uniform:10000".into(),
             areas: String::new(),
             tenants: String::new(),
@@ -216,17 +175,9 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
             ..load.clone()
         };
         eprintln!("suite: {level} streams direct …");
-        let direct = Arc::new(
-            Target::native(
-                format!("direct {} workers", addrs.len()),
-                &addrs,
-                std::path::Path::new(&worker_cert),
-                load.connections,
-            )
-            .await?,
-        );
-        let direct_report = load::run(direct.clone(), &load).await?;
-        close(direct).await;
+        let label = format!("direct {} workers", addrs.len());
+        let cert = std::path::Path::new(&worker_cert);
+        let direct_report = load::run_native(label, &addrs, cert, &load).await?;
         eprintln!("suite: {level} streams via edge …");
         let via = Arc::new(
             Target::native(
@@ -240,7 +191,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
         let cpu_before = edge.cpu_us()?;
         let edge_report = load::run(via.clone(), &via_load).await?;
         let cpu = edge.cpu_us()? - cpu_before;
-        close(via).await;
+        load::close(via).await;
         let total_tokens = edge_report.tokens.max(1) as f64;
         // CPU was sampled over warm-up plus measurement; scale tokens the same way.
         let tokens_in_window = total_tokens * (warmup + duration) / duration;
@@ -262,8 +213,8 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<SuiteReport> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(SuiteReport {
         rows,
-        tokens_per_s: a.tokens_per_s,
-        max_tokens: a.max_tokens,
+        tokens_per_s: a.backend.tokens_per_s,
+        max_tokens: a.backend.max_tokens,
         quick: a.quick,
     })
 }
@@ -281,12 +232,6 @@ pub fn api_key(bin: &std::path::Path, tenant: &str) -> anyhow::Result<(String, S
         .find_map(|l| l.strip_prefix("# mk_").map(|k| format!("mk_{k}")))
         .context("keygen printed no key")?;
     Ok((key, keygen))
-}
-
-async fn close(t: Arc<Target>) {
-    if let Ok(t) = Arc::try_unwrap(t) {
-        t.close().await;
-    }
 }
 
 /// Opens `n` idle client connections to the edge and returns the RSS they added, per

@@ -7,7 +7,6 @@
 //! floor: one long-haul RTT plus the backend's TTFT.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -16,7 +15,6 @@ use serde::Serialize;
 use crate::load::{self, LoadArgs};
 use crate::procs::{meridian_bin, Proc};
 use crate::report::Report;
-use crate::target::Target;
 
 /// `wan` options.
 #[derive(Args, Debug, Clone)]
@@ -109,8 +107,6 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
         procs,
         mut proxies,
         edge,
-        edge_addr,
-        edge_cert,
         api_key,
         dir,
     } = start_fleet(&a, "").await?;
@@ -143,19 +139,13 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
             &api_key,
             n as u64 + 1,
         );
-        let target = Arc::new(
-            Target::native(
-                format!("edge {edge_addr}"),
-                &[edge_addr],
-                &edge_cert,
-                a.connections,
-            )
-            .await?,
-        );
-        let report = load::run(target.clone(), &load).await?;
-        if let Ok(t) = Arc::try_unwrap(target) {
-            t.close().await;
-        }
+        let report = load::run_native(
+            format!("edge {}", edge.addr),
+            &[edge.addr],
+            &edge.cert,
+            &load,
+        )
+        .await?;
         phases.push(Phase {
             name: name.clone(),
             link,
@@ -164,7 +154,7 @@ pub async fn run(a: WanArgs) -> anyhow::Result<WanReport> {
             report,
         });
     }
-    let mut edge = edge;
+    let mut edge = edge.proc;
     let _ = edge.child.start_kill();
     for mut p in procs.into_iter().chain(proxies) {
         let _ = p.child.start_kill();
@@ -184,9 +174,7 @@ pub(crate) struct Fleet {
     pub procs: Vec<Proc>,
     /// The impairment proxy in front of each worker, same order.
     pub proxies: Vec<Proc>,
-    pub edge: Proc,
-    pub edge_addr: std::net::SocketAddr,
-    pub edge_cert: PathBuf,
+    pub edge: crate::procs::Edge,
     /// A key of the edge's tenant `wan`.
     pub api_key: String,
     /// Scratch directory (configs, certificates).
@@ -211,6 +199,7 @@ pub(crate) async fn start_fleet(a: &WanArgs, edge_extra: &str) -> anyhow::Result
             &dir,
             (&name, "frankfurt"),
             a.backend.timing(),
+            4000,
             &a.worker_config.join("\n"),
         )
         .await?;
@@ -253,29 +242,14 @@ pub(crate) async fn start_fleet(a: &WanArgs, edge_extra: &str) -> anyhow::Result
             a.upstream_config.join("\n"),
         ),
     )?;
-    let mut edge = Proc::start(&bin, &["edge", "--json", "--config", path(&edge_cfg)?])?;
-    let started = edge.json_line().await?;
-    if edge.json_line().await?["ready"] != true {
-        bail!("edge did not report ready");
-    }
-    let edge_addr: std::net::SocketAddr = started["edge_addr"]
-        .as_str()
-        .context("edge_addr")?
-        .parse()?;
-    let edge_cert = PathBuf::from(started["cert"].as_str().context("cert")?);
+    let edge = crate::procs::start_edge(&bin, &edge_cfg, &[]).await?;
     Ok(Fleet {
         procs,
         proxies,
         edge,
-        edge_addr,
-        edge_cert,
         api_key,
         dir,
     })
-}
-
-fn path(p: &std::path::Path) -> anyhow::Result<&str> {
-    p.to_str().context("utf-8 path")
 }
 
 /// Prints one line per phase.
