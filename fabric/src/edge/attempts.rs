@@ -63,13 +63,14 @@ impl Outcome {
 }
 
 /// Routes and relays, trying worker after worker as PROTOCOL.md §4.7 and §4.10 allow, inside
-/// `pinned` (the residency the request was admitted under); `first` gets the instant its
-/// first token was relayed.
+/// `pinned`: the residency the request was admitted under, then that of its first decision,
+/// so every attempt stays inside it even if a reload changed the policy in between (it must
+/// satisfy both). `first` gets the instant its first token was relayed.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn route_and_relay(
     intake: &Intake,
     (tenant, cap): (Option<&str>, Option<u64>),
-    mut pinned: Option<Pinned>,
+    mut pinned: Pinned,
     arrived: Instant,
     sink: &mut impl Sink,
     edge: &EdgeShared,
@@ -94,9 +95,6 @@ pub(super) async fn route_and_relay(
         .then(|| Resume::new(cfg.edge.resume_buffer_bytes, &edge.stats.resume));
     // Workers that failed this request, by uid (stable across reloads).
     let mut exclude: Vec<u64> = Vec::new();
-    // The residency the request was admitted under, then that of its first decision: every
-    // attempt stays inside it even if a reload changed the policy in between (it must satisfy
-    // both).
     // Why the last worker broke the answer, the tokens the client has, and where they came
     // from (a resumption).
     let mut broken: Option<(String, u64, Served)> = None;
@@ -110,7 +108,7 @@ pub(super) async fn route_and_relay(
             residency: intake.headers.residency.as_deref(),
             shard_key: &shard_key,
             exclude: &exclude,
-            pinned: pinned.as_ref(),
+            pinned: Some(&pinned),
         };
         let decision = match edge.router.route(&req) {
             Ok(d) => d,
@@ -137,11 +135,8 @@ pub(super) async fn route_and_relay(
                 return Outcome::new(tokens, region, Some(code));
             }
         };
-        if pinned
-            .as_ref()
-            .is_none_or(|p| p.topology.generation != decision.topology().generation)
-        {
-            pinned = Some(Pinned::of(&decision));
+        if pinned.topology.generation != decision.topology().generation {
+            pinned = Pinned::of(&decision);
         }
         let (worker_id, topo) = (decision.worker, decision.topology().clone());
         let worker = &topo.config.workers[worker_id];

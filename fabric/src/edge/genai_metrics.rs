@@ -9,7 +9,7 @@ use meridian_protocol::ErrorCode;
 
 use super::observe::error_type;
 use super::{EdgeStats, Latencies, ReloadResult};
-use crate::route::Router;
+use crate::route::Topology;
 use crate::telemetry::genai::{GenAiMetrics, Operation, ERROR_SLOTS, PROVIDER};
 use crate::telemetry::metrics::{Attrs, Data, Metric};
 
@@ -26,8 +26,7 @@ fn attrs(op: Operation, model: &str, region: Option<&str>) -> Attrs {
 }
 
 /// The GenAI metric families (and, with `meridian`, Meridian's counters) of the edge now.
-pub fn collect(stats: &EdgeStats, router: &Router, meridian: bool) -> Vec<Metric> {
-    let topo = router.topology();
+pub fn collect(stats: &EdgeStats, topo: &Topology, meridian: bool) -> Vec<Metric> {
     let mut sources: Vec<(Option<&str>, &str, &Latencies)> = topo
         .all_latencies()
         .map(|(r, m, l)| (Some(topo.config.regions[r].name.as_str()), m, l))

@@ -6,14 +6,15 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::stats::label;
-use crate::route::{Demotion, Router, Spill, Topology};
+use crate::route::{Demotion, Router, RoutingTable, Spill};
 
 fn family(out: &mut String, name: &str, help: &str, ty: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
 }
 
-/// Appends the families to `out`.
-pub(crate) fn render(out: &mut String, topo: &Topology, router: &Router) {
+/// Appends the families of `table` (the one snapshot a scrape reads) to `out`.
+pub(crate) fn render(out: &mut String, table: &RoutingTable, router: &Router) {
+    let topo = &table.topology;
     let cfg = &topo.config;
     let worker_labels = |w: usize| {
         let e = &cfg.workers[w];
@@ -81,8 +82,7 @@ pub(crate) fn render(out: &mut String, topo: &Topology, router: &Router) {
             }
         }
     }
-    let table = router.table();
-    let scored = router.scored_in(&table);
+    let scored = router.scored_in(table);
     // Names of the scored generation (a reload may have published a newer one since).
     let names = &table.topology.config.regions;
     type RegionPick = fn(&crate::route::RegionStatus) -> Option<f64>;

@@ -227,7 +227,7 @@ pub fn spawn_with_h3(
         let s = shared.clone();
         let instance = instance.clone();
         let task = tokio::spawn(async move {
-            let collect = || genai_metrics::collect(&s.stats, &s.router, true);
+            let collect = || genai_metrics::collect(&s.stats, &s.router.topology(), true);
             let stats = s.tracer.stats().cloned();
             crate::telemetry::push::run(t, instance, stats, collect, s.stopped.wait()).await
         });

@@ -168,31 +168,19 @@ pub(crate) async fn dispatch(
     // a newer generation has would otherwise route the request without the tenant's policy
     // of the generation that admitted it.
     let residency = intake.headers.residency.as_deref();
-    let Some(pinned) = Pinned::admitted(&topo, tenant, residency) else {
-        let e = ErrorFrame::new(
-            ErrorCode::BAD_REQUEST,
-            format!(
-                "unknown residency policy `{}`",
-                residency.unwrap_or_default()
-            ),
-        );
-        refused(&mut span, &e);
-        admission.settle(0);
-        return fail(sink, edge, e).await;
+    let pinned = match Pinned::admitted(&topo, tenant, residency) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ErrorFrame::new(e.code(), e.to_string());
+            refused(&mut span, &e);
+            admission.settle(0);
+            return fail(sink, edge, e).await;
+        }
     };
     let first = OnceLock::new();
     let who = (tenant, cap);
-    let outcome = route_and_relay(
-        intake,
-        who,
-        Some(pinned),
-        arrived,
-        sink,
-        edge,
-        &mut span,
-        &first,
-    )
-    .await;
+    let outcome =
+        route_and_relay(intake, who, pinned, arrived, sink, edge, &mut span, &first).await;
     let outcome = Outcome {
         first_token: first.get().copied(),
         ..outcome

@@ -173,7 +173,9 @@ impl EdgeStats {
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
     pub fn render(&self, router: &Router) -> String {
-        let topo = router.topology();
+        // One table for the whole scrape: a reload meanwhile cannot mix generations.
+        let table = router.table();
+        let topo = &table.topology;
         let cfg = &topo.config;
         let mut out = String::with_capacity(16 * 1024);
         let scalars: [(&str, &str, &str, i64); 12] = [
@@ -337,8 +339,8 @@ impl EdgeStats {
             );
         }
         let _ = writeln!(out, "# HELP meridian_config_generation The running topology generation (0 at start, one more per applied reload).\n# TYPE meridian_config_generation gauge\nmeridian_config_generation {}", topo.generation);
-        super::health_metrics::render(&mut out, &topo, router);
-        let genai = super::genai_metrics::collect(self, router, false);
+        super::health_metrics::render(&mut out, &table, router);
+        let genai = super::genai_metrics::collect(self, topo, false);
         crate::telemetry::metrics::render_prometheus(&mut out, &genai);
         let discovery = crate::discovery::metrics(&self.discovery);
         crate::telemetry::metrics::render_prometheus(&mut out, &discovery);

@@ -122,15 +122,15 @@ impl Pinned {
     }
 
     /// The pin of a request admitted by `topology`'s `Auth`: its tenant's and its own
-    /// residency there. Its first decision, even on a newer table, stays inside it. `None`
+    /// residency there. Its first decision, even on a newer table, stays inside it. An error
     /// if a name is unknown in that generation: refuse the request (a newer generation may
     /// know the name, but must not route it without this generation's policy).
     pub fn admitted(
         topology: &Arc<Topology>,
         tenant: Option<&str>,
         residency: Option<&str>,
-    ) -> Option<Pinned> {
-        Some(Pinned {
+    ) -> Result<Pinned, RouteError> {
+        Ok(Pinned {
             allowed: topology.allowed(tenant, residency)?,
             topology: topology.clone(),
         })

@@ -160,10 +160,23 @@ proptest! {
 fn a_policy_the_admitting_generation_does_not_know_pins_nothing() {
     let r = router(0b11111, &[0, 1, 2, 3, 4]);
     let topo = r.topology();
-    assert!(Pinned::admitted(&topo, Some("t"), Some("p")).is_some());
+    assert!(Pinned::admitted(&topo, Some("t"), Some("p")).is_ok());
     // The relay refuses such a request (BAD_REQUEST) rather than routing it unpinned.
-    assert!(Pinned::admitted(&topo, Some("t"), Some("only-in-a-newer-config")).is_none());
-    assert!(Pinned::admitted(&topo, Some("nobody"), None).is_none());
+    let refused = |tenant, residency| {
+        let e = Pinned::admitted(&topo, tenant, residency).expect_err("refused");
+        (e.code(), e.to_string())
+    };
+    assert_eq!(
+        refused(Some("t"), Some("only-in-a-newer-config")),
+        (
+            ErrorCode::BAD_REQUEST,
+            "unknown residency policy `only-in-a-newer-config`".into()
+        )
+    );
+    assert_eq!(
+        refused(Some("nobody"), None),
+        (ErrorCode::UNAUTHORIZED, "unknown tenant `nobody`".into())
+    );
 }
 
 /// Requests routed on other threads while the policy flips between two disjoint sets, in

@@ -301,19 +301,26 @@ impl Topology {
     }
 
     /// The regions `tenant`'s policy, narrowed by the request's `residency`, allows in this
-    /// generation (`ALL` without either); `None` if either name is unknown here.
-    pub fn allowed(&self, tenant: Option<&str>, residency: Option<&str>) -> Option<RegionSet> {
+    /// generation (`ALL` without either); the routing error for a name unknown here.
+    pub fn allowed(
+        &self,
+        tenant: Option<&str>,
+        residency: Option<&str>,
+    ) -> Result<RegionSet, super::RouteError> {
+        use super::RouteError::{UnknownResidency, UnknownTenant};
         let cfg = &self.config;
+        let policy = |p: &str| (cfg.residency.get(p)).ok_or_else(|| UnknownResidency(p.into()));
         let mut set = RegionSet::ALL;
         if let Some(t) = tenant {
-            if let Some(policy) = cfg.tenants.get(t)?.as_deref() {
-                set = set.intersect(*cfg.residency.get(policy)?);
+            let tenant_policy = cfg.tenants.get(t).ok_or_else(|| UnknownTenant(t.into()))?;
+            if let Some(p) = tenant_policy.as_deref() {
+                set = set.intersect(*policy(p)?);
             }
         }
         if let Some(p) = residency {
-            set = set.intersect(*cfg.residency.get(p)?);
+            set = set.intersect(*policy(p)?);
         }
-        Some(set)
+        Ok(set)
     }
 
     /// The regions of this generation that `set` (regions of `other`, an older or the same
