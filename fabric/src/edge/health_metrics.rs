@@ -5,8 +5,8 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::stats::label;
 use crate::route::{Demotion, Router, RoutingTable, Spill};
+use crate::telemetry::metrics::label_value as label;
 
 fn family(out: &mut String, name: &str, help: &str, ty: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");

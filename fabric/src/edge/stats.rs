@@ -9,50 +9,34 @@ use meridian_protocol::ErrorCode;
 
 use crate::config::Config;
 use crate::route::Router;
+use crate::telemetry::genai::{Buckets, Snapshot, SECONDS};
+use crate::telemetry::metrics::{render_prometheus, Data, Metric};
 
 /// Histogram bucket upper bounds, seconds (Prometheus `le`).
 pub const BUCKETS_S: [f64; 15] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 ];
 
-/// A fixed-bucket latency histogram.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_S.len() + 1],
-    sum_us: AtomicU64,
+/// A fixed-bucket latency histogram (`BUCKETS_S`): the atomic [`Buckets`] the GenAI metrics
+/// use, rendered like them (`telemetry::metrics`).
+#[derive(Debug)]
+pub struct Histogram(Buckets);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(Buckets::new(&BUCKETS_S, SECONDS))
+    }
 }
 
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS_S
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(BUCKETS_S.len());
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        self.0.record_duration(d);
     }
 
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut acc = 0;
-        for (i, le) in BUCKETS_S.iter().enumerate() {
-            acc += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {acc}");
-        }
-        acc += self.buckets[BUCKETS_S.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {acc}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {acc}");
+    /// What it holds now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.0.snapshot()
     }
 }
 
@@ -299,37 +283,41 @@ impl EdgeStats {
                 topo.workers[w].local_in_flight()
             );
         }
-        for (name, help, pick) in [
-            (
-                "meridian_ttft_seconds",
+        let latency = |name, description, pick: fn(&Latencies) -> &Histogram| Metric {
+            name,
+            description,
+            unit: "s",
+            data: Data::Histogram(
+                &BUCKETS_S,
+                (topo.all_latencies())
+                    .map(|(r, model, l)| {
+                        let attrs = vec![
+                            ("region", cfg.regions[r].name.clone()),
+                            ("model", model.to_owned()),
+                        ];
+                        (attrs, pick(l).snapshot())
+                    })
+                    .collect(),
+            ),
+        };
+        let latencies = [
+            latency(
+                "meridian.ttft",
                 "Time to first token at the edge, by region and model.",
-                0,
+                |l| &l.ttft,
             ),
-            (
-                "meridian_itl_seconds",
+            latency(
+                "meridian.itl",
                 "Gaps between relayed token chunks, by region and model.",
-                1,
+                |l| &l.itl,
             ),
-            (
-                "meridian_e2e_seconds",
+            latency(
+                "meridian.e2e",
                 "Request duration at the edge, by region and model.",
-                2,
+                |l| &l.e2e,
             ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (r, model, l) in topo.all_latencies() {
-                let h = [&l.ttft, &l.itl, &l.e2e][pick];
-                h.render(
-                    &mut out,
-                    name,
-                    &format!(
-                        "region=\"{}\",model=\"{}\"",
-                        cfg.regions[r].name,
-                        label(model)
-                    ),
-                );
-            }
-        }
+        ];
+        render_prometheus(&mut out, &latencies);
         let _ = writeln!(out, "# HELP meridian_config_reloads_total Config reloads (SIGHUP, the watched file, discovery), by result.\n# TYPE meridian_config_reloads_total counter");
         for (r, name) in ReloadResult::ALL {
             let n = self.reloads[r as usize].load(Relaxed);
@@ -341,24 +329,12 @@ impl EdgeStats {
         let _ = writeln!(out, "# HELP meridian_config_generation The running topology generation (0 at start, one more per applied reload).\n# TYPE meridian_config_generation gauge\nmeridian_config_generation {}", topo.generation);
         super::health_metrics::render(&mut out, &table, router);
         let genai = super::genai_metrics::collect(self, topo, false);
-        crate::telemetry::metrics::render_prometheus(&mut out, &genai);
+        render_prometheus(&mut out, &genai);
         let discovery = crate::discovery::metrics(&self.discovery);
-        crate::telemetry::metrics::render_prometheus(&mut out, &discovery);
+        render_prometheus(&mut out, &discovery);
         self.resume.render(&mut out);
         out
     }
-}
-
-/// A label value escaped for the text format (`\\`, `\"`, `\n`). Region and worker names
-/// are restricted to `[A-Za-z0-9._-]` by config validation; model names are not.
-pub(crate) fn label(v: &str) -> std::borrow::Cow<'_, str> {
-    if !v.contains(['\\', '"', '\n']) {
-        return v.into();
-    }
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-        .into()
 }
 
 #[cfg(test)]
@@ -367,6 +343,7 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
+        use crate::telemetry::metrics::label_value as label;
         assert_eq!(label("llama-3-8b"), "llama-3-8b");
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
@@ -378,12 +355,18 @@ mod tests {
         h.observe(Duration::from_millis(15));
         h.observe(Duration::from_secs(100));
         let mut out = String::new();
-        h.render(&mut out, "x", "a=\"b\"");
+        let m = Metric {
+            name: "x",
+            description: "d",
+            unit: "1",
+            data: Data::Histogram(&BUCKETS_S, vec![(vec![("a", "b".into())], h.snapshot())]),
+        };
+        render_prometheus(&mut out, &[m]);
         assert!(out.contains("x_bucket{a=\"b\",le=\"0.0005\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"0.02\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"30\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
-        assert_eq!(h.count(), 3);
+        assert_eq!(h.snapshot().count, 3);
     }
 }

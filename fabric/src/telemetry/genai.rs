@@ -64,8 +64,10 @@ pub const TOKEN_BOUNDS: &[f64] = &[
 ];
 
 /// An explicit-bucket histogram (OTLP's and Prometheus's shape): counts per bucket, the
-/// sum, the minimum and the maximum, as atomics — one `fetch_add` per bucket and sum, one
-/// `fetch_min`/`fetch_max` each, no compare-and-swap loop. Values are kept as integers of
+/// sum, the minimum and the maximum, as atomics — one `fetch_add` for the bucket and one for
+/// the sum; the minimum and maximum are written only when a value passes them (their
+/// `fetch_min`/`fetch_max` are compare-and-swap loops on x86-64, so a plain load decides
+/// first, and once warm almost no value writes them). Values are kept as integers of
 /// `1 / scale` (microseconds for seconds: a `u64` sum of those lasts some 580,000 years of
 /// summed request time; whole tokens for tokens).
 #[derive(Debug)]
@@ -107,8 +109,12 @@ impl Buckets {
         self.counts[i].fetch_add(1, Relaxed);
         let units = (v.max(0.0) * self.scale).round() as u64;
         self.sum.fetch_add(units, Relaxed);
-        self.min.fetch_min(units, Relaxed);
-        self.max.fetch_max(units, Relaxed);
+        if units < self.min.load(Relaxed) {
+            self.min.fetch_min(units, Relaxed);
+        }
+        if units > self.max.load(Relaxed) {
+            self.max.fetch_max(units, Relaxed);
+        }
     }
 
     /// Records a duration in seconds.

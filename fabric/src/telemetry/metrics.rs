@@ -51,17 +51,25 @@ impl Metric {
     }
 }
 
+/// A label value escaped for the text format (`\\`, `\"`, `\n`). Region and worker names
+/// are validated; model names come from configs and discovery labels.
+pub fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
 fn labels(attrs: &Attrs, extra: Option<(&str, &str)>) -> String {
     let mut out = String::new();
     for (k, v) in attrs.iter().map(|(k, v)| (*k, v.as_str())).chain(extra) {
         if !out.is_empty() {
             out.push(',');
         }
-        let v = v
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(out, "{}=\"{v}\"", k.replace('.', "_"));
+        let _ = write!(out, "{}=\"{}\"", k.replace('.', "_"), label_value(v));
     }
     out
 }

@@ -5,7 +5,6 @@
 use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::context::{self, TraceContext, SAMPLED};
 use super::export::Shared;
@@ -219,8 +218,4 @@ impl Drop for Span {
     }
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+use super::metrics::unix_ns as now_ns;
