@@ -77,14 +77,7 @@ pub fn parse_cid(cid: &[u8], sid_len: usize) -> Option<(u8, &[u8])> {
 
 /// A hex server id (`0x0123456789abcdef` or without `0x`) as bytes.
 pub fn parse_server_id(s: &str) -> Option<Vec<u8>> {
-    let h = s.strip_prefix("0x").unwrap_or(s);
-    if h.is_empty() || h.len() % 2 != 0 {
-        return None;
-    }
-    (0..h.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
-        .collect()
+    crate::auth::key::parse_hex(s.strip_prefix("0x").unwrap_or(s)).filter(|id| !id.is_empty())
 }
 
 #[cfg(test)]

@@ -54,14 +54,19 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Parses 64 hex digits.
 pub fn parse_digest(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    parse_hex(s)?.try_into().ok()
+}
+
+/// Hex digits (either case, an even number of them) as bytes; `None` for anything else.
+pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    // `from_str_radix` alone would take a sign (`+f`).
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Random bytes from the system's secure generator.
@@ -89,6 +94,9 @@ mod tests {
         assert_ne!(generate("a"), generate("a"));
         let d = digest(&k);
         assert_eq!(parse_digest(&hex(&d)), Some(d));
+        assert_eq!(parse_hex("0aFf"), Some(vec![0x0a, 0xff]));
+        assert_eq!(parse_hex("+f"), None, "a sign is not a digit");
+        assert_eq!(parse_hex("abc"), None);
         for bad in ["", "mk_", "mk_id", "mk__secret", "xx_id_s", "mk_UP_s"] {
             assert_eq!(key_id(bad), None, "{bad}");
         }

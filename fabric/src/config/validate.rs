@@ -579,14 +579,7 @@ pub fn parse_config(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
 }
 
 fn parse_hex16(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    crate::auth::key::parse_hex(s)?.try_into().ok()
 }
 
 impl Ctx<'_> {

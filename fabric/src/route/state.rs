@@ -36,19 +36,8 @@ pub struct WorkerState {
     reported_queue: AtomicU64,
 }
 
-impl Default for WorkerState {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl WorkerState {
-    /// A worker not yet connected (unhealthy), with one connection slot.
-    pub fn new() -> Self {
-        Self::with_links(1)
-    }
-
-    /// A worker not yet connected, with `connections` connection slots.
+    /// A worker not yet connected (unhealthy), with `connections` connection slots.
     pub fn with_links(connections: usize) -> Self {
         WorkerState {
             uid: NEXT_UID.fetch_add(1, Relaxed),
